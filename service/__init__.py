@@ -1,0 +1,5 @@
+"""twinfer supervisor: owns the model store and the manifest, starts and watches gunicorn.
+
+It may import ``workers`` (engines, decoders, manifest) to validate models before it
+publishes them; ``workers`` never imports this package.
+"""

@@ -1,0 +1,5 @@
+"""twinfer worker side: the Falcon app that gunicorn runs, and the inference core.
+
+Nothing in this package imports ``service``: the supervisor depends on the workers'
+engines, decoders and manifest to validate models, never the other way round.
+"""

@@ -1,0 +1,106 @@
+"""What every output decoder takes and returns.
+
+A decoder turns a model's raw outputs into ``Detections``: boxes ``[xmin, ymin, xmax,
+ymax]`` normalised to the *picture* (not the model input), scores, class ids. Each
+family lives in its own module and says, from the signature alone, whether it can read
+a model (``matches``) and how that model wants its pixels (``default_input``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
+
+import cv2
+import numpy as np
+
+from workers.imaging import Geometry
+from workers.signature import ModelSignature
+from workers.spec import InputSpec
+
+
+@dataclass(frozen=True)
+class Detections:
+    boxes: np.ndarray  # (N, 4) float32, xmin ymin xmax ymax normalised to the picture
+    scores: np.ndarray  # (N,) float32, descending
+    class_ids: np.ndarray  # (N,) int64, index into the labels file
+
+    @staticmethod
+    def empty() -> "Detections":
+        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    score_threshold: float
+    iou_threshold: float
+    max_detections: int
+
+
+class Decoder(Protocol):
+    name: ClassVar[str]
+    # True when class id 0 is the background class and so lines up with a "???" first
+    # label line; False when ids start at the first real class.
+    counts_background: ClassVar[bool]
+
+    @classmethod
+    def matches(cls, signature: ModelSignature) -> bool:
+        """True if the signature has this family's inputs and outputs."""
+        ...
+
+    @classmethod
+    def default_input(cls, signature: ModelSignature) -> InputSpec:
+        """The preprocessing this family's models are trained with."""
+        ...
+
+    def __init__(self, signature: ModelSignature, options: Mapping[str, Any]) -> None: ...
+
+    def extra_inputs(self, geometry: Geometry) -> dict[str, np.ndarray]:
+        """Inputs besides the picture (e.g. YOLOv3's ``image_shape``)."""
+        ...
+
+    def decode(self, outputs: Sequence[np.ndarray], geometry: Geometry, params: DecodeParams) -> Detections: ...
+
+
+def layout_of(signature: ModelSignature) -> str:
+    """NCHW when the channel axis (size 1 or 3) comes before the spatial axes."""
+    shape = signature.image_input.shape
+    return "NCHW" if shape[1] in (1, 3) and shape[3] not in (1, 3) else "NHWC"
+
+
+def input_size(signature: ModelSignature, layout: str) -> tuple[int, int]:
+    """(width, height) of the image input."""
+    shape = signature.image_input.shape
+    height, width = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    if not height or not width:
+        raise ValueError("image input has a dynamic height or width; give a fixed-size model")
+    return int(width), int(height)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, params: DecodeParams, class_agnostic: bool = False
+) -> Detections:
+    """Per-class non-maximum suppression (OpenCV's), keeping the best ``max_detections``.
+
+    ``boxes`` are xyxy in any consistent unit; scores below the threshold are dropped first.
+    """
+    keep = scores >= params.score_threshold
+    boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
+    if len(scores) == 0:
+        return Detections.empty()
+    xywh = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
+    if class_agnostic:
+        picked = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), params.score_threshold, params.iou_threshold)
+    else:
+        picked = cv2.dnn.NMSBoxesBatched(
+            xywh.tolist(), scores.tolist(), class_ids.astype(np.int32).tolist(), params.score_threshold, params.iou_threshold
+        )
+    picked = np.asarray(picked, dtype=np.int64).reshape(-1)
+    picked = picked[np.argsort(-scores[picked], kind="stable")][: params.max_detections]
+    return Detections(boxes[picked].astype(np.float32), scores[picked].astype(np.float32), class_ids[picked].astype(np.int64))

@@ -1,0 +1,153 @@
+"""Image bytes -> model input tensor, and the geometry to map boxes back.
+
+Why it looks like this: the header is read first (Pillow opens lazily, without
+decoding) so a pixel bomb is refused before any memory is spent; JPEGs are decoded at
+1/2, 1/4 or 1/8 scale when the model input is that much smaller (libjpeg skips the
+work); resize and colour swap run on uint8 before the one float conversion.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from workers.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedMediaType
+from workers.spec import InputSpec
+
+SUPPORTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "WEBP": "image/webp"}
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+# Pillow warns about (and then refuses) huge images itself; our own limit is checked first.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the picture sits inside the model input, to map boxes back to it.
+
+    ``scale_x``/``scale_y`` are input pixels per decoded pixel, ``pad_x``/``pad_y`` the
+    letterbox border in input pixels.
+    """
+
+    image_width: int
+    image_height: int
+    decoded_width: int
+    decoded_height: int
+    input_width: int
+    input_height: int
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+
+    def to_image(self, boxes: np.ndarray) -> np.ndarray:
+        """Boxes ``[xmin, ymin, xmax, ymax]`` normalised to the model input ->
+        normalised to the picture, clipped to it."""
+        out = np.empty_like(boxes, dtype=np.float32)
+        out[:, 0::2] = (boxes[:, 0::2] * self.input_width - self.pad_x) / (self.scale_x * self.decoded_width)
+        out[:, 1::2] = (boxes[:, 1::2] * self.input_height - self.pad_y) / (self.scale_y * self.decoded_height)
+        return np.clip(out, 0.0, 1.0, out=out)
+
+
+def read_header(data: bytes, max_pixels: int) -> ImageHeader:
+    """Identify the format and size without decoding pixels."""
+    if not data:
+        raise EmptyBody("request body is empty: send the image bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            fmt, (width, height) = probe.format, probe.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise NotAnImage(f"body is not a readable image ({type(exc).__name__})") from None
+    except Image.DecompressionBombError:  # pragma: no cover - MAX_IMAGE_PIXELS is off
+        raise ImageTooLarge("image declares too many pixels") from None
+    if fmt not in SUPPORTED_FORMATS:
+        raise UnsupportedMediaType(f"image format {fmt} is not supported; send JPEG, PNG, BMP or WebP")
+    if width <= 0 or height <= 0:
+        raise CorruptImage("image declares an empty size")
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"image is {width}x{height}, over the limit of {max_pixels} pixels")
+    return ImageHeader(fmt, width, height)
+
+
+def jpeg_reduction(header: ImageHeader, target_width: int, target_height: int) -> int:
+    """The largest libjpeg scale-down (1, 2, 4, 8) that still leaves at least the
+    pixels the model input will take from the picture."""
+    if header.format != "JPEG":
+        return 1
+    for factor in (8, 4, 2):
+        if header.width // factor >= target_width and header.height // factor >= target_height:
+            return factor
+    return 1
+
+
+def decode(data: bytes, header: ImageHeader, reduction: int = 1) -> np.ndarray:
+    """Decode to a BGR uint8 array; truncated or corrupt data is a client error."""
+    flags = _REDUCED_FLAGS.get(reduction, cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if image is None:
+        raise CorruptImage(f"{header.format} image is truncated or corrupt")
+    return image
+
+
+def content_size(header: ImageHeader, spec: InputSpec, input_width: int, input_height: int) -> tuple[int, int]:
+    """Size the picture takes inside the model input (all of it when stretched)."""
+    if spec.resize == "stretch":
+        return input_width, input_height
+    scale = min(input_width / header.width, input_height / header.height)
+    return max(1, round(header.width * scale)), max(1, round(header.height * scale))
+
+
+def to_input(
+    image_bgr: np.ndarray, header: ImageHeader, spec: InputSpec, input_width: int, input_height: int
+) -> tuple[np.ndarray, Geometry]:
+    """Resize (stretch or letterbox) and swap colours; returns uint8 HWC and the geometry."""
+    height, width = image_bgr.shape[:2]
+    content_w, content_h = content_size(header, spec, input_width, input_height)
+    resized = cv2.resize(image_bgr, (content_w, content_h), interpolation=cv2.INTER_LINEAR)
+    if spec.color == "RGB":
+        cv2.cvtColor(resized, cv2.COLOR_BGR2RGB, dst=resized)
+    pad_x = pad_y = 0
+    if (content_w, content_h) != (input_width, input_height):
+        pad_x, pad_y = (input_width - content_w) // 2, (input_height - content_h) // 2
+        canvas = np.full((input_height, input_width, 3), spec.pad_value, dtype=np.uint8)
+        canvas[pad_y : pad_y + content_h, pad_x : pad_x + content_w] = resized
+        resized = canvas
+    geometry = Geometry(
+        image_width=header.width,
+        image_height=header.height,
+        decoded_width=width,
+        decoded_height=height,
+        input_width=input_width,
+        input_height=input_height,
+        scale_x=content_w / width,
+        scale_y=content_h / height,
+        pad_x=pad_x,
+        pad_y=pad_y,
+    )
+    return resized, geometry
+
+
+def to_tensor(pixels: np.ndarray, spec: InputSpec, dtype: np.dtype) -> np.ndarray:
+    """uint8 HWC -> batched tensor in the model's layout, dtype and value range."""
+    if dtype == np.uint8:
+        tensor = pixels
+    else:
+        mean = np.asarray(spec.mean, dtype=np.float32)
+        inv_std = 1.0 / np.asarray(spec.std, dtype=np.float32)
+        tensor = pixels.astype(np.float32)
+        tensor -= mean
+        tensor *= inv_std
+        if dtype != np.float32:
+            tensor = tensor.astype(dtype)
+    if spec.layout == "NCHW":
+        tensor = tensor.transpose(2, 0, 1)
+    return np.ascontiguousarray(tensor[np.newaxis])

@@ -1,0 +1,86 @@
+"""The manifest: one small JSON file in the store naming the model every worker serves.
+
+The supervisor publishes; workers read. Writes take a ``filelock`` lock (so two
+publishers never both hand out the same generation) and replace the file atomically
+(temp file, fsync, rename, fsync of the directory), so a reader sees the old or the
+new document, never half of one, even across a power cut.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    directory: str  # relative to the store, so the store can move (a volume mount)
+    format: str  # "onnx" or "tflite"
+    decoder: str
+    generation: int
+    published_at: float
+
+    def model_dir(self, store: Path) -> Path:
+        return store / self.directory
+
+
+def manifest_path(store: Path) -> Path:
+    return store / MANIFEST_FILE
+
+
+def _lock(store: Path) -> FileLock:
+    return FileLock(str(store / (MANIFEST_FILE + ".lock")), timeout=30)
+
+
+def read_manifest(store: Path) -> Manifest | None:
+    """The published manifest, or None before the first publish."""
+    try:
+        raw = json.loads(manifest_path(store).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    return Manifest(**raw)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so readers see either the old or the new bytes."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def publish(store: Path, name: str, version: str, directory: str, format: str, decoder: str) -> Manifest:
+    """Make a staged model the active one: generation + 1, written atomically under the lock."""
+    with _lock(store):
+        current = read_manifest(store)
+        manifest = Manifest(
+            name=name,
+            version=version,
+            directory=directory,
+            format=format,
+            decoder=decoder,
+            generation=(current.generation + 1) if current else 1,
+            published_at=time.time(),
+        )
+        write_atomic(manifest_path(store), json.dumps(asdict(manifest), indent=2).encode())
+        return manifest

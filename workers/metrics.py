@@ -1,0 +1,40 @@
+"""Prometheus metrics shared by every gunicorn worker (prometheus-client multiprocess mode).
+
+``PROMETHEUS_MULTIPROC_DIR`` must be set before this module is imported; the supervisor
+sets it, wipes the directory at start, and gunicorn's ``child_exit`` hook marks dead
+workers so their live gauges disappear.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+REQUEST_SECONDS = Histogram(
+    "twinfer_http_request_duration_seconds",
+    "HTTP request latency, by route template, method and status.",
+    ["route", "method", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+INFERENCE_SECONDS = Histogram(
+    "twinfer_inference_duration_seconds",
+    "Model forward-pass latency (no decoding or HTTP), by model and version.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge("twinfer_http_requests_in_flight", "Requests being served now.", multiprocess_mode="livesum")
+REQUEST_ERRORS = Counter("twinfer_request_errors_total", "Requests refused or failed, by reason.", ["reason"])
+WORKER_MODEL = Gauge(
+    "twinfer_worker_model_info",
+    "1 for the model version each live worker serves (label pid added by multiprocess mode).",
+    ["model", "version", "generation"],
+    multiprocess_mode="liveall",
+)
+WORKERS = Gauge("twinfer_workers", "Live gunicorn workers.", multiprocess_mode="livesum")
+
+
+def exposition() -> bytes:
+    """Every process's samples merged, in the text exposition format."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)

@@ -1,0 +1,27 @@
+"""Request accounting for every route: latency by route/status, requests in flight."""
+from __future__ import annotations
+
+import os
+import time
+
+import falcon
+
+from workers import metrics
+
+_WORKER_HEADER = str(os.getpid())
+
+
+class RequestMetrics:
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+        metrics.IN_FLIGHT.inc()
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
+        started = getattr(req.context, "started", None)
+        if started is None:
+            return
+        metrics.IN_FLIGHT.dec()
+        route = req.uri_template or "unmatched"
+        status = resp.status.split(" ", 1)[0] if isinstance(resp.status, str) else str(int(resp.status))
+        metrics.REQUEST_SECONDS.labels(route, req.method, status).observe(time.perf_counter() - started)
+        resp.set_header("X-Twinfer-Worker", str(os.getpid()))

@@ -1,0 +1,107 @@
+"""One loaded model, ready to turn image bytes into labelled detections.
+
+The same object serves HTTP requests, validates a model during staging in the
+supervisor and runs the in-process ceiling benchmark, so all three measure one path.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from workers import imaging
+from workers.decoders.base import DecodeParams, Decoder, Detections, input_size
+from workers.engines.base import Engine
+from workers.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Timings:
+    decode_ms: float
+    inference_ms: float
+    postprocess_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class DetectionResult:
+    header: imaging.ImageHeader
+    detections: Detections
+    timings: Timings
+
+
+class DetectionModel:
+    """Engine + preprocessing + decoder + labels for one model version."""
+
+    def __init__(
+        self, name: str, version: str, engine: Engine, decoder: Decoder, spec: ModelSpec, labels: list[str], label_offset: int
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.engine = engine
+        self.decoder = decoder
+        self.spec = spec
+        self.labels = labels
+        self.label_offset = label_offset
+        self.input_width, self.input_height = input_size(engine.signature, spec.input.layout)
+        image_input = engine.signature.image_input
+        self._input_name = image_input.name
+        self._input_dtype = image_input.dtype
+
+    def label(self, class_id: int) -> str:
+        index = class_id + self.label_offset
+        return self.labels[index] if 0 <= index < len(self.labels) else f"class_{class_id}"
+
+    def params(self, threshold: float | None, max_detections: int | None) -> DecodeParams:
+        return DecodeParams(
+            score_threshold=self.spec.score_threshold if threshold is None else threshold,
+            iou_threshold=self.spec.iou_threshold,
+            max_detections=self.spec.max_detections if max_detections is None else max_detections,
+        )
+
+    def _forward(self, pixels: np.ndarray, geometry: imaging.Geometry) -> list[np.ndarray]:
+        """Model-sized uint8 HWC pixels -> raw model outputs."""
+        feeds = {self._input_name: imaging.to_tensor(pixels, self.spec.input, self._input_dtype)}
+        feeds.update(self.decoder.extra_inputs(geometry))
+        return self.engine.run(feeds)
+
+    def detect(
+        self, data: bytes, max_pixels: int, threshold: float | None = None, max_detections: int | None = None
+    ) -> DetectionResult:
+        """Image bytes -> detections, with decode/inference/postprocess timings."""
+        started = time.perf_counter()
+        header = imaging.read_header(data, max_pixels)
+        content_w, content_h = imaging.content_size(header, self.spec.input, self.input_width, self.input_height)
+        reduction = imaging.jpeg_reduction(header, content_w, content_h)
+        image = imaging.decode(data, header, reduction)
+        pixels, geometry = imaging.to_input(image, header, self.spec.input, self.input_width, self.input_height)
+        decoded = time.perf_counter()
+        outputs = self._forward(pixels, geometry)
+        inferred = time.perf_counter()
+        detections = self.decoder.decode(outputs, geometry, self.params(threshold, max_detections))
+        finished = time.perf_counter()
+        timings = Timings(
+            decode_ms=(decoded - started) * 1e3,
+            inference_ms=(inferred - decoded) * 1e3,
+            postprocess_ms=(finished - inferred) * 1e3,
+            total_ms=(finished - started) * 1e3,
+        )
+        return DetectionResult(header, detections, timings)
+
+    def warm_up(self) -> Detections:
+        """One inference on a mid-grey picture: proves the model runs and primes its buffers."""
+        pixels = np.full((self.input_height, self.input_width, 3), 128, dtype=np.uint8)
+        geometry = imaging.Geometry(
+            image_width=self.input_width,
+            image_height=self.input_height,
+            decoded_width=self.input_width,
+            decoded_height=self.input_height,
+            input_width=self.input_width,
+            input_height=self.input_height,
+            scale_x=1.0,
+            scale_y=1.0,
+            pad_x=0.0,
+            pad_y=0.0,
+        )
+        return self.decoder.decode(self._forward(pixels, geometry), geometry, self.params(None, None))

@@ -1,0 +1,45 @@
+"""Getting the image bytes out of a request, within the size limit, without reading too much."""
+from __future__ import annotations
+
+import falcon
+
+from workers.errors import BodyTooLarge, EmptyBody, RequestError, UnsupportedMediaType
+
+RAW_TYPES = ("image/", "application/octet-stream")
+
+
+def _read_bounded(stream, limit: int) -> bytes:
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
+    return data
+
+
+def image_bytes(req: falcon.Request, limit: int) -> bytes:
+    """Raw image body or the one file part of a multipart form; 413 is decided from
+    Content-Length before a byte is read."""
+    if req.content_length is not None and req.content_length > limit:
+        raise BodyTooLarge(f"request body of {req.content_length} bytes is over the limit of {limit} bytes")
+    content_type = (req.content_type or "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        return _multipart_image(req, limit)
+    if content_type and not content_type.startswith(RAW_TYPES):
+        raise UnsupportedMediaType(
+            f"content type {content_type!r} is not accepted: send image bytes (image/*, "
+            "application/octet-stream) or multipart/form-data with one image part"
+        )
+    return _read_bounded(req.bounded_stream, limit)
+
+
+def _multipart_image(req: falcon.Request, limit: int) -> bytes:
+    try:
+        form = req.get_media()
+        for part in form:
+            part_type = (part.content_type or "").split(";")[0].strip().lower()
+            if part.filename or part_type.startswith(RAW_TYPES):
+                return _read_bounded(part.stream, limit)
+    except RequestError:
+        raise
+    except falcon.HTTPError as exc:  # malformed multipart framing
+        raise RequestError(f"malformed multipart body: {exc.description or exc.title}") from None
+    raise EmptyBody("multipart form has no image part (a part with a filename or an image/* type)")
