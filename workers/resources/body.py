@@ -28,7 +28,9 @@ def image_bytes(req: falcon.Request, limit: int) -> bytes:
             f"content type {content_type!r} is not accepted: send image bytes (image/*, "
             "application/octet-stream) or multipart/form-data with one image part"
         )
-    return _read_bounded(req.bounded_stream, limit)
+    # Chunked bodies have no Content-Length; gunicorn's own stream ends at the last chunk.
+    stream = req.stream if req.content_length is None else req.bounded_stream
+    return _read_bounded(stream, limit)
 
 
 def _multipart_image(req: falcon.Request, limit: int) -> bytes:
