@@ -1,0 +1,88 @@
+"""The supervisor: embedded default on an empty store, signal forwarding, exit codes."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import requests
+
+from tests.support.service_process import ServiceProcess
+from workers.manifest import read_manifest
+
+
+def _gunicorn_pid(service: ServiceProcess) -> int:
+    children = open(f"/proc/{service.proc.pid}/task/{service.proc.pid}/children").read().split()
+    assert len(children) == 1
+    return int(children[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_empty_store_gets_the_bundled_model_and_sigterm_stops_everything(tmp_path):
+    store = tmp_path / "store"
+    with ServiceProcess.start(store, workers=2) as service:
+        manifest = read_manifest(store)
+        assert (manifest.name, manifest.version, manifest.format) == ("ssd-mobilenetv2-oidv4", "1.0.0", "onnx")
+        assert (store / "models/ssd-mobilenetv2-oidv4/1.0.0/model.onnx").is_file()
+        assert not list((store / "staging").iterdir())
+        gunicorn = _gunicorn_pid(service)
+        service.proc.send_signal(signal.SIGTERM)
+        assert service.proc.wait(20) == 0
+        deadline = time.monotonic() + 10
+        while _alive(gunicorn) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(gunicorn)
+    # A restart keeps the published model: no restaging, same generation.
+    with ServiceProcess.start(store, workers=1) as service:
+        assert read_manifest(store).generation == manifest.generation
+        assert requests.get(service.url + "/readyz", timeout=5).status_code == 200
+
+
+def test_supervisor_exits_non_zero_when_gunicorn_dies(tmp_path):
+    with ServiceProcess.start(tmp_path / "store", workers=1) as service:
+        os.kill(_gunicorn_pid(service), signal.SIGKILL)
+        assert service.proc.wait(20) != 0
+        assert "gunicorn exited unexpectedly" in service.log()
+
+
+def test_readyz_is_503_until_a_model_is_published(tmp_path):
+    """Workers started before any manifest answer /healthz, say 503 on /readyz, then load it."""
+    from falcon import testing
+
+    from service.bootstrap import ensure_active_model
+    from service.repository import ModelRepository
+    from service.settings import BUNDLED_MODEL_DIR
+    from workers.app import create_app
+    from workers.engines import EngineOptions
+    from workers.settings import WorkerSettings
+
+    settings = WorkerSettings(store=tmp_path, max_body_bytes=10**6, max_image_pixels=10**7, engine=EngineOptions())
+    client = testing.TestClient(create_app(settings))
+    assert client.simulate_get("/healthz").status_code == 200
+    assert client.simulate_get("/readyz").status_code == 503
+    assert client.simulate_post("/detect", body=b"x", headers={"Content-Type": "image/png"}).status_code == 503
+    repo = ModelRepository(tmp_path)
+    repo.prepare()
+    ensure_active_model(repo, BUNDLED_MODEL_DIR, "demo", "1")
+    deadline = time.monotonic() + 30
+    while client.simulate_get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "model never loaded"
+        time.sleep(0.05)
+    assert client.simulate_get("/readyz").json["version"] == "1"
+
+
+@pytest.mark.parametrize("bad", ["not-a-number", "0"])
+def test_bad_worker_setting_is_a_clear_startup_error(monkeypatch, bad):
+    from service.settings import ServiceSettings
+
+    monkeypatch.setenv("TWINFER_WORKERS", bad)
+    with pytest.raises(ValueError, match="TWINFER_WORKERS"):
+        ServiceSettings.from_env()
