@@ -83,14 +83,21 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+NMS_CANDIDATES = 1000
+
+
 def nms(
     boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, params: DecodeParams, class_agnostic: bool = False
 ) -> Detections:
     """Per-class non-maximum suppression (OpenCV's), keeping the best ``max_detections``.
 
-    ``boxes`` are xyxy in any consistent unit; scores below the threshold are dropped first.
+    ``boxes`` are xyxy in any consistent unit; scores below the threshold are dropped
+    first, and only the best ``NMS_CANDIDATES`` go into NMS.
     """
-    keep = scores >= params.score_threshold
+    keep = np.flatnonzero(scores >= params.score_threshold)
+    if len(keep) > NMS_CANDIDATES:
+        # NMS is quadratic: a client asking threshold=0 must not buy 300 ms of CPU.
+        keep = keep[np.argpartition(-scores[keep], NMS_CANDIDATES)[:NMS_CANDIDATES]]
     boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
     if len(scores) == 0:
         return Detections.empty()
