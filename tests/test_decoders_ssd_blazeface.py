@@ -288,6 +288,7 @@ def test_blazeface_finds_the_astronauts_face(face: dict[str, DetectionModel], fm
     assert len(detections) == 1
     assert detections.scores[0] == pytest.approx(0.92, abs=0.02)
     assert int(detections.class_ids[0]) == 0
+    assert face[fmt].label(0) == "face"  # no label file in the bundle: the family names its class
     xmin, ymin, xmax, ymax = detections.boxes[0] * 512
     np.testing.assert_allclose([ymin, xmin, ymax, xmax], [82, 180, 176, 274], atol=6)
 

@@ -66,6 +66,6 @@ def load_model(directory: Path, name: str, version: str, options: EngineOptions)
         decoder = decoder_cls(signature, spec.decoder_options)
     except (SpecError, ValueError) as exc:
         raise ModelLoadError(f"{model_path.name}: {exc}") from exc
-    labels = find_labels(directory, model_path)
+    labels = find_labels(directory, model_path) or list(decoder_cls.default_labels)
     offset = label_offset(labels, decoder_cls.counts_background)
     return DetectionModel(name, version, engine, decoder, spec, labels, offset)

@@ -44,6 +44,8 @@ class Decoder(Protocol):
     # True when class id 0 is the background class and so lines up with a "???" first
     # label line; False when ids start at the first real class.
     counts_background: ClassVar[bool]
+    # Labels used when a bundle carries no label file (a single-class family names its class).
+    default_labels: ClassVar[tuple[str, ...]]
 
     @classmethod
     def matches(cls, signature: ModelSignature) -> bool:

@@ -34,6 +34,7 @@ class BlazeFaceDecoder:
 
     name: ClassVar[str] = "blazeface"
     counts_background: ClassVar[bool] = False
+    default_labels: ClassVar[tuple[str, ...]] = ("face",)
 
     @classmethod
     def matches(cls, signature: ModelSignature) -> bool:

@@ -37,6 +37,7 @@ class SsdAnchorsDecoder:
 
     name: ClassVar[str] = "ssd_anchors"
     counts_background: ClassVar[bool] = True
+    default_labels: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def matches(cls, signature: ModelSignature) -> bool:

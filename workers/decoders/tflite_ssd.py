@@ -47,6 +47,7 @@ class TfliteSsdPostprocessDecoder:
     name: ClassVar[str] = "tflite_ssd_postprocess"
     # The op's class ids start at the first real class; a leading "???" label is skipped.
     counts_background: ClassVar[bool] = False
+    default_labels: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def matches(cls, signature: ModelSignature) -> bool:

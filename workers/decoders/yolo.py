@@ -32,6 +32,7 @@ def _attribute_dim(shape: tuple[int | None, ...]) -> int | None:
 class YoloDecoder:
     name: ClassVar[str] = "yolo"
     counts_background: ClassVar[bool] = False
+    default_labels: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def matches(cls, signature: ModelSignature) -> bool:

@@ -31,6 +31,7 @@ def _is_integer(tensor: TensorInfo) -> bool:
 class YoloV3NmsDecoder:
     name: ClassVar[str] = "yolov3_nms"
     counts_background: ClassVar[bool] = False
+    default_labels: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def matches(cls, signature: ModelSignature) -> bool:
