@@ -16,6 +16,8 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 wsgi_app = "workers.app:create_app()"
 accesslog = os.environ.get("TWINFER_ACCESS_LOG") or None
 loglevel = os.environ.get("TWINFER_LOG_LEVEL", "info")
+# The supervisor is the only controller; no socket under $HOME (read-only in the container).
+control_socket_disable = True
 
 
 def child_exit(server, worker):

@@ -86,3 +86,27 @@ def test_bad_worker_setting_is_a_clear_startup_error(monkeypatch, bad):
     monkeypatch.setenv("TWINFER_WORKERS", bad)
     with pytest.raises(ValueError, match="TWINFER_WORKERS"):
         ServiceSettings.from_env()
+
+
+def test_dead_workers_series_are_removed_and_the_respawned_worker_serves(tmp_path, images):
+    import re
+
+    with ServiceProcess.start(tmp_path / "store", workers=2) as service:
+        text = requests.get(service.url + "/metrics", timeout=5).text
+        pids = set(re.findall(r'^twinfer_worker_model_info\{[^}]*pid="(\d+)"[^}]*\} 1\.0$', text, re.M))
+        assert len(pids) == 2
+        victim = sorted(pids)[0]
+        os.kill(int(victim), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            text = requests.get(service.url + "/metrics", timeout=5).text
+            now = set(re.findall(r'^twinfer_worker_model_info\{[^}]*pid="(\d+)"[^}]*\} 1\.0$', text, re.M))
+            if len(now) == 2 and victim not in now:
+                break
+            assert time.monotonic() < deadline, text
+            time.sleep(0.2)
+        assert f'pid="{victim}"' not in text
+        assert re.search(r"^twinfer_workers 2\.0$", text, re.M)
+        data = (images / "chelsea.png").read_bytes()
+        served = {requests.post(service.url + "/detect", data=data, timeout=10).headers["X-Twinfer-Worker"] for _ in range(20)}
+        assert victim not in served
