@@ -30,10 +30,28 @@ class ModelRepository:
         self.store = store
         self.models = store / "models"
         self.staging = store / "staging"
+        self.downloads = self.staging / "downloads"
 
     def prepare(self) -> None:
+        """Create the layout and drop half-built candidates a crash left behind
+        (partial downloads stay: they resume)."""
         self.models.mkdir(parents=True, exist_ok=True)
-        self.staging.mkdir(parents=True, exist_ok=True)
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        for leftover in self.staging.iterdir():
+            if leftover != self.downloads:
+                shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
+
+    def download_path(self, name: str, version: str) -> Path:
+        return self.downloads / f"{check_part('name', name)}-{check_part('version', version)}.part"
+
+    def drop_downloads_except(self, keep: Path | None) -> list[Path]:
+        """Garbage-collect partial downloads of models no longer desired."""
+        removed = []
+        for path in self.downloads.iterdir():
+            if keep is None or not path.name.startswith(keep.name):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
 
     def version_dir(self, name: str, version: str) -> Path:
         return self.models / check_part("name", name) / check_part("version", version)
@@ -56,6 +74,30 @@ class ModelRepository:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(candidate, target)
         return target
+
+    def versions(self) -> list[tuple[str, str, Path]]:
+        """Every staged (name, version, directory), oldest first."""
+        found = [
+            (name_dir.name, version_dir.name, version_dir)
+            for name_dir in self.models.iterdir()
+            if name_dir.is_dir()
+            for version_dir in name_dir.iterdir()
+            if version_dir.is_dir()
+        ]
+        return sorted(found, key=lambda item: item[2].stat().st_mtime)
+
+    def prune(self, keep: int, protect: set[Path]) -> list[Path]:
+        """Delete the oldest versions beyond ``keep``, never one in ``protect`` (the
+        active and previous versions stay for instant rollback)."""
+        versions = [path for _, _, path in self.versions()]
+        removable = [p for p in versions if p not in protect]
+        surplus = max(0, len(versions) - keep)
+        removed = removable[:surplus]
+        for path in removed:
+            shutil.rmtree(path, ignore_errors=True)
+            if not any(path.parent.iterdir()):
+                path.parent.rmdir()
+        return removed
 
     def copy_into_staging(self, source: Path, prefix: str) -> Path:
         candidate = self.new_staging_dir(prefix)

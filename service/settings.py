@@ -11,6 +11,19 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL_DIR = PROJECT_ROOT / "models" / "default"
 
 
+def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     store: Path
@@ -20,6 +33,16 @@ class ServiceSettings:
     default_model_dir: Path
     default_model_name: str
     default_model_version: str
+    keep_versions: int
+    download_max_bps: int  # 0 = no cap
+    download_connect_timeout: float
+    download_read_timeout: float
+    download_max_attempts: int
+    update_retry_seconds: float
+    report_interval: float
+    model_output: str
+    max_bundle_bytes: int
+    max_bundle_files: int
 
     @staticmethod
     def from_env() -> "ServiceSettings":
@@ -31,6 +54,16 @@ class ServiceSettings:
             default_model_dir=Path(os.environ.get("TWINFER_DEFAULT_MODEL_DIR", str(BUNDLED_MODEL_DIR))).resolve(),
             default_model_name=os.environ.get("TWINFER_DEFAULT_MODEL_NAME", "ssd-mobilenetv2-oidv4"),
             default_model_version=os.environ.get("TWINFER_DEFAULT_MODEL_VERSION", "1.0.0"),
+            keep_versions=env_int("TWINFER_KEEP_VERSIONS", 3, minimum=2),
+            download_max_bps=env_int("TWINFER_DOWNLOAD_MAX_BPS", 0, minimum=0),
+            download_connect_timeout=env_float("TWINFER_DOWNLOAD_CONNECT_TIMEOUT", 10.0, minimum=0.1),
+            download_read_timeout=env_float("TWINFER_DOWNLOAD_READ_TIMEOUT", 30.0, minimum=0.1),
+            download_max_attempts=env_int("TWINFER_DOWNLOAD_MAX_ATTEMPTS", 8, minimum=1),
+            update_retry_seconds=env_float("TWINFER_UPDATE_RETRY_SECONDS", 300.0, minimum=0.1),
+            report_interval=env_float("TWINFER_REPORT_INTERVAL", 2.0, minimum=0.0),
+            model_output=os.environ.get("TWINFER_MODEL_OUTPUT", "DLModelOutput"),
+            max_bundle_bytes=env_int("TWINFER_MAX_BUNDLE_BYTES", 2 * 1024**3, minimum=1),
+            max_bundle_files=env_int("TWINFER_MAX_BUNDLE_FILES", 16, minimum=1),
         )
 
     @property

@@ -1,30 +1,30 @@
-"""Start gunicorn as a child, forward signals to it, and exit when it does.
+"""The supervisor process: serve with gunicorn, follow the twin, keep both alive.
 
-Nothing is restarted silently: if gunicorn dies without being asked to, the supervisor
-exits non-zero so the container runtime (IoT Edge's restart policy) sees the failure.
+gunicorn runs as a child; signals are forwarded to it. Nothing is restarted silently:
+if gunicorn dies without being asked to, the supervisor exits non-zero so the container
+runtime (IoT Edge's restart policy) sees the failure. Beside it, the twin source feeds
+desired properties to the model updater, which publishes new manifests.
 """
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 from types import FrameType
 
 from service.bootstrap import ensure_active_model
+from service.bundle import UnpackLimits
+from service.fetch import DownloadPolicy
+from service.report import Reporter
 from service.repository import ModelRepository
 from service.settings import PROJECT_ROOT, ServiceSettings
+from service.twin.factory import create_twin_source
+from service.updater import ModelUpdater, UpdaterConfig
 
 log = logging.getLogger("twinfer.supervisor")
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def reset_metrics_dir(settings: ServiceSettings) -> None:
-    """prometheus-client multiprocess files from a previous run would be summed in: wipe them."""
-    shutil.rmtree(settings.metrics_dir, ignore_errors=True)
-    settings.metrics_dir.mkdir(parents=True)
 
 
 def gunicorn_env(settings: ServiceSettings) -> dict[str, str]:
@@ -39,23 +39,27 @@ def gunicorn_env(settings: ServiceSettings) -> dict[str, str]:
     return env
 
 
+def updater_config(settings: ServiceSettings) -> UpdaterConfig:
+    return UpdaterConfig(
+        keep_versions=settings.keep_versions,
+        policy=DownloadPolicy(
+            connect_timeout=settings.download_connect_timeout,
+            read_timeout=settings.download_read_timeout,
+            max_attempts=settings.download_max_attempts,
+            rate_limit_bps=settings.download_max_bps or None,
+        ),
+        limits=UnpackLimits(max_files=settings.max_bundle_files, max_total_bytes=settings.max_bundle_bytes),
+        model_output=settings.model_output,
+        retry_seconds=settings.update_retry_seconds,
+    )
+
+
 class Supervisor:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self.repo = ModelRepository(settings.store)
         self._child: subprocess.Popen | None = None
         self._stopping = False
-
-    def prepare(self) -> None:
-        self.repo.prepare()
-        reset_metrics_dir(self.settings)
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.settings.metrics_dir)
-        ensure_active_model(
-            self.repo,
-            self.settings.default_model_dir,
-            self.settings.default_model_name,
-            self.settings.default_model_version,
-        )
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
         self._stopping = True
@@ -64,8 +68,11 @@ class Supervisor:
             self._child.send_signal(signum)
 
     def run(self) -> int:
-        """Prepare the store, run gunicorn until it exits; the return value is the exit code."""
-        self.prepare()
+        """Prepare the store, serve, follow the twin until gunicorn exits; returns the exit code."""
+        self.repo.prepare()
+        ensure_active_model(
+            self.repo, self.settings.default_model_dir, self.settings.default_model_name, self.settings.default_model_version
+        )
         for signum in FORWARDED_SIGNALS:
             signal.signal(signum, self._forward)
         command = [sys.executable, "-m", "gunicorn", "-c", str(PROJECT_ROOT / "gunicorn.conf.py")]
@@ -74,7 +81,18 @@ class Supervisor:
             "gunicorn (pid %d) serving on %s:%d with %d workers",
             self._child.pid, self.settings.http_host, self.settings.http_port, self.settings.workers,
         )
-        code = self._child.wait()
+        twin = create_twin_source(self.settings.store, os.environ)
+        reporter = Reporter(twin, min_interval=self.settings.report_interval)
+        updater = ModelUpdater(self.repo, twin, reporter, updater_config(self.settings))
+        updater.start()
+        twin.start(updater.on_desired)
+        log.info("following the %s twin", twin.kind)
+        try:
+            code = self._child.wait()
+        finally:
+            updater.stop()
+            reporter.close()
+            twin.close()
         if self._stopping:
             log.info("gunicorn stopped (exit %d)", code)
             return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code

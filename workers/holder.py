@@ -59,7 +59,9 @@ class ModelHolder:
         """Load and warm up ``manifest``'s model, then make it current."""
         started = time.perf_counter()
         try:
-            model = load_model(manifest.model_dir(self.store), manifest.name, manifest.version, self.options)
+            model = load_model(
+                manifest.model_dir(self.store), manifest.name, manifest.version, self.options, manifest.score_threshold
+            )
             model.warm_up()
         except Exception as exc:  # a worker must keep running to report the error
             self.last_error = f"{manifest.name} {manifest.version}: {exc}"

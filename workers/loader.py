@@ -6,6 +6,7 @@ A directory holds one ``.onnx`` or ``.tflite`` file, optionally a labels ``.txt`
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from workers.decoders import decoder_by_name, detect_decoder
@@ -50,8 +51,12 @@ def read_metadata(directory: Path) -> dict:
         raise ModelLoadError(f"{METADATA_FILE} is not valid JSON: {exc}") from None
 
 
-def load_model(directory: Path, name: str, version: str, options: EngineOptions) -> DetectionModel:
-    """Load, detect the decoder and preprocessing, and build the pipeline."""
+def load_model(
+    directory: Path, name: str, version: str, options: EngineOptions, score_threshold: float | None = None
+) -> DetectionModel:
+    """Load, detect the decoder and preprocessing, and build the pipeline.
+
+    ``score_threshold`` (the twin's inference setting) overrides the bundle's."""
     model_path = find_model_file(directory)
     metadata = read_metadata(directory)
     try:
@@ -63,6 +68,8 @@ def load_model(directory: Path, name: str, version: str, options: EngineOptions)
         decoder_cls = decoder_by_name(metadata["decoder"]) if "decoder" in metadata else detect_decoder(signature)
         defaults = ModelSpec(decoder=decoder_cls.name, input=decoder_cls.default_input(signature))
         spec = apply_overrides(defaults, metadata)
+        if score_threshold is not None:
+            spec = replace(spec, score_threshold=score_threshold)
         decoder = decoder_cls(signature, spec.decoder_options)
     except (SpecError, ValueError) as exc:
         raise ModelLoadError(f"{model_path.name}: {exc}") from exc

@@ -28,6 +28,8 @@ class Manifest:
     decoder: str
     generation: int
     published_at: float
+    score_threshold: float | None = None  # the twin's inference setting, over the bundle's
+
 
     def model_dir(self, store: Path) -> Path:
         return store / self.directory
@@ -47,7 +49,8 @@ def read_manifest(store: Path) -> Manifest | None:
         raw = json.loads(manifest_path(store).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    return Manifest(**raw)
+    known = {f for f in Manifest.__dataclass_fields__}
+    return Manifest(**{k: v for k, v in raw.items() if k in known})
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -69,7 +72,15 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def publish(store: Path, name: str, version: str, directory: str, format: str, decoder: str) -> Manifest:
+def publish(
+    store: Path,
+    name: str,
+    version: str,
+    directory: str,
+    format: str,
+    decoder: str,
+    score_threshold: float | None = None,
+) -> Manifest:
     """Make a staged model the active one: generation + 1, written atomically under the lock."""
     with _lock(store):
         current = read_manifest(store)
@@ -81,6 +92,7 @@ def publish(store: Path, name: str, version: str, directory: str, format: str, d
             decoder=decoder,
             generation=(current.generation + 1) if current else 1,
             published_at=time.time(),
+            score_threshold=score_threshold,
         )
         write_atomic(manifest_path(store), json.dumps(asdict(manifest), indent=2).encode())
         return manifest

@@ -1,0 +1,206 @@
+"""Desired properties -> what model the device should run, validated.
+
+Two shapes are accepted:
+
+* the reference design's keys: ``FileName``, ``DownloadUrl``, ``ContentMD5`` (hex or the
+  base64 form Blob Storage uses); the model name and version come from the file name
+  (``tiny-yolov3-11_1.0.zip`` -> ``tiny-yolov3-11`` / ``1.0``);
+* ours: ``model: {name, version, url, sha256, md5, size}``, plus ``inference:
+  {score_threshold}`` and ``download: {max_bytes_per_second}``.
+
+``model`` wins when both are present. A malformed document raises ``DesiredError`` and
+changes nothing. IoT Hub limits each property to 4 KB and the desired document to 32 KB.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from service.repository import RepositoryError, check_part
+from service.verify import normalize_md5
+
+MAX_PROPERTY_BYTES = 4 * 1024
+MAX_DOCUMENT_BYTES = 32 * 1024
+_VERSIONED_FILE = re.compile(r"^(?P<name>.+?)[-_]v?(?P<version>\d+(?:\.\d+)*)$")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class DesiredError(ValueError):
+    """The desired document is malformed; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class DesiredModel:
+    name: str
+    version: str
+    url: str
+    file_name: str
+    sha256: str | None
+    md5: str | None  # lowercase hex
+    size: int | None
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    version: int | None  # the twin's $version
+    model: DesiredModel | None
+    score_threshold: float | None
+    max_bytes_per_second: int | None
+
+
+def _size_of(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")).encode())
+
+
+def _check_sizes(desired: Mapping[str, Any]) -> None:
+    if _size_of(desired) > MAX_DOCUMENT_BYTES:
+        raise DesiredError(f"desired document is over IoT Hub's {MAX_DOCUMENT_BYTES} byte limit")
+    for key, value in desired.items():
+        if not key.startswith("$") and _size_of(value) > MAX_PROPERTY_BYTES:
+            raise DesiredError(f"desired property {key!r} is over IoT Hub's {MAX_PROPERTY_BYTES} byte limit")
+
+
+def _url(value: Any, key: str) -> str:
+    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
+        raise DesiredError(f"{key} must be an http(s) URL")
+    return value
+
+
+def _md5(value: Any, key: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return normalize_md5(value)
+    except ValueError:
+        raise DesiredError(f"{key} must be an MD5 digest in hex or base64") from None
+
+
+def _name_part(kind: str, value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise DesiredError(f"{key} must be a string")
+    try:
+        return check_part(kind, value)
+    except RepositoryError as exc:
+        raise DesiredError(f"{key}: {exc}") from None
+
+
+def _reference_model(desired: Mapping[str, Any]) -> DesiredModel:
+    file_name = desired.get("FileName")
+    if not isinstance(file_name, str) or not file_name or "/" in file_name or "\\" in file_name:
+        raise DesiredError("FileName must be a plain file name")
+    url = _url(desired.get("DownloadUrl"), "DownloadUrl")
+    md5 = _md5(desired.get("ContentMD5"), "ContentMD5")
+    stem = PurePosixPath(file_name).stem
+    match = _VERSIONED_FILE.match(stem)
+    if match:
+        name, version = match.group("name"), match.group("version")
+    elif md5:
+        name, version = stem, md5[:12]
+    else:
+        raise DesiredError("FileName has no version (e.g. model_1.0.zip) and there is no ContentMD5 to name it")
+    return DesiredModel(
+        name=_name_part("name", name, "FileName"),
+        version=_name_part("version", version, "FileName"),
+        url=url,
+        file_name=file_name,
+        sha256=None,
+        md5=md5,
+        size=None,
+    )
+
+
+def _rich_model(raw: Any) -> DesiredModel:
+    if not isinstance(raw, Mapping):
+        raise DesiredError("model must be an object")
+    known = {"name", "version", "url", "sha256", "md5", "size", "signature"}
+    unknown = set(raw) - known
+    if unknown:
+        raise DesiredError(f"unknown model keys: {', '.join(sorted(unknown))}")
+    url = _url(raw.get("url"), "model.url")
+    sha256 = raw.get("sha256")
+    if sha256 is not None and (not isinstance(sha256, str) or not _SHA256.match(sha256)):
+        raise DesiredError("model.sha256 must be 64 hex digits")
+    size = raw.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        raise DesiredError("model.size must be a positive integer (bytes)")
+    md5 = _md5(raw.get("md5"), "model.md5")
+    if sha256 is None and md5 is None:
+        raise DesiredError("model needs sha256 (or at least md5): an unverified download is never staged")
+    return DesiredModel(
+        name=_name_part("name", raw.get("name"), "model.name"),
+        version=_name_part("version", raw.get("version"), "model.version"),
+        url=url,
+        file_name=PurePosixPath(urlsplit(url).path).name or "bundle.zip",
+        sha256=sha256.lower() if sha256 else None,
+        md5=md5,
+        size=size,
+    )
+
+
+def _threshold(desired: Mapping[str, Any]) -> float | None:
+    inference = desired.get("inference")
+    if inference is None:
+        return None
+    if not isinstance(inference, Mapping):
+        raise DesiredError("inference must be an object")
+    value = inference.get("score_threshold")
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise DesiredError("inference.score_threshold must be a number between 0 and 1")
+    return float(value)
+
+
+def _rate(desired: Mapping[str, Any]) -> int | None:
+    download = desired.get("download")
+    if download is None:
+        return None
+    if not isinstance(download, Mapping):
+        raise DesiredError("download must be an object")
+    value = download.get("max_bytes_per_second")
+    if value is None or value == 0:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1024:
+        raise DesiredError("download.max_bytes_per_second must be an integer >= 1024 (or 0 for no cap)")
+    return value
+
+
+def parse_desired(desired: Mapping[str, Any]) -> DesiredState:
+    """Validate the whole desired document (not a patch: merge patches first)."""
+    if not isinstance(desired, Mapping):
+        raise DesiredError("desired properties must be an object")
+    if "$invalid" in desired:  # the local twin's file did not parse
+        raise DesiredError(f"desired document is not valid JSON: {desired['$invalid']}")
+    _check_sizes(desired)
+    version = desired.get("$version")
+    if "model" in desired and desired["model"] is not None:
+        model = _rich_model(desired["model"])
+    elif any(k in desired for k in ("FileName", "DownloadUrl", "ContentMD5")):
+        model = _reference_model(desired)
+    else:
+        model = None
+    return DesiredState(
+        version=version if isinstance(version, int) else None,
+        model=model,
+        score_threshold=_threshold(desired),
+        max_bytes_per_second=_rate(desired),
+    )
+
+
+def merge_patch(document: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON merge patch, as IoT Hub applies desired patches: null deletes a key."""
+    merged = dict(document)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_patch(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

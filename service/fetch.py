@@ -1,0 +1,458 @@
+"""Resumable, polite HTTP download of one model bundle into a ``.part`` file.
+
+Edge links are slow, flaky and metered, so a download picks up where it stopped (``Range``
+guarded by ``If-Range`` on the ETag), also after a supervisor restart: a JSON sidecar next
+to the ``.part`` file records which blob (URL without query, ETag, size) its bytes belong
+to. Failures back off with full jitter, the rate can be capped, and the URL's query string
+(a SAS token) never reaches a log line, an error message or the sidecar.
+"""
+from __future__ import annotations
+
+import email.utils
+import errno
+import json
+import logging
+import random
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+from urllib.parse import urlsplit
+
+import requests
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from workers.manifest import write_atomic
+
+log = logging.getLogger("twinfer.fetch")
+
+_QUERY_IN_TEXT = re.compile(r"\?[^\s'\"<>)]*")
+
+
+@dataclass(frozen=True)
+class DownloadPolicy:
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    max_attempts: int = 8  # consecutive attempts that did not grow the file; growth resets the count
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0  # also caps a server's Retry-After
+    rate_limit_bps: int | None = None  # bytes/s cap for metered links; None = no cap
+    progress_interval: float = 5.0  # seconds between progress callbacks/log lines
+    chunk_size: int = 64 * 1024
+    min_free_bytes: int = 64 * 1024 * 1024  # keep this much free on the store's filesystem
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    received: int  # bytes in the .part file
+    total: int | None
+    rate_bps: float  # bytes received over the network in this call / seconds since it started
+    eta_seconds: float | None
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    path: Path
+    size: int
+    transferred: int  # bytes actually received over the network in this call
+    resumed_from: int
+    restarts: int
+    seconds: float
+    etag: str | None
+
+
+class DownloadError(Exception):
+    """A download that did not complete.
+
+    ``reason``: forbidden, not_found, http_error, network, no_space, size_mismatch or
+    cancelled. ``retryable``: the same call later may succeed without anyone changing
+    anything (a new SAS token, more disk, another URL). The message never holds the query.
+    """
+
+    def __init__(self, reason: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = retryable
+
+
+class _Retry(Exception):
+    """One attempt failed in a way worth trying again; ``immediate`` skips the backoff."""
+
+    def __init__(self, reason: str, why: str, retry_after: float | None = None, immediate: bool = False) -> None:
+        super().__init__(why)
+        self.reason = reason
+        self.why = why
+        self.retry_after = retry_after
+        self.immediate = immediate
+
+
+def _base_url(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]  # user:password@ is a credential too
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host/path``, with ``?<redacted>`` standing for the query (the SAS token)."""
+    return _base_url(url) + ("?<redacted>" if urlsplit(url).query else "")
+
+
+def _scrub(exc: BaseException) -> str:
+    """requests and urllib3 put the full URL in their messages: cut every query out."""
+    return f"{type(exc).__name__}: {_QUERY_IN_TEXT.sub('?<redacted>', str(exc))}"
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    if response.status_code not in (429, 503):
+        return None
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """``bytes 100-199/1000`` -> (100, 1000); ``bytes */1000`` -> (None, 1000); ``*`` total -> None."""
+    match = re.fullmatch(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)", (value or "").strip())
+    if match is None:
+        return None, None
+    start, total = match.groups()
+    return (int(start) if start else None), (int(total) if total != "*" else None)
+
+
+def _body_chunks(response: requests.Response, size: int) -> Iterator[bytes]:
+    """Raw body bytes (no decoding: sizes and ranges are of the stored blob) as they arrive.
+
+    ``read1`` returns what the socket has instead of waiting for ``size`` bytes, so a read
+    timeout loses nothing already received (``stream`` would drop a partial chunk).
+    """
+    raw = response.raw
+    if raw.chunked:
+        yield from raw.stream(size, decode_content=False)
+        return
+    while chunk := raw.read1(size, decode_content=False):
+        yield chunk
+
+
+def _content_length(response: requests.Response) -> int | None:
+    value = response.headers.get("Content-Length")
+    return int(value) if value and value.isdigit() and "Transfer-Encoding" not in response.headers else None
+
+
+class _Download:
+    """State of one ``download()`` call; the sidecar carries it to the next process."""
+
+    def __init__(
+        self,
+        url: str,
+        part_path: Path,
+        expected_size: int | None,
+        policy: DownloadPolicy,
+        on_progress: Callable[[DownloadProgress], None] | None,
+        on_bytes: Callable[[int], None] | None,
+        cancel: threading.Event | None,
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.url = url
+        self.label = redact_url(url)
+        self.part_path = part_path
+        self.sidecar = Path(str(part_path) + ".json")
+        self.expected_size = expected_size
+        self.policy = policy
+        self.on_progress = on_progress
+        self.on_bytes = on_bytes
+        self.cancel = cancel
+        self.sleep = sleep
+        self.etag: str | None = None
+        self.total: int | None = None
+        self.have = 0
+        self.transferred = 0
+        self.restarts = 0
+        self.started = time.monotonic()
+        self.last_report = self.started
+        self.saved: tuple[str | None, int | None] | None = None
+        self.schedule_start = 0.0
+        self.schedule_bytes = 0
+
+    # -- state on disk -------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Adopt the ``.part`` file if its sidecar says it holds the start of this blob."""
+        self.have = self.part_path.stat().st_size if self.part_path.exists() else 0
+        try:
+            state = json.loads(self.sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = None
+        stale = (
+            not self.part_path.exists()
+            or not isinstance(state, dict)
+            or state.get("url") != _base_url(self.url)
+            or (state.get("total") is not None and self.have > state["total"])
+            or (None not in (state.get("total"), self.expected_size) and state["total"] != self.expected_size)
+        )
+        if stale:
+            if self.have:
+                log.info("download %s: discarding %d bytes in %s, they belong to another download",
+                         self.label, self.have, self.part_path.name)
+            self.discard()
+            self.have = 0
+            return
+        self.etag, self.total = state.get("etag"), state.get("total")
+        self.saved = (self.etag, self.total)
+
+    def save(self) -> None:
+        """Written before the body it describes, atomically: a crash leaves a consistent pair."""
+        if self.saved == (self.etag, self.total):
+            return
+        state = {"url": _base_url(self.url), "etag": self.etag, "total": self.total}
+        write_atomic(self.sidecar, json.dumps(state).encode())
+        self.saved = (self.etag, self.total)
+
+    def discard(self) -> None:
+        self.part_path.unlink(missing_ok=True)
+        self.sidecar.unlink(missing_ok=True)
+
+    def restart(self, why: str) -> None:
+        """Drop the bytes so far: truncate first, so the old sidecar never describes new bytes."""
+        log.warning("download %s: restarting from byte 0 after %d bytes: %s", self.label, self.have, why)
+        self.part_path.write_bytes(b"")
+        self.have = 0
+        self.restarts += 1
+
+    def check_space(self) -> None:
+        known = self.total if self.total is not None else self.expected_size
+        remaining = max(0, known - self.have) if known is not None else 0
+        if known is not None and remaining == 0:
+            return  # nothing left to write
+        free = shutil.disk_usage(self.part_path.parent).free
+        if free < remaining + self.policy.min_free_bytes:
+            raise DownloadError(
+                "no_space",
+                f"not enough free space in {self.part_path.parent} for {self.label}: {remaining} bytes to go "
+                f"plus a reserve of {self.policy.min_free_bytes} bytes, {free} bytes free",
+            )
+
+    def size_mismatch(self, message: str) -> DownloadError:
+        self.discard()
+        return DownloadError("size_mismatch", f"{self.label}: {message}")
+
+    # -- waiting -------------------------------------------------------------------------
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise DownloadError("cancelled", f"download of {self.label} cancelled at byte {self.have}")
+
+    def wait(self, seconds: float) -> None:
+        """Backoff and rate pacing; a cancel wakes a real sleep (an injected one is a test's clock)."""
+        if seconds <= 0:
+            return
+        if self.cancel is not None and self.sleep is time.sleep:
+            self.cancel.wait(seconds)
+        else:
+            self.sleep(seconds)
+        self.check_cancel()
+
+    def backoff(self, stalled: int, retry_after: float | None) -> float:
+        """Full jitter: uniform in [0, min(max, initial * 2^n)], n = failures in a row - 1."""
+        if retry_after is not None:
+            return min(retry_after, self.policy.backoff_max)
+        ceiling = min(self.policy.backoff_max, self.policy.backoff_initial * 2 ** max(stalled - 1, 0))
+        return random.uniform(0, ceiling)
+
+    def pace(self, size: int) -> None:
+        """Sleep by schedule: byte n of an attempt is not taken before start + n / rate."""
+        rate = self.policy.rate_limit_bps
+        if rate:
+            self.schedule_bytes += size
+            self.wait(self.schedule_start + self.schedule_bytes / rate - time.monotonic())
+
+    # -- the transfer --------------------------------------------------------------------
+
+    def run(self) -> DownloadResult:
+        self.load()
+        resumed_from = self.have
+        self.check_space()
+        if self.have:
+            log.info("download %s: resuming at byte %d of %s", self.label, self.have, self.total or "?")
+        stalled = 0
+        with requests.Session() as session:
+            while not (self.total is not None and self.have == self.total):
+                self.check_cancel()
+                before = self.have
+                try:
+                    self.attempt(session)
+                except _Retry as retry:
+                    stalled = 0 if self.have > before else stalled + 1
+                    if stalled >= self.policy.max_attempts:
+                        raise DownloadError(
+                            retry.reason,
+                            f"gave up on {self.label} after {stalled} attempts without progress "
+                            f"(at byte {self.have}); last error: {retry.why}",
+                            retryable=True,
+                        ) from None
+                    delay = 0.0 if retry.immediate else self.backoff(stalled, retry.retry_after)
+                    log.warning("download %s: %s; retrying in %.1f s (%d of %d attempts in a row without progress)",
+                                self.label, retry.why, delay, stalled, self.policy.max_attempts)
+                    self.wait(delay)
+        self.sidecar.unlink(missing_ok=True)
+        self.report(final=True)
+        seconds = time.monotonic() - self.started
+        log.info("download %s: complete, %d bytes (%d over the network, resumed from %d, %d restarts) in %.1f s",
+                 self.label, self.have, self.transferred, resumed_from, self.restarts, seconds)
+        return DownloadResult(self.part_path, self.have, self.transferred, resumed_from, self.restarts, seconds,
+                              self.etag)
+
+    def attempt(self, session: requests.Session) -> None:
+        """One request; returns when the file is complete, raises ``_Retry`` otherwise."""
+        headers = {"Accept-Encoding": "identity"}
+        if self.have:
+            headers["Range"] = f"bytes={self.have}-"
+            if self.etag:
+                headers["If-Range"] = self.etag
+        timeout = (self.policy.connect_timeout, self.policy.read_timeout)
+        try:
+            response = session.get(self.url, headers=headers, stream=True, timeout=timeout)
+        except requests.RequestException as exc:
+            raise _Retry("network", _scrub(exc)) from None
+        with response:
+            self.check_status(response)
+            if response.status_code == 416:
+                self.range_not_satisfiable(response)
+                return
+            self.accept(response)
+            self.receive(response)
+        if self.total is None:  # no length announced: a cleanly ended body is the whole blob
+            if self.expected_size is not None and self.have != self.expected_size:
+                raise self.size_mismatch(f"the server sent {self.have} bytes, expected {self.expected_size}")
+            self.total = self.have
+        elif self.have < self.total:  # a shorter range than asked for is allowed: ask for the rest
+            raise _Retry("network", f"the response ended at byte {self.have} of {self.total}", immediate=True)
+
+    def check_status(self, response: requests.Response) -> None:
+        status = response.status_code
+        if status in (200, 206, 416):
+            return
+        if status in (401, 403):
+            raise DownloadError(
+                "forbidden",
+                f"{self.label} refused with HTTP {status}: the SAS token has expired or does not grant read access",
+            )
+        if status == 404:
+            raise DownloadError("not_found", f"{self.label} does not exist (HTTP 404)")
+        if status in (408, 429) or status >= 500:
+            raise _Retry("http_error", f"HTTP {status} {response.reason}", _retry_after(response))
+        raise DownloadError("http_error", f"{self.label} answered HTTP {status} {response.reason}")
+
+    def range_not_satisfiable(self, response: requests.Response) -> None:
+        """416: complete if the blob is exactly as long as the file, else the file is stale."""
+        total = _content_range(response.headers.get("Content-Range"))[1]
+        if total is not None and total == self.have:
+            self.total = total
+            return
+        self.restart(f"HTTP 416 for a range from byte {self.have} (blob size {total})")
+        raise _Retry("http_error", "HTTP 416", immediate=True)
+
+    def accept(self, response: requests.Response) -> None:
+        """Check a 200/206 against what is on disk and record the blob's ETag and size."""
+        etag = response.headers.get("ETag")
+        if response.status_code == 206:
+            start, total = _content_range(response.headers.get("Content-Range"))
+            if start != self.have or (etag and self.etag and etag != self.etag) or (
+                None not in (total, self.total) and total != self.total
+            ):
+                self.restart(f"HTTP 206 from byte {start} of {total} (ETag {etag}) does not continue "
+                             f"byte {self.have} of {self.total} (ETag {self.etag})")
+                raise _Retry("network", "the range answer did not continue the file", immediate=True)
+            self.etag = etag or self.etag
+            total = total if total is not None else self.total
+        else:  # 200: the whole blob from byte 0: the range was ignored or If-Range failed
+            if self.have:
+                self.restart(f"the server sent the whole blob (ETag {self.etag} -> {etag})")
+            self.etag, total = etag, _content_length(response)
+        self.total = total
+        if None not in (self.total, self.expected_size) and self.total != self.expected_size:
+            raise self.size_mismatch(f"the server has {self.total} bytes, expected {self.expected_size}")
+        self.check_space()
+        self.save()
+
+    def receive(self, response: requests.Response) -> None:
+        size = self.policy.chunk_size
+        if self.policy.rate_limit_bps:
+            size = max(1024, min(size, self.policy.rate_limit_bps // 10))  # pace in ~0.1 s steps
+        self.schedule_start, self.schedule_bytes = time.monotonic(), 0
+        chunks = _body_chunks(response, size)
+        with open(self.part_path, "ab") as out:
+            while True:
+                self.check_cancel()
+                try:
+                    chunk = next(chunks, None)
+                except (Urllib3Error, requests.RequestException) as exc:
+                    raise _Retry("network", _scrub(exc)) from None
+                if chunk is None:
+                    return
+                self.write(out, chunk)
+                self.report()
+                self.pace(len(chunk))
+
+    def write(self, out: BinaryIO, chunk: bytes) -> None:
+        limit = self.total if self.total is not None else self.expected_size
+        if limit is not None and self.have + len(chunk) > limit:
+            out.close()
+            raise self.size_mismatch(f"the server sent more than {limit} bytes")
+        try:
+            out.write(chunk)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DownloadError("no_space", f"disk full in {self.part_path.parent} writing {self.label}") from None
+            raise
+        self.have += len(chunk)
+        self.transferred += len(chunk)
+        if self.on_bytes is not None:
+            self.on_bytes(len(chunk))
+
+    def report(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self.last_report < self.policy.progress_interval:
+            return
+        self.last_report = now
+        elapsed = now - self.started
+        rate = self.transferred / elapsed if elapsed > 0 else 0.0
+        remaining = None if self.total is None else self.total - self.have
+        eta = 0.0 if remaining == 0 else (remaining / rate if remaining is not None and rate > 0 else None)
+        if not final:
+            percent = f"{100 * self.have / self.total:.1f}%" if self.total else "?%"
+            log.info("download %s: %d of %s bytes (%s) at %.0f B/s, ETA %s", self.label, self.have,
+                     self.total if self.total is not None else "?", percent, rate,
+                     f"{eta:.0f} s" if eta is not None else "unknown")
+        if self.on_progress is not None:
+            self.on_progress(DownloadProgress(self.have, self.total, rate, eta))
+
+
+def download(
+    url: str,
+    part_path: Path,
+    *,
+    expected_size: int | None = None,
+    policy: DownloadPolicy = DownloadPolicy(),
+    on_progress: Callable[[DownloadProgress], None] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    cancel: threading.Event | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> DownloadResult:
+    """Download ``url`` into ``part_path`` (its folder must exist), resuming what is there.
+
+    On success the complete file stays at ``part_path`` for the caller to verify and rename,
+    and the sidecar is gone. On failure both stay for the next call to resume, except after
+    ``size_mismatch`` (the bytes are of no use). ``sleep`` serves backoff and rate pacing.
+    """
+    return _Download(url, part_path, expected_size, policy, on_progress, on_bytes, cancel, sleep).run()

@@ -1,0 +1,351 @@
+"""The model update pipeline, driven by the twin's desired properties.
+
+desired -> fetch (resumable) -> verify (SHA-256/MD5) -> unpack (safe) -> validate (child
+process) -> promote (atomic rename) -> publish (manifest) -> report.
+
+Rules that keep a device in the desert serving:
+* nothing is published until the new model loaded and ran in validation; any failure
+  leaves the manifest, and so the serving model, untouched, and is reported with a reason;
+* a desired document is handled once: its fingerprint (``$version``, or a hash of the
+  document when the twin has none) is persisted when the outcome is final, so a
+  reconnect or restart that delivers the same document again does nothing, while a
+  restart in the middle of a download resumes it;
+* a newer desired document cancels a download of an older target;
+* network failures that outlast the downloader's retries are retried later, not dropped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from service import metrics
+from service.bundle import BundleError, UnpackLimits, unpack_bundle
+from service.desired import DesiredError, DesiredModel, DesiredState, merge_patch, parse_desired
+from service.fetch import DownloadError, DownloadPolicy, DownloadProgress, download
+from service.report import Reporter
+from service.repository import ModelRepository
+from service.staging import StagingError, ValidatedModel, validate_in_subprocess
+from service.twin.base import TwinSource
+from service.verify import VerifyError, verify_file
+from workers.engines import ENGINE_FORMATS
+from workers.manifest import Manifest, publish, read_manifest, write_atomic
+
+log = logging.getLogger("twinfer.updater")
+STATE_FILE = "updater.json"
+
+
+@dataclass(frozen=True)
+class UpdaterConfig:
+    keep_versions: int = 3
+    policy: DownloadPolicy = DownloadPolicy()
+    limits: UnpackLimits = UnpackLimits()
+    model_output: str = "DLModelOutput"
+    validate_timeout: float = 300.0
+    retry_seconds: float = 300.0  # after the downloader gave up on a flaky link
+
+
+class UpdateFailed(Exception):
+    def __init__(self, reason: str, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retryable = retryable
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def fingerprint(document: dict) -> str:
+    """The twin's ``$version`` when it has one, else a hash of the content."""
+    version = document.get("$version")
+    if isinstance(version, int):
+        return f"v{version}"
+    content = {k: v for k, v in document.items() if not k.startswith("$")}
+    return "sha256:" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ModelUpdater:
+    def __init__(self, repo: ModelRepository, twin: TwinSource, reporter: Reporter, config: UpdaterConfig) -> None:
+        self.repo = repo
+        self.twin = twin
+        self.reporter = reporter
+        self.config = config
+        self._desired: dict = {}
+        self._inputs = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self._cancel = threading.Event()
+        self._working_on: DesiredModel | None = None
+        self._state_path = repo.store / STATE_FILE
+        self._handled = self._load_handled()
+        self._thread = threading.Thread(target=self._run, name="model-updater", daemon=True)
+
+    # --- inputs -------------------------------------------------------------------
+
+    def on_desired(self, document: dict, full: bool) -> None:
+        """Twin callback (any thread): merge, and cancel a download the new document replaces."""
+        with self._cond:
+            self._desired = dict(document) if full else merge_patch(self._desired, document)
+            if "$version" in document:
+                self._desired["$version"] = document["$version"]
+            self._inputs += 1
+            if self._working_on is not None and self._target(self._desired) != self._working_on:
+                log.info("desired model changed during an update; cancelling it")
+                self._cancel.set()
+            self._cond.notify_all()
+
+    @staticmethod
+    def _target(document: dict) -> DesiredModel | None:
+        try:
+            return parse_desired(document).model
+        except DesiredError:
+            return None
+
+    def start(self) -> None:
+        self.report_active(read_manifest(self.repo.store))
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._closed = True
+            self._cancel.set()
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        seen = 0
+        retry_at: float | None = None
+        while True:
+            with self._cond:
+                while not self._closed and self._inputs == seen and (retry_at is None or time.monotonic() < retry_at):
+                    self._cond.wait(None if retry_at is None else max(0.0, retry_at - time.monotonic()))
+                if self._closed:
+                    return
+                seen, document = self._inputs, dict(self._desired)
+                self._cancel.clear()
+            retry_at = None
+            try:
+                if not self.apply(document):
+                    retry_at = time.monotonic() + self.config.retry_seconds
+            except Exception:  # a bug must not kill the updater thread
+                log.exception("model update crashed")
+                self._report_failure(document, "internal", "internal error in the update pipeline; see the module log")
+
+    # --- the pipeline -------------------------------------------------------------
+
+    def apply(self, document: dict) -> bool:
+        """Handle one desired document; False when it should be retried later."""
+        mark = fingerprint(document)
+        if mark == self._handled:
+            log.debug("desired %s already handled", mark)
+            return True
+        try:
+            state = parse_desired(document)
+        except DesiredError as exc:
+            self._report_failure(document, "malformed_desired", str(exc))
+            self._mark_handled(mark)
+            return True
+        if state.model is None:
+            self.report_active(read_manifest(self.repo.store))
+            self._mark_handled(mark)
+            return True
+        started = time.monotonic()
+        with self._cond:
+            self._working_on = state.model
+        try:
+            manifest = self._bring_in(state)
+        except UpdateFailed as exc:
+            if exc.reason == "cancelled":
+                log.info("update to %s %s cancelled by a newer desired document", state.model.name, state.model.version)
+                return True
+            metrics.DOWNLOAD_FAILURES.labels(exc.reason).inc()
+            metrics.UPDATES.labels("failed").inc()
+            self._report_failure(document, exc.reason, exc.message, retrying=exc.retryable)
+            if exc.retryable:
+                return False
+            self._mark_handled(mark)
+            return True
+        finally:
+            metrics.DOWNLOAD_RATE.set(0)
+            with self._cond:
+                self._working_on = None
+        self._mark_handled(mark)
+        log.info(
+            "%s %s active as generation %d after %.1f s", manifest.name, manifest.version, manifest.generation,
+            time.monotonic() - started,
+        )
+        return True
+
+    def _bring_in(self, state: DesiredState) -> Manifest:
+        target = state.model
+        assert target is not None
+        current = read_manifest(self.repo.store)
+        if current is not None and (current.name, current.version) == (target.name, target.version):
+            if current.score_threshold != state.score_threshold:
+                current = self._publish(target, current.format, current.decoder, state.score_threshold)
+            else:
+                self.report_active(current)
+            return current
+        if self.repo.has(target.name, target.version):
+            # Already staged (e.g. a rollback by twin): no download at all.
+            self._report(target, "staging")
+            validated = self._validate(self.repo.version_dir(target.name, target.version), target)
+            return self._publish(target, validated.format, validated.decoder, state.score_threshold)
+        part = self.repo.download_path(target.name, target.version)
+        self.repo.drop_downloads_except(part)
+        self._download(target, part, state.max_bytes_per_second)
+        self._report(target, "verifying")
+        try:
+            verify_file(part, target.sha256, target.md5)
+        except (VerifyError, ValueError) as exc:
+            part.unlink(missing_ok=True)
+            raise UpdateFailed("checksum_mismatch", str(exc)) from None
+        self._report(target, "staging")
+        candidate = self.repo.new_staging_dir(f"{target.name}-{target.version}")
+        try:
+            self._unpack(part, target, candidate)
+            validated = self._validate(candidate, target)
+            self.repo.promote(candidate, target.name, target.version)
+        except BaseException:
+            shutil.rmtree(candidate, ignore_errors=True)
+            raise
+        finally:
+            part.unlink(missing_ok=True)
+        return self._publish(target, validated.format, validated.decoder, state.score_threshold)
+
+    def _download(self, target: DesiredModel, part: Path, rate: int | None) -> None:
+        policy = replace(self.config.policy, rate_limit_bps=rate or self.config.policy.rate_limit_bps)
+        self._report(target, "downloading")
+
+        def progress(p: DownloadProgress) -> None:
+            metrics.DOWNLOAD_RATE.set(p.rate_bps)
+            self._report(target, "downloading", progress=_progress_fields(p))
+
+        try:
+            result = download(
+                target.url, part, expected_size=target.size, policy=policy, on_progress=progress,
+                on_bytes=metrics.DOWNLOAD_BYTES.inc, cancel=self._cancel,
+            )
+        except DownloadError as exc:
+            raise UpdateFailed(exc.reason, str(exc), retryable=exc.retryable) from None
+        metrics.DOWNLOAD_SECONDS.observe(result.seconds)
+        self._report(
+            target,
+            "verifying",
+            download={
+                "bytes": result.size, "transferred": result.transferred, "resumed_from": result.resumed_from,
+                "restarts": result.restarts, "seconds": round(result.seconds, 2),
+            },
+        )
+
+    def _unpack(self, part: Path, target: DesiredModel, candidate: Path) -> None:
+        """A ZIP bundle, or (for convenience) a bare .onnx/.tflite file."""
+        suffix = Path(target.file_name).suffix.lower()
+        if suffix in ENGINE_FORMATS and not zipfile.is_zipfile(part):
+            shutil.copyfile(part, candidate / f"model{suffix}")
+            return
+        try:
+            unpack_bundle(part, candidate, self.config.limits)
+        except BundleError as exc:
+            raise UpdateFailed(f"bad_bundle_{exc.reason}", str(exc)) from None
+
+    def _validate(self, directory: Path, target: DesiredModel) -> ValidatedModel:
+        try:
+            return validate_in_subprocess(directory, target.name, target.version, self.config.validate_timeout)
+        except StagingError as exc:
+            raise UpdateFailed("invalid_model", str(exc)) from None
+
+    def _publish(self, target: DesiredModel, format: str, decoder: str, threshold: float | None) -> Manifest:
+        previous = read_manifest(self.repo.store)
+        directory = self.repo.version_dir(target.name, target.version)
+        manifest = publish(
+            self.repo.store, target.name, target.version, self.repo.relative(directory), format, decoder, threshold
+        )
+        protect = {directory} | ({previous.model_dir(self.repo.store)} if previous else set())
+        for removed in self.repo.prune(self.config.keep_versions, protect):
+            log.info("removed old model version %s", removed)
+        metrics.STAGED_VERSIONS.set(len(self.repo.versions()))
+        metrics.LAST_UPDATE.set(time.time())
+        metrics.UPDATES.labels("published").inc()
+        self.reporter.update({"LatestAIModelFileName": target.file_name})
+        self.report_active(manifest)
+        self._announce(manifest)
+        return manifest
+
+    def _announce(self, manifest: Manifest) -> None:
+        """The reference design's routing message: where the new model lives."""
+        directory = manifest.model_dir(self.repo.store)
+        model_file = next((p for p in directory.iterdir() if p.suffix.lower() in ENGINE_FORMATS), None)
+        labels = next(iter(sorted(directory.glob("*.txt"))), None)
+        payload = {
+            "local_model_path": self.repo.relative(model_file) if model_file else None,
+            "local_labelmap_path": self.repo.relative(labels) if labels else None,
+            "name": manifest.name,
+            "version": manifest.version,
+            "generation": manifest.generation,
+        }
+        try:
+            self.twin.send_event(self.config.model_output, payload)
+        except Exception as exc:  # the model is live either way; the message is best effort
+            log.warning("could not send the model-ready message: %s", exc)
+
+    # --- state and reports --------------------------------------------------------
+
+    def _load_handled(self) -> str | None:
+        try:
+            return json.loads(self._state_path.read_text()).get("handled")
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def _mark_handled(self, mark: str) -> None:
+        self._handled = mark
+        write_atomic(self._state_path, json.dumps({"handled": mark}).encode())
+
+    def _report(self, target: DesiredModel, state: str, **fields: Any) -> None:
+        self.reporter.update(
+            {"model": {"state": state, "target": {"name": target.name, "version": target.version}, "updated_at": utc_now(), **fields}}
+        )
+
+    def report_active(self, manifest: Manifest | None) -> None:
+        active = None
+        if manifest is not None:
+            active = {
+                "name": manifest.name, "version": manifest.version, "generation": manifest.generation,
+                "format": manifest.format, "decoder": manifest.decoder, "score_threshold": manifest.score_threshold,
+                "since": datetime.fromtimestamp(manifest.published_at, timezone.utc).isoformat(timespec="seconds"),
+            }
+        self.reporter.update({"model": {"state": "active", "active": active, "progress": None, "updated_at": utc_now()}})
+
+    def _report_failure(self, document: dict, reason: str, message: str, retrying: bool = False) -> None:
+        log.error("model update failed (%s): %s", reason, message)
+        self.reporter.update(
+            {
+                "model": {
+                    "state": "retrying" if retrying else "failed",
+                    "desired_version": document.get("$version"),
+                    "last_error": {"reason": reason, "message": message, "at": utc_now()},
+                    "progress": None,
+                    "updated_at": utc_now(),
+                }
+            }
+        )
+
+
+def _progress_fields(p: DownloadProgress) -> dict:
+    return {
+        "bytes": p.received,
+        "total": p.total,
+        "percent": round(100.0 * p.received / p.total, 1) if p.total else None,
+        "rate_bps": round(p.rate_bps),
+        "eta_s": round(p.eta_seconds) if p.eta_seconds is not None else None,
+    }
