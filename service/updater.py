@@ -86,6 +86,7 @@ class ModelUpdater:
         self._cond = threading.Condition()
         self._cancel = threading.Event()
         self._working_on: DesiredModel | None = None
+        self._desired_version: int | None = None  # the $version being handled, in every report
         self._state_path = repo.store / STATE_FILE
         self._handled = self._load_handled()
         self._thread = threading.Thread(target=self._run, name="model-updater", daemon=True)
@@ -139,7 +140,7 @@ class ModelUpdater:
                     retry_at = time.monotonic() + self.config.retry_seconds
             except Exception:  # a bug must not kill the updater thread
                 log.exception("model update crashed")
-                self._report_failure(document, "internal", "internal error in the update pipeline; see the module log")
+                self._report_failure("internal", "internal error in the update pipeline; see the module log")
 
     # --- the pipeline -------------------------------------------------------------
 
@@ -149,10 +150,12 @@ class ModelUpdater:
         if mark == self._handled:
             log.debug("desired %s already handled", mark)
             return True
+        version = document.get("$version")
+        self._desired_version = version if isinstance(version, int) else None
         try:
             state = parse_desired(document)
         except DesiredError as exc:
-            self._report_failure(document, "malformed_desired", str(exc))
+            self._report_failure("malformed_desired", str(exc))
             self._mark_handled(mark)
             return True
         if state.model is None:
@@ -170,7 +173,7 @@ class ModelUpdater:
                 return True
             metrics.DOWNLOAD_FAILURES.labels(exc.reason).inc()
             metrics.UPDATES.labels("failed").inc()
-            self._report_failure(document, exc.reason, exc.message, retrying=exc.retryable)
+            self._report_failure(exc.reason, exc.message, retrying=exc.retryable)
             if exc.retryable:
                 return False
             self._mark_handled(mark)
@@ -313,7 +316,15 @@ class ModelUpdater:
 
     def _report(self, target: DesiredModel, state: str, **fields: Any) -> None:
         self.reporter.update(
-            {"model": {"state": state, "target": {"name": target.name, "version": target.version}, "updated_at": utc_now(), **fields}}
+            {
+                "model": {
+                    "state": state,
+                    "desired_version": self._desired_version,
+                    "target": {"name": target.name, "version": target.version},
+                    "updated_at": utc_now(),
+                    **fields,
+                }
+            }
         )
 
     def report_active(self, manifest: Manifest | None) -> None:
@@ -324,15 +335,25 @@ class ModelUpdater:
                 "format": manifest.format, "decoder": manifest.decoder, "score_threshold": manifest.score_threshold,
                 "since": datetime.fromtimestamp(manifest.published_at, timezone.utc).isoformat(timespec="seconds"),
             }
-        self.reporter.update({"model": {"state": "active", "active": active, "progress": None, "updated_at": utc_now()}})
+        self.reporter.update(
+            {
+                "model": {
+                    "state": "active",
+                    "desired_version": self._desired_version,
+                    "active": active,
+                    "progress": None,
+                    "updated_at": utc_now(),
+                }
+            }
+        )
 
-    def _report_failure(self, document: dict, reason: str, message: str, retrying: bool = False) -> None:
+    def _report_failure(self, reason: str, message: str, retrying: bool = False) -> None:
         log.error("model update failed (%s): %s", reason, message)
         self.reporter.update(
             {
                 "model": {
                     "state": "retrying" if retrying else "failed",
-                    "desired_version": document.get("$version"),
+                    "desired_version": self._desired_version,
                     "last_error": {"reason": reason, "message": message, "at": utc_now()},
                     "progress": None,
                     "updated_at": utc_now(),
