@@ -1,8 +1,11 @@
 """gunicorn settings for the twinfer worker pool; the supervisor (``python -m service``)
 runs ``gunicorn -c gunicorn.conf.py`` with the environment it prepared."""
 import os
+from pathlib import Path
 
 from prometheus_client import multiprocess
+
+from workers.worker_state import remove_state
 
 bind = f"{os.environ.get('TWINFER_HTTP_HOST', '0.0.0.0')}:{os.environ.get('TWINFER_HTTP_PORT', '8080')}"
 workers = int(os.environ.get("TWINFER_WORKERS") or os.cpu_count() or 1)
@@ -21,5 +24,7 @@ control_socket_disable = True
 
 
 def child_exit(server, worker):
-    """Drop a dead worker's live gauges (model version, in-flight, worker count)."""
+    """Drop a dead worker's live gauges (model version, in-flight, worker count) and its
+    state file, so the supervisor counts only live workers in a rollout."""
     multiprocess.mark_process_dead(worker.pid)
+    remove_state(Path(os.environ.get("TWINFER_STORE", "var")).resolve(), worker.pid)

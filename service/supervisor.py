@@ -19,6 +19,7 @@ from service.bundle import UnpackLimits
 from service.fetch import DownloadPolicy
 from service.report import Reporter
 from service.repository import ModelRepository
+from service.rollout import RolloutMonitor
 from service.settings import PROJECT_ROOT, ServiceSettings
 from service.twin.factory import create_twin_source
 from service.updater import ModelUpdater, UpdaterConfig
@@ -83,7 +84,9 @@ class Supervisor:
         )
         twin = create_twin_source(self.settings.store, os.environ)
         reporter = Reporter(twin, min_interval=self.settings.report_interval)
-        updater = ModelUpdater(self.repo, twin, reporter, updater_config(self.settings))
+        rollout = RolloutMonitor(self.settings.store, reporter, self.settings.workers)
+        rollout.start()
+        updater = ModelUpdater(self.repo, twin, reporter, rollout, updater_config(self.settings))
         updater.start()
         twin.start(updater.on_desired)
         log.info("following the %s twin", twin.kind)
@@ -91,6 +94,7 @@ class Supervisor:
             code = self._child.wait()
         finally:
             updater.stop()
+            rollout.stop()
             reporter.close()
             twin.close()
         if self._stopping:

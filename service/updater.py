@@ -33,6 +33,7 @@ from service.desired import DesiredError, DesiredModel, DesiredState, merge_patc
 from service.fetch import DownloadError, DownloadPolicy, DownloadProgress, download
 from service.report import Reporter
 from service.repository import ModelRepository
+from service.rollout import RolloutMonitor
 from service.staging import StagingError, ValidatedModel, validate_in_subprocess
 from service.twin.base import TwinSource
 from service.verify import VerifyError, verify_file
@@ -51,14 +52,16 @@ class UpdaterConfig:
     model_output: str = "DLModelOutput"
     validate_timeout: float = 300.0
     retry_seconds: float = 300.0  # after the downloader gave up on a flaky link
+    rollout_timeout: float = 300.0  # for every worker to serve a published model
 
 
 class UpdateFailed(Exception):
-    def __init__(self, reason: str, message: str, retryable: bool = False) -> None:
+    def __init__(self, reason: str, message: str, retryable: bool = False, state: str = "failed") -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.retryable = retryable
+        self.state = state  # "failed", or "rolled_back" when workers refused a published model
 
 
 def utc_now() -> str:
@@ -75,8 +78,11 @@ def fingerprint(document: dict) -> str:
 
 
 class ModelUpdater:
-    def __init__(self, repo: ModelRepository, twin: TwinSource, reporter: Reporter, config: UpdaterConfig) -> None:
+    def __init__(
+        self, repo: ModelRepository, twin: TwinSource, reporter: Reporter, rollout: RolloutMonitor, config: UpdaterConfig
+    ) -> None:
         self.repo = repo
+        self.rollout = rollout
         self.twin = twin
         self.reporter = reporter
         self.config = config
@@ -173,7 +179,7 @@ class ModelUpdater:
                 return True
             metrics.DOWNLOAD_FAILURES.labels(exc.reason).inc()
             metrics.UPDATES.labels("failed").inc()
-            self._report_failure(exc.reason, exc.message, retrying=exc.retryable)
+            self._report_failure(exc.reason, exc.message, "retrying" if exc.retryable else exc.state)
             if exc.retryable:
                 return False
             self._mark_handled(mark)
@@ -269,11 +275,23 @@ class ModelUpdater:
             raise UpdateFailed("invalid_model", str(exc)) from None
 
     def _publish(self, target: DesiredModel, format: str, decoder: str, threshold: float | None) -> Manifest:
+        """Publish, then follow the rollout: active once every worker serves it."""
         previous = read_manifest(self.repo.store)
         directory = self.repo.version_dir(target.name, target.version)
         manifest = publish(
             self.repo.store, target.name, target.version, self.repo.relative(directory), format, decoder, threshold
         )
+        self.report_active(manifest, state="rolling_out")
+        outcome = self.rollout.wait(manifest.generation, self.config.rollout_timeout)
+        if outcome.result in ("rolled_back", "failed"):
+            raise UpdateFailed(
+                "worker_load_failed",
+                f"{target.name} {target.version} did not load in the workers: {outcome.reason}",
+                state=outcome.result,
+            )
+        if outcome.result == "timeout":
+            log.warning("rollout of generation %d incomplete after %.0f s (%d of %d workers)",
+                        manifest.generation, self.config.rollout_timeout, outcome.workers_on_new, outcome.workers)
         protect = {directory} | ({previous.model_dir(self.repo.store)} if previous else set())
         for removed in self.repo.prune(self.config.keep_versions, protect):
             log.info("removed old model version %s", removed)
@@ -327,7 +345,7 @@ class ModelUpdater:
             }
         )
 
-    def report_active(self, manifest: Manifest | None) -> None:
+    def report_active(self, manifest: Manifest | None, state: str = "active") -> None:
         active = None
         if manifest is not None:
             active = {
@@ -338,7 +356,7 @@ class ModelUpdater:
         self.reporter.update(
             {
                 "model": {
-                    "state": "active",
+                    "state": state,
                     "desired_version": self._desired_version,
                     "active": active,
                     "progress": None,
@@ -347,12 +365,14 @@ class ModelUpdater:
             }
         )
 
-    def _report_failure(self, reason: str, message: str, retrying: bool = False) -> None:
+    def _report_failure(self, reason: str, message: str, state: str = "failed") -> None:
         log.error("model update failed (%s): %s", reason, message)
+        if state == "rolled_back":
+            self.report_active(read_manifest(self.repo.store), state=state)
         self.reporter.update(
             {
                 "model": {
-                    "state": "retrying" if retrying else "failed",
+                    "state": state,
                     "desired_version": self._desired_version,
                     "last_error": {"reason": reason, "message": message, "at": utc_now()},
                     "progress": None,

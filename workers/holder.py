@@ -1,33 +1,64 @@
-"""Holds the model this worker serves and loads it off the request path.
+"""Holds the model this worker serves, and swaps it without failing a request.
 
-Requests read ``holder.current`` once and use that object to the end, so replacing the
-reference is atomic for them; loading runs in a background thread so ``/healthz``
-answers (and ``/readyz`` says 503) while a model loads.
+A background thread watches the manifest (a stat every 100 ms). When the generation
+changes, the worker takes the pool-wide reload lock (so one worker at a time loads: at
+most one extra model copy in the pool and one worker's CPU spent on loading), loads and
+warms up the new model while the old one keeps serving, swaps the reference, waits for
+requests still running on the old model, drops it, records its state and releases the
+lock. A model that fails to load is not retried for that generation; the old one keeps
+serving and the error is recorded for the supervisor, which rolls the manifest back.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock, Timeout
 
 from workers import metrics
 from workers.engines.base import EngineOptions
 from workers.loader import load_model
-from workers.manifest import Manifest, read_manifest
+from workers.manifest import Manifest, manifest_path, read_manifest
 from workers.pipeline import DetectionModel
+from workers.worker_state import WorkerState
 
 log = logging.getLogger("twinfer.worker")
-MANIFEST_POLL_SECONDS = 0.25
+MANIFEST_POLL_SECONDS = 0.1
+DRAIN_TIMEOUT_SECONDS = 60.0
+RELOAD_LOCK = "reload.lock"
 
 
-@dataclass(frozen=True)
 class ServingModel:
-    model: DetectionModel
-    manifest: Manifest
-    loaded_at: float
+    """A loaded model and the manifest entry it came from, with its in-flight count."""
+
+    def __init__(self, model: DetectionModel, manifest: Manifest, loaded_at: float) -> None:
+        self.model = model
+        self.manifest = manifest
+        self.loaded_at = loaded_at
+        self._in_flight = 0
+        self._idle = threading.Condition()
+
+    @contextmanager
+    def in_use(self) -> Iterator["ServingModel"]:
+        with self._idle:
+            self._in_flight += 1
+        try:
+            yield self
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                if self._in_flight == 0:
+                    self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
 
 class ModelHolder:
@@ -35,45 +66,110 @@ class ModelHolder:
         self.store = store
         self.options = options
         self.current: ServingModel | None = None
-        self.last_error: str | None = None
+        self.state = WorkerState(pid=os.getpid())
+        self._failed_generation: int | None = None
         self._stop = threading.Event()
+        self._lock = FileLock(str(store / "run" / RELOAD_LOCK))
+
+    @property
+    def last_error(self) -> str | None:
+        return self.state.last_error["message"] if self.state.last_error else None
+
+    @contextmanager
+    def serving(self) -> Iterator[ServingModel | None]:
+        """The model for one request; a swap meanwhile waits for the request to finish."""
+        current = self.current
+        if current is None:
+            yield None
+            return
+        with current.in_use():
+            yield current
 
     def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self._load_when_published, name="model-loader", daemon=True)
+        """Load the published model before returning, so a worker (re)spawned by gunicorn
+        accepts no request it cannot serve; then follow the manifest in the background."""
+        (self.store / "run").mkdir(parents=True, exist_ok=True)
+        self.state.save(self.store)
+        manifest = read_manifest(self.store)
+        if manifest is not None:
+            self._load(manifest)
+        thread = threading.Thread(target=self._watch, name="manifest-watcher", daemon=True)
         thread.start()
         return thread
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _load_when_published(self) -> None:
-        """Wait for a manifest (gunicorn may start before the first publish), then load it."""
+    def _watch(self) -> None:
+        """Follow the manifest; the first load (if ``start`` had none) takes no lock: it
+        replaces nothing."""
+        last_stat = None
         while not self._stop.is_set():
-            manifest = read_manifest(self.store)
-            if manifest is not None:
-                self.load(manifest)
-                return
+            try:
+                stat = manifest_path(self.store).stat()
+                fingerprint = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            except FileNotFoundError:
+                fingerprint = None
+            if fingerprint is not None and fingerprint != last_stat:
+                last_stat = fingerprint
+                manifest = read_manifest(self.store)
+                if manifest is not None and self._wants(manifest):
+                    if self.current is None:
+                        self._load(manifest)
+                    else:
+                        self._reload_one_at_a_time()
             self._stop.wait(MANIFEST_POLL_SECONDS)
 
-    def load(self, manifest: Manifest) -> None:
-        """Load and warm up ``manifest``'s model, then make it current."""
-        started = time.perf_counter()
+    def _wants(self, manifest: Manifest) -> bool:
+        current = self.current.manifest.generation if self.current else None
+        return manifest.generation not in (current, self._failed_generation)
+
+    def _reload_one_at_a_time(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with self._lock.acquire(timeout=0.5):
+                    manifest = read_manifest(self.store)  # it may have moved on while we waited
+                    if manifest is not None and self._wants(manifest):
+                        self._load(manifest)
+                    return
+            except Timeout:
+                continue
+
+    def _load(self, manifest: Manifest) -> None:
+        """Load and warm up ``manifest``'s model, swap it in, drain and drop the old one."""
+        started = time.time()
         try:
             model = load_model(
                 manifest.model_dir(self.store), manifest.name, manifest.version, self.options, manifest.score_threshold
             )
             model.warm_up()
-        except Exception as exc:  # a worker must keep running to report the error
-            self.last_error = f"{manifest.name} {manifest.version}: {exc}"
-            log.error("worker %d could not load %s", os.getpid(), self.last_error)
+        except Exception as exc:  # the worker keeps serving the old model and says why
+            self._failed_generation = manifest.generation
+            message = f"{manifest.name} {manifest.version}: {exc}"
+            log.error("worker %d could not load generation %d: %s", os.getpid(), manifest.generation, message)
+            self.state.record_error(manifest.generation, message)
+            self.state.record_reload(manifest.generation, manifest.version, started, time.time(), ok=False)
+            self.state.save(self.store)
+            metrics.MODEL_RELOADS.labels("failed").inc()
             return
-        previous = self.current
-        self.current = ServingModel(model, manifest, time.time())
-        self.last_error = None
+        previous, self.current = self.current, ServingModel(model, manifest, time.time())
+        drained = previous is None or previous.wait_idle(DRAIN_TIMEOUT_SECONDS)
         if previous is not None:
             metrics.WORKER_MODEL.labels(previous.manifest.name, previous.manifest.version, str(previous.manifest.generation)).set(0)
+            del previous
+            gc.collect()
+        finished = time.time()
         metrics.WORKER_MODEL.labels(manifest.name, manifest.version, str(manifest.generation)).set(1)
+        metrics.WORKER_GENERATION.set(manifest.generation)
+        metrics.MODEL_RELOADS.labels("ok").inc()
+        metrics.MODEL_RELOAD_SECONDS.observe(finished - started)
+        self.state.generation, self.state.name, self.state.version = manifest.generation, manifest.name, manifest.version
+        self.state.loaded_at = finished
+        self.state.shared_weights = getattr(model.engine, "shared_weights", None)
+        self.state.record_reload(manifest.generation, manifest.version, started, finished, ok=True)
+        self.state.save(self.store)
         log.info(
-            "worker %d serves %s %s (generation %d), loaded in %.0f ms",
-            os.getpid(), manifest.name, manifest.version, manifest.generation, (time.perf_counter() - started) * 1e3,
+            "worker %d serves %s %s (generation %d), loaded in %.0f ms%s",
+            os.getpid(), manifest.name, manifest.version, manifest.generation, (finished - started) * 1e3,
+            "" if drained else " (old model still busy after the drain timeout)",
         )

@@ -30,6 +30,15 @@ WORKER_MODEL = Gauge(
     ["model", "version", "generation"],
     multiprocess_mode="liveall",
 )
+WORKER_GENERATION = Gauge(
+    "twinfer_worker_model_generation", "Manifest generation each live worker serves.", multiprocess_mode="liveall"
+)
+MODEL_RELOADS = Counter("twinfer_model_reloads_total", "Worker model loads (start-up and swaps), by result.", ["result"])
+MODEL_RELOAD_SECONDS = Histogram(
+    "twinfer_model_reload_duration_seconds",
+    "Load + warm-up + drain time of a worker's model swap.",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+)
 WORKERS = Gauge("twinfer_workers", "Live gunicorn workers.", multiprocess_mode="livesum")
 
 

@@ -18,10 +18,15 @@ class EngineOptions:
     request at a time, so more threads than its share of cores only oversubscribes
     the CPU (ORT's own default, one thread per core, costs 20-90% more CPU per request
     under several workers).
+
+    ``use_host_artifacts``: open the host artifact the supervisor prepared (weights
+    memory-mapped, shared by every worker; see ``workers.engines.artifacts``) when there
+    is a complete one; False always opens the original model file.
     """
 
     intra_op_threads: int = 1
     inter_op_threads: int = 1
+    use_host_artifacts: bool = True
 
     @staticmethod
     def for_pool(workers: int, cores: int | None = None) -> "EngineOptions":
@@ -34,5 +39,6 @@ class Engine(Protocol):
 
     format: str
     signature: ModelSignature
+    shared_weights: bool  # True when loaded from a host artifact (weights mapped, shared)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...

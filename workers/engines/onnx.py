@@ -1,14 +1,25 @@
-"""ONNX Runtime (CPU) engine."""
+"""ONNX Runtime (CPU) engine.
+
+With a host artifact (``workers.engines.artifacts``) it opens the model the supervisor
+optimised for this host, with optimisations disabled: ONNX Runtime maps its external
+weights file (initializers and pre-packed weights), so every worker shares one copy in
+the page cache. Otherwise it opens the original with ``ORT_ENABLE_ALL`` and each worker
+holds its own copy.
+"""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 import onnxruntime as ort
 
+from workers.engines.artifacts import HostArtifact, find_host_artifact
 from workers.engines.base import EngineOptions
 from workers.signature import ModelSignature, TensorInfo
+
+log = logging.getLogger("twinfer.engines")
 
 _ORT_TYPES = {
     "tensor(float)": np.float32,
@@ -27,10 +38,16 @@ def _tensor_info(arg: ort.NodeArg) -> TensorInfo:
     return TensorInfo(arg.name, shape, np.dtype(_ORT_TYPES.get(arg.type, np.float32)))
 
 
-def session_options(options: EngineOptions) -> ort.SessionOptions:
+def session_options(options: EngineOptions, prepared: bool = False) -> ort.SessionOptions:
     """Sequential execution with the pool's thread share; no spinning threads between
-    requests, which would steal the other workers' cores."""
+    requests, which would steal the other workers' cores.
+
+    ``prepared``: the model is a host artifact, already optimised for this host; running
+    the optimisers again would rewrite (and copy) the mapped weights."""
     so = ort.SessionOptions()
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL if prepared else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
     so.intra_op_num_threads = options.intra_op_threads
     so.inter_op_num_threads = options.inter_op_threads
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -40,14 +57,35 @@ def session_options(options: EngineOptions) -> ort.SessionOptions:
 
 
 class OnnxEngine:
-    """Thread-safe: ``InferenceSession.run`` may be called concurrently."""
+    """Thread-safe: ``InferenceSession.run`` may be called concurrently.
+
+    ``artifact``: open this host artifact (the supervisor checks a candidate this way);
+    by default the complete one for this host is found when ``options.use_host_artifacts``.
+    A host artifact that fails to load falls back to the original model."""
 
     format = "onnx"
 
-    def __init__(self, model_path: Path, options: EngineOptions) -> None:
-        self._session = ort.InferenceSession(
-            str(model_path), sess_options=session_options(options), providers=["CPUExecutionProvider"]
-        )
+    def __init__(self, model_path: Path, options: EngineOptions, artifact: HostArtifact | None = None) -> None:
+        if artifact is None and options.use_host_artifacts:
+            artifact = find_host_artifact(model_path)
+        self._session: ort.InferenceSession | None = None
+        self.shared_weights = False
+        self.artifact_dir: Path | None = None
+        if artifact is not None:
+            try:
+                self._session = ort.InferenceSession(
+                    str(artifact.path("model")),
+                    sess_options=session_options(options, prepared=True),
+                    providers=["CPUExecutionProvider"],
+                )
+                self.shared_weights = True
+                self.artifact_dir = artifact.directory
+            except Exception as exc:  # a bad artifact must never stop a worker from serving
+                log.warning("could not open host artifact %s (%s); loading the original model", artifact.directory, exc)
+        if self._session is None:
+            self._session = ort.InferenceSession(
+                str(model_path), sess_options=session_options(options), providers=["CPUExecutionProvider"]
+            )
         self.signature = ModelSignature(
             inputs=tuple(_tensor_info(a) for a in self._session.get_inputs()),
             outputs=tuple(_tensor_info(a) for a in self._session.get_outputs()),

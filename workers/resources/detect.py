@@ -81,10 +81,10 @@ class DetectResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         threshold, max_detections = _threshold(req), _max_detections(req)
         data = image_bytes(req, self._settings.max_body_bytes)
-        serving = self._holder.current  # read once: a swap mid-request does not affect us
-        if serving is None:
-            raise NoModel("no model loaded in this worker yet; retry shortly")
-        result = serving.model.detect(data, self._settings.max_image_pixels, threshold, max_detections)
+        with self._holder.serving() as serving:  # a swap meanwhile waits for this request
+            if serving is None:
+                raise NoModel("no model loaded in this worker yet; retry shortly")
+            result = serving.model.detect(data, self._settings.max_image_pixels, threshold, max_detections)
         metrics.INFERENCE_SECONDS.labels(serving.manifest.name, serving.manifest.version).observe(
             result.timings.inference_ms / 1e3
         )

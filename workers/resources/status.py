@@ -1,7 +1,7 @@
 """Liveness, readiness, the active model, and the metrics scrape."""
 from __future__ import annotations
 
-import os
+from dataclasses import asdict
 
 import falcon
 import orjson
@@ -42,7 +42,7 @@ class ModelsResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         serving = self._holder.current
-        worker = {"pid": os.getpid(), "last_error": self._holder.last_error}
+        worker = asdict(self._holder.state)
         if serving is None:
             resp.status = falcon.HTTP_503
             resp.data = orjson.dumps({"active": None, "worker": worker})
@@ -50,7 +50,6 @@ class ModelsResource:
             return
         model, manifest = serving.model, serving.manifest
         spec = model.spec
-        worker["loaded_at"] = serving.loaded_at
         resp.data = orjson.dumps(
             {
                 "active": {
@@ -72,6 +71,7 @@ class ModelsResource:
                     "iou_threshold": spec.iou_threshold,
                     "max_detections": spec.max_detections,
                     "labels": len(model.labels),
+                    "shared_weights": getattr(model.engine, "shared_weights", False),
                 },
                 "worker": worker,
             }

@@ -1,0 +1,193 @@
+"""Rolling hot swap across a real gunicorn pool under continuous load."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+import requests
+
+from tests.support.bundles import model_desired, ssd_tflite_bundle
+from tests.support.http_server import FileServer
+from tests.support.local_twin import LocalTwinFiles, model_status
+from tests.support.paths import IMAGES
+from tests.support.service_process import ServiceProcess
+from workers.manifest import publish, read_manifest
+from workers.worker_state import read_states
+
+ONNX = ("ssd-mobilenetv2-oidv4", "1.0.0")
+TFLITE = ("ssd-tflite", "2.0.0")
+ENV = {"TWINFER_REPORT_INTERVAL": "0.05"}
+
+
+@dataclass(frozen=True)
+class Sample:
+    started: float
+    status: int
+    worker: str | None
+    version: str | None
+    error: str | None = None
+
+
+class Load:
+    """Client threads posting a photo back to back, recording every answer."""
+
+    def __init__(self, url: str, threads: int = 4) -> None:
+        self.url = url + "/detect"
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._data = (IMAGES / "chelsea.png").read_bytes()
+        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.time()
+            try:
+                r = requests.post(self.url, data=self._data, headers={"Content-Type": "image/png"}, timeout=30)
+                sample = Sample(started, r.status_code, r.headers.get("X-Twinfer-Worker"), r.headers.get("X-Model-Version"))
+            except requests.RequestException as exc:
+                sample = Sample(started, 0, None, None, repr(exc))
+            self.samples.append(sample)
+
+    def __enter__(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    store = tmp_path_factory.mktemp("swap") / "store"
+    with FileServer() as files, ServiceProcess.start(store, workers=2, extra_env=ENV) as service:
+        twin = LocalTwinFiles(store)
+        bundle = ssd_tflite_bundle()
+        files.put("/ssd-tflite-2.0.0.zip", bundle.data)
+        url = files.url("/ssd-tflite-2.0.0.zip")
+        twin.set_desired(model_desired(*TFLITE, url, bundle))
+        twin.wait_reported(lambda r: _rolled_out(r, TFLITE[1]), timeout=120)
+        yield service, twin, url, bundle
+
+
+def _rolled_out(reported: dict, version: str) -> bool:
+    status = model_status(reported)
+    return status["state"] == "active" and status["active"]["version"] == version and status["rollout"]["complete"] and (
+        status["rollout"]["generation"] == status["active"]["generation"]
+    )
+
+
+def _swap_to(twin: LocalTwinFiles, target: tuple[str, str], url: str, bundle) -> int:
+    twin.set_desired(model_desired(*target, url, bundle))
+    reported = twin.wait_reported(lambda r: _rolled_out(r, target[1]), timeout=120)
+    return model_status(reported)["active"]["generation"]
+
+
+def _collapse(values: list[str]) -> list[str]:
+    runs: list[str] = []
+    for value in values:
+        if not runs or runs[-1] != value:
+            runs.append(value)
+    return runs
+
+
+def test_ten_swaps_between_onnx_and_litert_under_load_fail_no_request(pool):
+    service, twin, url, bundle = pool
+    published = [TFLITE[1]]
+    with Load(service.url, threads=4) as load:
+        time.sleep(1.0)
+        for i in range(10):
+            target = ONNX if i % 2 == 0 else TFLITE
+            _swap_to(twin, target, url, bundle)
+            published.append(target[1])
+            time.sleep(0.3)
+    samples = load.samples
+    failures = [s for s in samples if s.status != 200]
+    assert not failures, failures[:5]
+    assert len(samples) > 100
+    assert {s.version for s in samples} == {ONNX[1], TFLITE[1]}
+    states = read_states(service.store)
+    assert {s.version for s in states} == {TFLITE[1]} and len(states) == 2
+    by_worker: dict[str, list[Sample]] = {}
+    for sample in sorted(samples, key=lambda s: s.started):
+        by_worker.setdefault(sample.worker, []).append(sample)
+    assert set(by_worker) == {str(s.pid) for s in states}
+    for state in states:
+        # Each worker's answers change version only at its own swaps: before a reload
+        # started it answers with the old version, after it finished with the new one.
+        reloads = [r for r in state.reloads if r["ok"]]
+        assert [r["version"] for r in reloads[-11:]] == published[:1] + published[1:] if len(reloads) >= 11 else False
+        for sample in by_worker[str(state.pid)]:
+            before = [r for r in reloads if r["finished"] < sample.started]
+            during = [r for r in reloads if r["started"] <= sample.started <= r["finished"]]
+            allowed = {before[-1]["version"]} if before else set()
+            allowed |= {r["version"] for r in during}
+            assert sample.version in allowed, (state.pid, sample, before[-1:], during)
+        assert len(_collapse([s.version for s in by_worker[str(state.pid)]])) <= len(published)
+
+
+def test_two_workers_never_reload_at_the_same_time(pool):
+    service, *_ = pool
+    states = read_states(service.store)
+    intervals = sorted(
+        (r["started"], r["finished"], s.pid) for s in states for r in s.reloads if r["started"] > min(x.reloads[0]["finished"] for x in states)
+    )
+    assert len(intervals) >= 20
+    for (start_a, end_a, pid_a), (start_b, end_b, pid_b) in zip(intervals, intervals[1:]):
+        assert end_a <= start_b, f"worker {pid_a} reloaded {start_a:.3f}-{end_a:.3f} while {pid_b} started at {start_b:.3f}"
+
+
+def test_model_that_fails_in_workers_is_rolled_back(pool):
+    service, twin, *_ = pool
+    before = read_manifest(service.store)
+    broken = service.store / "models" / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.onnx").write_bytes(b"passed staging, then the disk ate it")
+    bad = publish(service.store, "broken", "1", "models/broken/1", "onnx", "ssd_anchors")
+    reported = twin.wait_reported(
+        lambda r: model_status(r)["state"] == "rolled_back" and model_status(r)["last_error"]["reason"] == "worker_load_failed",
+        timeout=60,
+    )
+    assert "broken 1" in model_status(reported)["last_error"]["message"]
+    deadline = time.monotonic() + 30
+    while True:
+        manifest = read_manifest(service.store)
+        states = read_states(service.store)
+        if manifest.generation > bad.generation and all(s.generation == manifest.generation for s in states) and len(states) == 2:
+            break
+        assert time.monotonic() < deadline, (manifest, states)
+        time.sleep(0.1)
+    assert (manifest.name, manifest.version) == (before.name, before.version)
+    data = (IMAGES / "chelsea.png").read_bytes()
+    answers = {requests.post(service.url + "/detect", data=data, timeout=10).headers["X-Model-Version"] for _ in range(10)}
+    assert answers == {before.version}
+    shutil.rmtree(broken.parent)
+
+
+def test_kill_9_of_a_worker_under_load_fails_only_its_in_flight_request(pool):
+    service, *_ = pool
+    current = read_manifest(service.store)
+    victim = read_states(service.store)[0].pid
+    with Load(service.url, threads=4) as load:
+        time.sleep(1.0)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while len(read_states(service.store)) < 2 or victim in [s.pid for s in read_states(service.store)]:
+            assert time.monotonic() < deadline, "gunicorn did not respawn the worker"
+            time.sleep(0.1)
+        time.sleep(2.0)
+    failures = [s for s in load.samples if s.status != 200]
+    assert len(failures) <= 1, failures
+    states = read_states(service.store)
+    assert victim not in [s.pid for s in states] and len(states) == 2
+    respawned = [s for s in states if s.pid != victim and s.loaded_at and s.loaded_at > load.samples[0].started]
+    assert respawned and all(s.generation == current.generation for s in respawned)
+    late = [s for s in load.samples if s.worker == str(respawned[0].pid)]
+    assert late and all(s.version == current.version for s in late)
