@@ -4,13 +4,18 @@ The supervisor loads it with the same loader the workers use, detects (or reads)
 decoder, and runs a warm-up inference: a model that fails here never reaches a worker.
 Downloaded models are validated in a child process (``python -m service validate``), so
 a model that crashes the runtime, or eats memory, cannot take the supervisor with it.
+
+Validation then prepares the host artifact (``service.optimize``: the model optimised
+for this host with its weights in a file every worker maps) and checks that it loads and
+gives the original's outputs; when it cannot, workers load the original model and
+staging goes on: the artifact saves memory, it is never a reason to refuse a model.
 """
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from workers.engines import ENGINE_FORMATS, EngineOptions
@@ -24,19 +29,35 @@ class ValidatedModel:
     input_width: int
     input_height: int
     labels: int
+    shared_weights: bool = False  # a host artifact is ready: workers share the weights
 
 
-def validate_model_dir(directory: Path, name: str, version: str) -> ValidatedModel:
-    """Raises ``workers.loader.ModelLoadError`` (or the runtime's error) with the reason."""
-    model = load_model(directory, name, version, EngineOptions(intra_op_threads=1))
+# Below the updater's validation timeout (300 s), so a slow preparation is dropped
+# rather than failing the validation it runs in.
+PREPARE_TIMEOUT_IN_VALIDATION = 180.0
+
+
+def validate_model_dir(directory: Path, name: str, version: str, prepare: bool = True) -> ValidatedModel:
+    """Raises ``workers.loader.ModelLoadError`` (or the runtime's error) with the reason.
+
+    The original model file is what is validated; ``prepare`` then builds (or keeps) the
+    host artifact, which never raises."""
+    model = load_model(directory, name, version, EngineOptions(intra_op_threads=1, use_host_artifacts=False))
     model.warm_up()
-    return ValidatedModel(
+    validated = ValidatedModel(
         format=ENGINE_FORMATS[find_model_file(directory).suffix.lower()],
         decoder=model.spec.decoder,
         input_width=model.input_width,
         input_height=model.input_height,
         labels=len(model.labels),
     )
+    del model
+    if not prepare:
+        return validated
+    from service.optimize import prepare_host_artifacts
+
+    prepared = prepare_host_artifacts(directory, timeout=PREPARE_TIMEOUT_IN_VALIDATION)
+    return replace(validated, shared_weights=prepared.ok)
 
 
 class StagingError(Exception):

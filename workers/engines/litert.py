@@ -1,6 +1,19 @@
-"""LiteRT (``ai-edge-litert``) engine; ``tflite-runtime`` 2.14 is frozen and breaks under numpy 2."""
+"""LiteRT (``ai-edge-litert``) engine; ``tflite-runtime`` 2.14 is frozen and breaks under numpy 2.
+
+Two ways in, one interface:
+
+* with a host artifact (``workers.engines.artifacts``): LiteRT's ``CompiledModel`` on
+  the CPU (XNNPACK) with the XNNPACK weight cache file the supervisor built; XNNPACK maps
+  the packed weights from it, so every worker shares one copy in the page cache. The
+  ``Interpreter`` of ai-edge-litert 2.x has no weight-cache option, hence ``CompiledModel``;
+* otherwise the ``Interpreter`` (XNNPACK packs the weights privately in each worker).
+
+Names, order, shapes and dtypes of the signature are the interpreter's in both cases
+(the artifact records them, with tensor indices to match ``CompiledModel``'s names).
+"""
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Mapping
@@ -8,8 +21,11 @@ from typing import Mapping
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from workers.engines.artifacts import HostArtifact, find_host_artifact
 from workers.engines.base import EngineOptions
 from workers.signature import ModelSignature, TensorInfo
+
+log = logging.getLogger("twinfer.engines")
 
 
 def _tensor_info(detail: dict) -> TensorInfo:
@@ -17,10 +33,27 @@ def _tensor_info(detail: dict) -> TensorInfo:
     return TensorInfo(detail["name"], shape, np.dtype(detail["dtype"]))
 
 
-class LiteRtEngine:
-    """An interpreter holds its tensors in place, so calls are serialised by a lock."""
+def describe_interpreter(interpreter: Interpreter) -> dict:
+    """The interpreter's signature with tensor indices, as recorded in a host artifact."""
 
-    format = "tflite"
+    def entries(details: list[dict]) -> list[dict]:
+        return [
+            {"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name, "index": int(d["index"])}
+            for t, d in ((_tensor_info(d), d) for d in details)
+        ]
+
+    return {"inputs": entries(interpreter.get_input_details()), "outputs": entries(interpreter.get_output_details())}
+
+
+def _signature_from_record(record: dict) -> ModelSignature:
+    def infos(entries: list[dict]) -> tuple[TensorInfo, ...]:
+        return tuple(TensorInfo(e["name"], tuple(e["shape"]), np.dtype(e["dtype"])) for e in entries)
+
+    return ModelSignature(inputs=infos(record["inputs"]), outputs=infos(record["outputs"]))
+
+
+class _InterpreterRunner:
+    """The original model through ``Interpreter`` (weights packed privately)."""
 
     def __init__(self, model_path: Path, options: EngineOptions) -> None:
         self._interpreter = Interpreter(model_path=str(model_path), num_threads=options.intra_op_threads)
@@ -33,11 +66,143 @@ class LiteRtEngine:
             inputs=tuple(_tensor_info(d) for d in inputs),
             outputs=tuple(_tensor_info(d) for d in outputs),
         )
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        for name, array in feeds.items():
+            self._interpreter.set_tensor(self._input_index[name], array)
+        self._interpreter.invoke()
+        return [self._interpreter.get_tensor(i) for i in self._output_indices]
+
+
+_environment = None
+_environment_lock = threading.Lock()
+
+
+def shared_environment():
+    """One LiteRT environment per process (it loads the accelerator registry once)."""
+    global _environment
+    from ai_edge_litert.compiled_model import CompiledModel  # noqa: F401  (loads the wrappers)
+    from ai_edge_litert.environment import Environment
+
+    with _environment_lock:
+        if _environment is None:
+            _environment = Environment.create()
+        return _environment
+
+
+class _Slot:
+    """One signature tensor bound to a ``CompiledModel`` buffer."""
+
+    def __init__(self, info: TensorInfo, shape: tuple[int, ...], dtype: np.dtype, buffer) -> None:
+        self.info = info
+        self.shape = shape
+        self.dtype = dtype
+        self.size = int(np.prod(shape, dtype=np.int64))
+        self.buffer = buffer
+
+
+class _CompiledRunner:
+    """The model through ``CompiledModel`` with the XNNPACK weight cache (weights mapped)."""
+
+    def __init__(self, model_path: Path, options: EngineOptions, cache_path: Path, record: dict) -> None:
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+        from ai_edge_litert.options import CpuOptions, Options
+
+        if not cache_path.is_file():
+            raise FileNotFoundError(f"XNNPACK weight cache {cache_path} is missing")
+        model_options = Options(
+            hardware_accelerators=HardwareAccelerator.CPU,
+            cpu_options=CpuOptions(num_threads=options.intra_op_threads, xnnpack_weight_cache_path=str(cache_path)),
+        )
+        self._model = CompiledModel.from_file(str(model_path), environment=shared_environment(), options=model_options)
+        if self._model.get_num_signatures() < 1:
+            raise ValueError("model has no signature")
+        key = self._model.get_signature_by_index(0)["key"]
+        names = self._model.get_signature_list()[key]
+        # Tensor details before any buffer: asked afterwards, LiteRT 2.3 leaves outputs
+        # whose shape is set at run time (TFLite_Detection_PostProcess) with 0-byte
+        # buffers and then overruns them.
+        input_details = self._model.get_input_tensor_details(key)
+        output_details = self._model.get_output_tensor_details(key)
+        input_buffers = self._model.create_input_buffers(0)
+        output_buffers = self._model.create_output_buffers(0)
+        self.signature = _signature_from_record(record)
+        self._inputs = self._bind(record["inputs"], self.signature.inputs, names["inputs"], input_details, input_buffers)
+        self._outputs = self._bind(
+            record["outputs"], self.signature.outputs, names["outputs"], output_details, output_buffers
+        )
+        self._input_by_name = {slot.info.name: slot for slot in self._inputs}
+
+    @staticmethod
+    def _bind(entries: list[dict], infos, names: list[str], details: dict, buffers: list) -> list[_Slot]:
+        """Match the interpreter's tensors (by tensor index) with the signature's buffers."""
+        if len(names) != len(entries) or len(buffers) != len(names):
+            raise ValueError(f"CompiledModel signature has {len(names)} tensors, the interpreter {len(entries)}")
+        by_index = {int(details[name]["index"]): (position, name) for position, name in enumerate(names)}
+        slots = []
+        for entry, info in zip(entries, infos):
+            if entry["index"] not in by_index:
+                raise ValueError(f"tensor {info.name!r} (index {entry['index']}) is not in the CompiledModel signature")
+            position, name = by_index[entry["index"]]
+            detail = details[name]
+            shape = tuple(int(d) for d in detail["shape"])
+            dtype = np.dtype(detail["dtype"])
+            if dtype != info.dtype or len(shape) != len(info.shape) or any(
+                want is not None and want != got for want, got in zip(info.shape, shape)
+            ):
+                raise ValueError(f"{info.name!r}: CompiledModel has {dtype}{list(shape)}, the interpreter {info.dtype}{list(info.shape)}")
+            held = buffers[position].get_tensor_details()
+            if tuple(int(d) for d in held["shape"]) != shape:
+                raise ValueError(f"{info.name!r}: buffer shape {held['shape']} is not {list(shape)}")
+            slots.append(_Slot(info, shape, dtype, buffers[position]))
+        return slots
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        for name, array in feeds.items():
+            slot = self._input_by_name.get(name)
+            if slot is None:
+                raise KeyError(f"model has no input {name!r}")
+            array = np.asarray(array)
+            if array.dtype != slot.dtype or array.size != slot.size:
+                # The interpreter refuses these in set_tensor; a buffer write must not overrun.
+                raise ValueError(f"input {name!r}: got {array.dtype}{list(array.shape)}, expected {slot.dtype}{list(slot.shape)}")
+            slot.buffer.write(array)
+        self._model.run_by_index(0, [s.buffer for s in self._inputs], [s.buffer for s in self._outputs])
+        return [s.buffer.read(s.size, s.dtype).reshape(s.shape) for s in self._outputs]
+
+
+class LiteRtEngine:
+    """An interpreter (or compiled model) holds its tensors in place, so calls are
+    serialised by a lock.
+
+    ``artifact``: use this host artifact (the supervisor checks a candidate this way);
+    by default the complete one for this host is found when ``options.use_host_artifacts``.
+    A host artifact that fails to load falls back to the original model."""
+
+    format = "tflite"
+
+    def __init__(self, model_path: Path, options: EngineOptions, artifact: HostArtifact | None = None) -> None:
+        if artifact is None and options.use_host_artifacts:
+            artifact = find_host_artifact(model_path)
+        self._runner: _InterpreterRunner | _CompiledRunner | None = None
+        self.shared_weights = False
+        self.artifact_dir: Path | None = None
+        if artifact is not None:
+            try:
+                if not artifact.signature:
+                    raise ValueError("the artifact records no signature")
+                self._runner = _CompiledRunner(model_path, options, artifact.path("weight_cache"), artifact.signature)
+                self.shared_weights = True
+                self.artifact_dir = artifact.directory
+            except Exception as exc:  # a bad artifact must never stop a worker from serving
+                log.warning("could not open host artifact %s (%s); loading the original model", artifact.directory, exc)
+                self._runner = None
+        if self._runner is None:
+            self._runner = _InterpreterRunner(model_path, options)
+        self.signature = self._runner.signature
         self._lock = threading.Lock()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         with self._lock:
-            for name, array in feeds.items():
-                self._interpreter.set_tensor(self._input_index[name], array)
-            self._interpreter.invoke()
-            return [self._interpreter.get_tensor(i) for i in self._output_indices]
+            return self._runner.run(feeds)
