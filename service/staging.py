@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from workers.engines import ENGINE_FORMATS, EngineOptions
-from workers.loader import find_model_file, load_model
+from workers.loader import ModelLoadError, find_model_file, load_model
+from workers.manifest import write_atomic
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,35 @@ class ValidatedModel:
     input_height: int
     labels: int
     shared_weights: bool = False  # a host artifact is ready: workers share the weights
+
+
+VERDICT_FILE = ".twinfer-validated.json"
+
+
+def _model_identity(directory: Path) -> dict:
+    model_file = find_model_file(directory)
+    return {"model_file": model_file.name, "model_size": model_file.stat().st_size}
+
+
+def record_verdict(directory: Path, validated: ValidatedModel) -> None:
+    """Remember a passed validation inside the version directory, so re-activating a
+    staged version (a rollback by twin) costs no second validation on a busy device."""
+    write_atomic(directory / VERDICT_FILE, json.dumps({**asdict(validated), **_model_identity(directory)}).encode())
+
+
+def recorded_verdict(directory: Path) -> ValidatedModel | None:
+    """The recorded verdict, if it is there and still describes the model file."""
+    try:
+        raw = json.loads((directory / VERDICT_FILE).read_text())
+        identity = _model_identity(directory)
+    except (OSError, ValueError, ModelLoadError):
+        return None
+    if any(raw.pop(key, None) != value for key, value in identity.items()):
+        return None
+    try:
+        return ValidatedModel(**raw)
+    except TypeError:
+        return None
 
 
 # Below the updater's validation timeout (300 s), so a slow preparation is dropped
@@ -52,12 +82,13 @@ def validate_model_dir(directory: Path, name: str, version: str, prepare: bool =
         labels=len(model.labels),
     )
     del model
-    if not prepare:
-        return validated
-    from service.optimize import prepare_host_artifacts
+    if prepare:
+        from service.optimize import prepare_host_artifacts
 
-    prepared = prepare_host_artifacts(directory, timeout=PREPARE_TIMEOUT_IN_VALIDATION)
-    return replace(validated, shared_weights=prepared.ok)
+        prepared = prepare_host_artifacts(directory, timeout=PREPARE_TIMEOUT_IN_VALIDATION)
+        validated = replace(validated, shared_weights=prepared.ok)
+    record_verdict(directory, validated)
+    return validated
 
 
 class StagingError(Exception):

@@ -34,7 +34,7 @@ from service.fetch import DownloadError, DownloadPolicy, DownloadProgress, downl
 from service.report import Reporter
 from service.repository import ModelRepository
 from service.rollout import RolloutMonitor
-from service.staging import StagingError, ValidatedModel, validate_in_subprocess
+from service.staging import StagingError, ValidatedModel, recorded_verdict, validate_in_subprocess
 from service.twin.base import TwinSource
 from service.verify import VerifyError, verify_file
 from workers.engines import ENGINE_FORMATS
@@ -206,9 +206,11 @@ class ModelUpdater:
                 self.report_active(current)
             return current
         if self.repo.has(target.name, target.version):
-            # Already staged (e.g. a rollback by twin): no download at all.
+            # Already staged (e.g. a rollback by twin): no download, and no second
+            # validation when the first one's verdict still matches the model file.
             self._report(target, "staging")
-            validated = self._validate(self.repo.version_dir(target.name, target.version), target)
+            directory = self.repo.version_dir(target.name, target.version)
+            validated = recorded_verdict(directory) or self._validate(directory, target)
             return self._publish(target, validated.format, validated.decoder, state.score_threshold)
         part = self.repo.download_path(target.name, target.version)
         self.repo.drop_downloads_except(part)

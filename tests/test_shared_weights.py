@@ -371,3 +371,16 @@ def test_two_processes_share_the_optimised_weights(tmp_path: Path) -> None:
     naive_pss = sum(r["pss"] for r in naive) - 2 * baseline["pss"]
     assert shared_pss < 1.3 * weights, report
     assert naive_pss > 1.8 * weights, report
+
+
+def test_validation_verdict_is_recorded_and_invalidated_when_the_model_changes(tmp_path):
+    """Re-activating a staged version skips validation only while the verdict matches."""
+    from service.staging import recorded_verdict, validate_model_dir
+
+    directory = tmp_path / "v1"
+    shutil.copytree(DEFAULT_MODEL, directory)
+    validated = validate_model_dir(directory, "ssd", "1", prepare=False)
+    assert recorded_verdict(directory) == validated
+    model = directory / "model.onnx"
+    model.write_bytes(model.read_bytes() + b"\0")
+    assert recorded_verdict(directory) is None
