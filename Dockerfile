@@ -3,8 +3,9 @@
 #   docker buildx build --platform linux/amd64,linux/arm64 -t <registry>/twinfer:<tag> .
 FROM python:3.11-slim-bookworm AS build
 COPY requirements.txt /tmp/requirements.txt
+# Exactly the locked requirements and nothing else (no unpinned `pip install --upgrade pip`:
+# the venv's bundled pip installs these wheels, and the build stays reproducible).
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
  && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
 
 FROM python:3.11-slim-bookworm
@@ -27,7 +28,7 @@ USER twinfer
 VOLUME /iotedge/storage
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
-  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"
+  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('TWINFER_HTTP_PORT', '8080'), timeout=4)"
 # tini is PID 1 so SIGTERM from the Edge agent reaches the supervisor, which forwards it to gunicorn.
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["python", "-m", "service"]

@@ -11,6 +11,7 @@ from workers.errors import RequestError
 from workers.holder import ModelHolder
 from workers.middleware import RequestMetrics
 from workers.resources.detect import DetectResource
+from workers.resources.openapi import OpenApiResource
 from workers.resources.status import HealthResource, MetricsResource, ModelsResource, ReadyResource
 from workers.settings import WorkerSettings
 
@@ -48,6 +49,7 @@ def create_app(settings: WorkerSettings | None = None) -> falcon.App:
     app.add_route("/readyz", ReadyResource(holder))
     app.add_route("/models", ModelsResource(holder))
     app.add_route("/metrics", MetricsResource())
+    app.add_route("/openapi.json", OpenApiResource())
     app.add_error_handler(Exception, _unexpected_error)
     app.add_error_handler(RequestError, _request_error)
     return app

@@ -1,0 +1,1 @@
+"""Pre/post-processing shared by every peer server (numpy + opencv + onnxruntime only)."""

@@ -1,0 +1,202 @@
+"""``python -m service bundle``: build a model bundle ZIP and validate it as a device will.
+
+The ZIP is built in a temporary directory, unpacked there with the device's own
+``service.bundle.unpack_bundle`` (same safety checks and default limits) and the result
+is loaded, decoder-detected and warmed up with ``service.staging.validate_model_dir``.
+Only a bundle that passes is moved to the output path; the host artifact is not built
+(``prepare=False``): it is specific to the device's CPU and runtime.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+NAME = "bundle"
+HELP = "build a model bundle ZIP and validate it the way the device will; print its hashes"
+DESCRIPTION = (
+    "Zip a model file (.onnx or .tflite), its labels file (.txt, stored under its own name) and optionally a "
+    "twinfer.json metadata file into a bundle, then unpack it with the device's unpacker and load, detect the "
+    "decoder and warm up the model with the device's validation. On failure the reason is printed, the exit "
+    "code is 1 and no bundle is written. On success prints path, size, SHA-256, MD5 (hex and base64, the form "
+    "Blob Storage's Content-MD5 uses), decoder, format, input size and label count."
+)
+EPILOG = (
+    "examples:\n"
+    "  python -m service bundle face.tflite --labels labels.txt -o face_1.0.zip\n"
+    "  python -m service bundle yolo.onnx --labels coco.txt --metadata twinfer.json \\\n"
+    "      --name yolo --version 2.0 -o yolo_2.0.zip --json"
+)
+MODEL_SUFFIXES = (".onnx", ".tflite")
+METADATA_NAME = "twinfer.json"  # what workers.loader reads
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same inputs give the same bytes and hashes
+
+
+class BundleInputError(Exception):
+    pass
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_file", type=Path, metavar="MODEL_FILE", help="the .onnx or .tflite model")
+    parser.add_argument("--labels", type=Path, metavar="FILE",
+                        help="labels, one per line (index = class id), a .txt file")
+    parser.add_argument("--metadata", type=Path, metavar="twinfer.json",
+                        help="metadata (decoder, input, thresholds); stored as twinfer.json")
+    parser.add_argument("--name", help="model name (with --version): checked, and used for validation and output")
+    parser.add_argument("--version", help="model version (with --name)")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.zip", help="bundle to write")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _entries(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(name in the ZIP, source file), checked before anything is written."""
+    model = args.model_file
+    if not model.is_file():
+        raise BundleInputError(f"model file {model} does not exist")
+    if model.suffix.lower() not in MODEL_SUFFIXES:
+        raise BundleInputError(f"model file {model.name} must end in .onnx or .tflite")
+    entries = [(model.name, model)]
+    if args.labels is not None:
+        if not args.labels.is_file():
+            raise BundleInputError(f"labels file {args.labels} does not exist")
+        if args.labels.suffix.lower() != ".txt":
+            raise BundleInputError(
+                f"labels file {args.labels.name} must end in .txt (the device reads labels from *.txt)"
+            )
+        entries.append((args.labels.name, args.labels))
+    if args.metadata is not None:
+        if not args.metadata.is_file():
+            raise BundleInputError(f"metadata file {args.metadata} does not exist")
+        try:
+            metadata = json.loads(args.metadata.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleInputError(f"metadata file {args.metadata} is not valid JSON: {exc}") from None
+        if not isinstance(metadata, dict):
+            raise BundleInputError(f"metadata file {args.metadata} must hold a JSON object")
+        entries.append((METADATA_NAME, args.metadata))
+    names = [name.casefold() for name, _ in entries]
+    if len(set(names)) != len(names):
+        raise BundleInputError(f"two files would have the same name in the bundle: {[name for name, _ in entries]}")
+    if any(path.resolve() == args.output.resolve() for _, path in entries):
+        raise BundleInputError(f"output {args.output} is one of the inputs")
+    if (args.name is None) != (args.version is None):
+        raise BundleInputError("give --name and --version together")
+    if args.name is not None:
+        from service.repository import RepositoryError, check_part
+
+        try:
+            check_part("name", args.name)
+            check_part("version", args.version)
+        except RepositoryError as exc:
+            raise BundleInputError(str(exc)) from None
+    if not args.output.parent.resolve().is_dir():
+        raise BundleInputError(f"output directory {args.output.parent} does not exist")
+    return entries
+
+
+def write_zip(path: Path, entries: list[tuple[str, Path]]) -> None:
+    """Deflated, flat, regular files only, fixed timestamps (reproducible hashes)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, source in entries:
+            info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o100644 << 16  # a regular file, rw-r--r--
+            info.file_size = source.stat().st_size  # lets zipfile choose ZIP64 for big models
+            with open(source, "rb") as src, archive.open(info, "w") as dst:
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+
+
+def build_and_validate(args: argparse.Namespace, work: Path) -> dict:
+    """Build the ZIP in ``work`` and validate it; returns the result (``path`` is the ZIP in ``work``)."""
+    from service.bundle import BundleError, unpack_bundle
+    from service.staging import validate_model_dir
+    from service.verify import file_digests
+
+    entries = _entries(args)
+    zip_path = work / "bundle.zip"
+    write_zip(zip_path, entries)
+    unpacked = work / "unpacked"
+    unpacked.mkdir()
+    try:
+        files = unpack_bundle(zip_path, unpacked)  # the device's unpacker, with its default limits
+    except BundleError as exc:
+        raise BundleInputError(f"the device would refuse this bundle ({exc.reason}): {exc}") from None
+    name, version = args.name or "candidate", args.version or "0"
+    try:
+        validated = validate_model_dir(unpacked, name, version, prepare=False)
+    except Exception as exc:  # the runtime's own errors too: any failure is a refusal on the device
+        raise BundleInputError(f"the model does not validate: {exc}") from None
+    sha256, md5 = file_digests(zip_path)
+    return {
+        "path": str(zip_path),
+        "size": zip_path.stat().st_size,
+        "sha256": sha256,
+        "md5": md5,
+        "md5_base64": base64.b64encode(bytes.fromhex(md5)).decode(),
+        "decoder": validated.decoder,
+        "format": validated.format,
+        "input": {"width": validated.input_width, "height": validated.input_height},
+        "labels": validated.labels,
+        "files": [path.name for path in files],
+        "name": args.name,
+        "version": args.version,
+    }
+
+
+def _place(source: Path, target: Path) -> None:
+    """Copy next to the target, then rename: the output path holds a whole bundle or nothing new."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix="." + target.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _print_human(result: dict) -> None:
+    rows = [
+        ("bundle", result["path"]),
+        ("files", ", ".join(result["files"])),
+        ("size", f"{result['size']} bytes"),
+        ("sha256", result["sha256"]),
+        ("md5", result["md5"]),
+        ("md5_base64", f"{result['md5_base64']}  (the form of Blob Storage's Content-MD5)"),
+        ("decoder", result["decoder"]),
+        ("format", result["format"]),
+        ("input", f"{result['input']['width']}x{result['input']['height']}"),
+        ("labels", str(result["labels"])),
+    ]
+    if result["name"]:
+        rows.insert(1, ("model", f"{result['name']} {result['version']}"))
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    name = result["name"] or "<NAME>"
+    version = result["version"] or "<VERSION>"
+    print(f"\nnext: upload it, then\n  python -m service twin-patch --url <URL> --bundle {result['path']} "
+          f"--name {name} --version {version}")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with tempfile.TemporaryDirectory(prefix="twinfer-bundle-") as work:
+            result = build_and_validate(args, Path(work))
+            _place(Path(result["path"]), args.output)
+    except BundleInputError as exc:
+        kept = " (the existing file there is left unchanged)" if args.output.exists() else ""
+        print(f"error: {exc}\nno bundle written to {args.output}{kept}", file=sys.stderr)
+        return 1
+    result["path"] = str(args.output.resolve())
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_human(result)
+    return 0

@@ -1,0 +1,146 @@
+"""``python -m service twin-patch``: the desired-properties patch that rolls out a bundle."""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shlex
+import sys
+import zipfile
+from pathlib import Path
+
+NAME = "twin-patch"
+HELP = "print the desired-properties patch (and the az command) that rolls out a bundle"
+DESCRIPTION = (
+    "Print the module twin's desired-properties patch for a bundle: the `model` object (name, version, url, "
+    "sha256, md5, size), `inference` and `download` when given and, with --reference, the reference design's "
+    "FileName/DownloadUrl/ContentMD5 keys (ContentMD5 in base64, as Blob Storage gives it). The patch is checked "
+    "with the device's own parser first. The JSON goes to stdout and a ready `az iot hub module-twin update` "
+    "command to stderr; with --az only the command is printed, on stdout."
+)
+EPILOG = (
+    "examples:\n"
+    "  python -m service twin-patch --url 'https://<account>.blob.core.windows.net/models/face_1.0.zip?<SAS>' \\\n"
+    "      --bundle face_1.0.zip --name face --version 1.0 --threshold 0.6 --reference\n"
+    "  python -m service twin-patch --url https://files.local/ssd-2.0.0.zip --sha256 <hex> --size 9254321 \\\n"
+    "      --name ssd-oidv4 --version 2.0.0 --az --hub-name myhub --device-id cam-01"
+)
+REFERENCE_KEYS = ("FileName", "DownloadUrl", "ContentMD5")
+
+
+class PatchError(Exception):
+    pass
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", required=True,
+                        help="where devices download the bundle (http/https, e.g. a Blob SAS URL)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bundle", type=Path, metavar="OUT.zip",
+                        help="the bundle file: SHA-256, MD5 and size are read from it")
+    source.add_argument("--sha256", metavar="H", help="the bundle's SHA-256 (hex), when the file is not at hand")
+    parser.add_argument("--md5", metavar="M", help="with --sha256: the bundle's MD5 (hex or base64)")
+    parser.add_argument("--size", type=int, metavar="N", help="with --sha256: the bundle's size in bytes")
+    parser.add_argument("--name", required=True, help="model name")
+    parser.add_argument("--version", required=True, help="model version")
+    parser.add_argument("--threshold", type=float, metavar="T", help="inference.score_threshold (0..1)")
+    parser.add_argument("--max-bps", type=int, metavar="B",
+                        help="download.max_bytes_per_second (>= 1024, or 0 for no cap)")
+    parser.add_argument("--reference", action="store_true",
+                        help="add the reference design's FileName/DownloadUrl/ContentMD5 keys (needs the MD5)")
+    parser.add_argument("--az", action="store_true", help="print only the az command, on stdout")
+    parser.add_argument("--hub-name", default="<HUB>", help="IoT Hub name for the az command (default: <HUB>)")
+    parser.add_argument("--device-id", default="<DEVICE>", help="device id for the az command (default: <DEVICE>)")
+    parser.add_argument("--module-id", default="twinfer", help="module id for the az command (default: twinfer)")
+
+
+def _digests(args: argparse.Namespace) -> tuple[str, str | None, int | None]:
+    """(sha256 hex, md5 hex or None, size or None)."""
+    from service.verify import file_digests, normalize_md5
+
+    if args.bundle is not None:
+        if args.md5 is not None or args.size is not None:
+            raise PatchError("--md5 and --size go with --sha256; with --bundle they are read from the file")
+        if not args.bundle.is_file():
+            raise PatchError(f"bundle {args.bundle} does not exist")
+        if not zipfile.is_zipfile(args.bundle):
+            raise PatchError(f"{args.bundle} is not a ZIP file (build one with `python -m service bundle`)")
+        sha256, md5 = file_digests(args.bundle)
+        return sha256, md5, args.bundle.stat().st_size
+    md5 = None
+    if args.md5 is not None:
+        try:
+            md5 = normalize_md5(args.md5)
+        except ValueError as exc:
+            raise PatchError(str(exc)) from None
+    return args.sha256.strip().lower(), md5, args.size
+
+
+def build_patch(args: argparse.Namespace) -> dict:
+    from service.desired import DesiredError, parse_desired
+
+    sha256, md5, size = _digests(args)
+    model = {"name": args.name, "version": args.version, "url": args.url, "sha256": sha256}
+    if md5 is not None:
+        model["md5"] = md5
+    if size is not None:
+        model["size"] = size
+    patch: dict = {"model": model}
+    if args.threshold is not None:
+        patch["inference"] = {"score_threshold": args.threshold}
+    if args.max_bps is not None:
+        patch["download"] = {"max_bytes_per_second": args.max_bps}
+    if args.reference:
+        if md5 is None:
+            raise PatchError("--reference needs the bundle's MD5 (the reference design checks ContentMD5): "
+                             "give --bundle or --md5")
+        patch["FileName"] = f"{args.name}_{args.version}.zip"
+        patch["DownloadUrl"] = args.url
+        patch["ContentMD5"] = base64.b64encode(bytes.fromhex(md5)).decode()
+    try:
+        parse_desired(patch)
+    except DesiredError as exc:
+        raise PatchError(f"the device would refuse this patch: {exc}") from None
+    if args.reference:
+        _warn_if_reference_names_differ(patch)
+    return patch
+
+
+def _warn_if_reference_names_differ(patch: dict) -> None:
+    """``model`` wins on twinfer; a device reading only the reference keys names the model from FileName."""
+    from service.desired import DesiredError, parse_desired
+
+    try:
+        seen = parse_desired({key: patch[key] for key in REFERENCE_KEYS}).model
+    except DesiredError as exc:
+        print(f"warning: the reference keys alone do not parse: {exc}", file=sys.stderr)
+        return
+    if seen is not None and (seen.name, seen.version) != (patch["model"]["name"], patch["model"]["version"]):
+        print(f"warning: from FileName alone a device would name this {seen.name} {seen.version} "
+              f"(reference-design versions are numeric, e.g. 1.0)", file=sys.stderr)
+
+
+def _word(value: str) -> str:
+    """Quoted for the shell, except the <PLACEHOLDER>s the operator is meant to replace."""
+    return value if value.startswith("<") and value.endswith(">") and value.isupper() else shlex.quote(value)
+
+
+def az_command(patch: dict, hub: str, device: str, module: str) -> str:
+    desired = json.dumps(patch, separators=(",", ":"))
+    return (f"az iot hub module-twin update --hub-name {_word(hub)} --device-id {_word(device)} "
+            f"--module-id {_word(module)} --desired {shlex.quote(desired)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        patch = build_patch(args)
+    except PatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    command = az_command(patch, args.hub_name, args.device_id, args.module_id)
+    if args.az:
+        print(command)
+    else:
+        print(json.dumps(patch, indent=2))
+        print(command, file=sys.stderr)
+    return 0

@@ -1,0 +1,292 @@
+"""The operator CLI, run as an operator runs it: ``python -m service <command>`` in a subprocess."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.support.paths import DEFAULT_MODEL, MODELS, PROJECT_ROOT
+
+COMMANDS = ["run", "validate", "set-model", "bundle", "twin-patch", "status"]
+FACE = MODELS / "blazeface_short_range.tflite"
+
+
+def cli(*args: str, store: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if store is not None:
+        env["TWINFER_STORE"] = str(store)
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def labels(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("labels") / "labels.txt"
+    path.write_text("face\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def face_bundle(tmp_path_factory, labels) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("bundle") / "face_1.0.zip"
+    done = cli("bundle", str(FACE), "--labels", str(labels), "--name", "face", "--version", "1.0",
+               "-o", str(out), "--json")
+    assert done.returncode == 0, done.stderr
+    return out, json.loads(done.stdout)
+
+
+# --- help -------------------------------------------------------------------------------------
+
+
+def test_top_level_help_lists_every_command():
+    done = cli("--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m service")
+    for command in COMMANDS:
+        assert command in done.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    done = cli(command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: python -m service {command}")
+    assert "options:" in done.stdout
+
+
+# --- bundle -----------------------------------------------------------------------------------
+
+
+def test_bundle_prints_the_bundles_hashes_and_the_validated_model(face_bundle, labels):
+    out, result = face_bundle
+    data = out.read_bytes()
+    assert result["path"] == str(out.resolve())
+    assert result["size"] == len(data)
+    assert result["sha256"] == hashlib.sha256(data).hexdigest()
+    assert result["md5"] == hashlib.md5(data).hexdigest()
+    assert result["md5_base64"] == base64.b64encode(hashlib.md5(data).digest()).decode()
+    assert (result["decoder"], result["format"], result["input"], result["labels"]) == (
+        "blazeface", "tflite", {"width": 128, "height": 128}, 1
+    )
+    with zipfile.ZipFile(out) as archive:
+        assert archive.namelist() == ["blazeface_short_range.tflite", "labels.txt"]
+        assert archive.read("blazeface_short_range.tflite") == FACE.read_bytes()
+        assert archive.read("labels.txt") == labels.read_bytes()
+        assert archive.testzip() is None
+
+
+def test_bundle_human_output_and_metadata_and_reproducible_bytes(tmp_path, labels, face_bundle):
+    metadata = tmp_path / "face-meta.json"
+    metadata.write_text(json.dumps({"score_threshold": 0.6}))
+    out = tmp_path / "with-meta.zip"
+    done = cli("bundle", str(FACE), "--labels", str(labels), "--metadata", str(metadata), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    data = out.read_bytes()
+    fields = dict(line.split(None, 1) for line in done.stdout.splitlines() if line and not line.startswith(" "))
+    assert fields["sha256"] == hashlib.sha256(data).hexdigest()
+    assert fields["md5"] == hashlib.md5(data).hexdigest()
+    assert fields["size"] == f"{len(data)} bytes"
+    assert fields["decoder"] == "blazeface" and fields["input"] == "128x128" and fields["labels"] == "1"
+    assert base64.b64encode(hashlib.md5(data).digest()).decode() in done.stdout
+    with zipfile.ZipFile(out) as archive:
+        assert sorted(archive.namelist()) == ["blazeface_short_range.tflite", "labels.txt", "twinfer.json"]
+        assert json.loads(archive.read("twinfer.json")) == {"score_threshold": 0.6}
+    # Fixed timestamps: the same inputs give the same bytes, so the same hashes.
+    again = tmp_path / "again.zip"
+    assert cli("bundle", str(FACE), "--labels", str(labels), "-o", str(again)).returncode == 0
+    assert hashlib.sha256(again.read_bytes()).hexdigest() == face_bundle[1]["sha256"]
+
+
+def test_bundle_of_a_garbage_model_fails_clearly_and_writes_nothing(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not a model at all " * 100)
+    out = tmp_path / "out" / "junk.zip"
+    out.parent.mkdir()
+    done = cli("bundle", str(junk), "-o", str(out))
+    assert done.returncode != 0
+    assert "does not validate" in done.stderr and "junk.onnx" in done.stderr, done.stderr
+    assert "no bundle written" in done.stderr
+    assert not out.exists()
+    assert list(out.parent.iterdir()) == []  # no temporary file either
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--labels", "README.md"], "must end in .txt"),
+        (["--name", "face"], "--name and --version together"),
+        (["--name", "../x", "--version", "1"], "must be 1-128"),
+    ],
+)
+def test_bundle_refuses_bad_inputs_before_building(tmp_path, args, message):
+    out = tmp_path / "x.zip"
+    done = cli("bundle", str(FACE), *args, "-o", str(out))
+    assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert not out.exists()
+
+
+# --- twin-patch -------------------------------------------------------------------------------
+
+
+def test_twin_patch_passes_the_device_parser_with_reference_keys(face_bundle):
+    from service.desired import parse_desired
+
+    out, result = face_bundle
+    data = out.read_bytes()
+    url = "https://account.blob.core.windows.net/models/face_1.0.zip?sv=2024&sig=secret"
+    done = cli("twin-patch", "--url", url, "--bundle", str(out), "--name", "face", "--version", "1.0",
+               "--threshold", "0.6", "--max-bps", "65536", "--reference")
+    assert done.returncode == 0, done.stderr
+    patch = json.loads(done.stdout)
+    state = parse_desired(patch)
+    assert (state.model.name, state.model.version, state.model.url) == ("face", "1.0", url)
+    assert state.model.sha256 == hashlib.sha256(data).hexdigest()
+    assert state.model.md5 == hashlib.md5(data).hexdigest()
+    assert state.model.size == len(data)
+    assert state.score_threshold == 0.6 and state.max_bytes_per_second == 65536
+    assert patch["ContentMD5"] == base64.b64encode(hashlib.md5(data).digest()).decode()
+    assert patch["DownloadUrl"] == url and patch["FileName"] == "face_1.0.zip"
+    reference = parse_desired({k: patch[k] for k in ("FileName", "DownloadUrl", "ContentMD5")}).model
+    assert (reference.name, reference.version, reference.md5) == ("face", "1.0", state.model.md5)
+    # The ready az command is on stderr and carries the same patch.
+    line = next(l for l in done.stderr.splitlines() if l.startswith("az iot hub module-twin update"))
+    words = shlex.split(line)
+    assert words[words.index("--hub-name") + 1] == "<HUB>" and words[words.index("--device-id") + 1] == "<DEVICE>"
+    assert words[words.index("--module-id") + 1] == "twinfer"
+    assert json.loads(words[words.index("--desired") + 1]) == patch
+
+
+def test_twin_patch_from_digests_and_az_only(face_bundle):
+    from service.desired import parse_desired
+
+    _, result = face_bundle
+    done = cli("twin-patch", "--url", "https://files.local/face.zip", "--sha256", result["sha256"],
+               "--md5", result["md5_base64"], "--size", str(result["size"]), "--name", "face", "--version", "1.0",
+               "--az", "--hub-name", "myhub", "--device-id", "cam-01")
+    assert done.returncode == 0, done.stderr
+    words = shlex.split(done.stdout.strip())
+    assert words[:5] == ["az", "iot", "hub", "module-twin", "update"]
+    assert words[words.index("--hub-name") + 1] == "myhub" and words[words.index("--device-id") + 1] == "cam-01"
+    patch = json.loads(words[words.index("--desired") + 1])
+    assert patch == {"model": {"name": "face", "version": "1.0", "url": "https://files.local/face.zip",
+                               "sha256": result["sha256"], "md5": result["md5"], "size": result["size"]}}
+    assert parse_desired(patch).model.sha256 == result["sha256"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--sha256", "abc"], "model.sha256 must be 64 hex digits"),
+        (["--sha256", "a" * 64, "--reference"], "--reference needs the bundle's MD5"),
+        (["--sha256", "a" * 64, "--threshold", "2"], "score_threshold"),
+        (["--bundle", "README.md"], "is not a ZIP file"),
+    ],
+)
+def test_twin_patch_refuses_what_the_device_would_refuse(args, message):
+    done = cli("twin-patch", "--url", "https://files.local/m.zip", "--name", "m", "--version", "1", *args)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert done.stdout == ""
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def test_status_on_an_empty_store(tmp_path):
+    store = tmp_path / "store"
+    done = cli("status", store=store)
+    assert done.returncode == 0, done.stderr
+    assert "nothing published yet" in done.stdout and "0 live" in done.stdout
+    status = json.loads(cli("status", "--json", store=store).stdout)
+    assert status["store"] == str(store.resolve()) and status["active"] is None
+    assert status["versions"] == [] and status["downloads"] == [] and status["workers"] == [] and status["twin"] is None
+
+
+@pytest.fixture(scope="module")
+def bootstrapped_store(tmp_path_factory) -> Path:
+    from service.bootstrap import ensure_active_model
+    from service.repository import ModelRepository
+
+    store = tmp_path_factory.mktemp("store")
+    repo = ModelRepository(store)
+    repo.prepare()
+    ensure_active_model(repo, DEFAULT_MODEL, "ssd-mobilenetv2-oidv4", "1.0.0")
+    return store
+
+
+def test_status_shows_the_bootstrapped_model_downloads_and_twin_state(bootstrapped_store):
+    store = bootstrapped_store
+    part = store / "staging" / "downloads" / "face-2.0.part"
+    part.write_bytes(b"x" * 1000)
+    sidecar = {"url": "https://files.local/face.zip", "etag": "e", "total": 4000}
+    Path(str(part) + ".json").write_text(json.dumps(sidecar))
+    (store / "twin").mkdir(exist_ok=True)
+    (store / "twin" / "reported.json").write_text(json.dumps({"model": {
+        "state": "failed", "target": {"name": "face", "version": "2.0"},
+        "last_error": {"reason": "checksum_mismatch", "message": "SHA-256 mismatch", "at": "2026-01-01T00:00:00+00:00"},
+    }}))
+    done = cli("status", store=store)
+    assert done.returncode == 0, done.stderr
+    assert "ssd-mobilenetv2-oidv4 1.0.0  generation 1  onnx  decoder ssd_anchors" in done.stdout
+    assert "face-2.0.part  1000   4000  25.0" in done.stdout
+    assert "state failed" in done.stdout and "checksum_mismatch: SHA-256 mismatch" in done.stdout
+    status = json.loads(cli("status", "--json", store=store).stdout)
+    assert status["active"]["version"] == "1.0.0" and status["active"]["generation"] == 1
+    assert status["active"]["present"] is True
+    [version] = status["versions"]
+    assert version["active"] is True and version["version"] == "1.0.0" and version["bytes"] > 1_000_000
+    assert status["downloads"] == [{"file": "face-2.0.part", "bytes": 1000, "total": 4000, "percent": 25.0}]
+    assert status["twin"]["state"] == "failed" and status["twin"]["last_error"]["reason"] == "checksum_mismatch"
+
+
+def test_status_while_the_service_runs(tmp_path):
+    from tests.support.service_process import ServiceProcess
+
+    store = tmp_path / "store"
+    with ServiceProcess.start(store, workers=1):
+        deadline = time.monotonic() + 30
+        while True:
+            status = json.loads(cli("status", "--json", store=store).stdout)
+            twin = status["twin"] or {}
+            if status["workers"] and twin.get("state") == "active":
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.3)
+        [worker] = status["workers"]
+        assert (worker["generation"], worker["version"], worker["last_error"]) == (1, "1.0.0", None)
+        assert worker["loaded_at"] is not None
+        assert status["active"]["version"] == "1.0.0"
+        text = cli("status", store=store).stdout
+        assert "workers (1 live)" in text and str(worker["pid"]) in text
+    assert json.loads(cli("status", "--json", store=store).stdout)["workers"] == []
+
+
+# --- set-model (kept working after the move to service/commands) -------------------------------
+
+
+def test_set_model_writes_the_local_twin(tmp_path):
+    from service.desired import parse_desired
+
+    store = tmp_path / "store"
+    args = ["set-model", "--name", "face", "--version", "2.0", "--url", "http://files.local/face.zip",
+            "--sha256", "b" * 64, "--threshold", "0.4"]
+    assert cli(*args, store=store).returncode == 0
+    done = cli(*args, store=store)
+    assert done.returncode == 0 and "$version 2" in done.stdout, done.stderr
+    desired = json.loads((store / "twin" / "desired.json").read_text())
+    state = parse_desired(desired)
+    assert (state.version, state.model.name, state.score_threshold) == (2, "face", 0.4)
+    bad = cli("set-model", "--name", "face", "--version", "2.0", "--url", "ftp://x/y.zip", "--sha256", "b" * 64,
+              store=store)
+    assert bad.returncode == 2 and "http(s) URL" in bad.stderr

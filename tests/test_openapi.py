@@ -1,0 +1,279 @@
+"""workers/openapi.json describes the API exactly as the Falcon app implements it.
+
+No OpenAPI tooling is a dependency: the structure is checked here, and live responses
+are validated with a small validator for the schema subset the document uses (type,
+nullable, enum, properties, required, items, minimum, maximum, $ref). Objects are
+checked strictly: an undocumented key in a response fails, as does a missing one.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.paths import DEFAULT_MODEL, IMAGES, PROJECT_ROOT
+
+DOCUMENT = PROJECT_ROOT / "workers" / "openapi.json"
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+SCHEMA_KEYS = {"type", "nullable", "enum", "properties", "required", "items", "minimum", "maximum", "$ref",
+               "description", "format", "additionalProperties"}
+RAW_IMAGE_TYPES = {"image/jpeg", "image/png", "image/bmp", "image/webp", "application/octet-stream"}
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict:
+    return json.loads(DOCUMENT.read_text())
+
+
+def resolve(doc: dict, node: dict) -> dict:
+    while "$ref" in node:
+        ref = node["$ref"]
+        assert ref.startswith("#/"), ref
+        target = doc
+        for part in ref[2:].split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def validate(doc: dict, schema: dict, value, path: str = "$") -> None:
+    """Raise AssertionError with the JSON path of the first mismatch."""
+    schema = resolve(doc, schema)
+    if value is None:
+        assert schema.get("nullable") or None in schema.get("enum", ()), f"{path}: null not allowed"
+        return
+    kind = schema.get("type")
+    checks = {
+        "object": lambda v: isinstance(v, dict),
+        "array": lambda v: isinstance(v, list),
+        "string": lambda v: isinstance(v, str),
+        "boolean": lambda v: isinstance(v, bool),
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    }
+    if kind is not None:
+        assert checks[kind](value), f"{path}: {value!r} is not {kind}"
+    if "enum" in schema:
+        assert value in schema["enum"], f"{path}: {value!r} not in {schema['enum']}"
+    if "minimum" in schema:
+        assert value >= schema["minimum"], f"{path}: {value} < {schema['minimum']}"
+    if "maximum" in schema:
+        assert value <= schema["maximum"], f"{path}: {value} > {schema['maximum']}"
+    if kind == "object" and "properties" in schema:
+        missing = set(schema.get("required", ())) - set(value)
+        assert not missing, f"{path}: missing {sorted(missing)}"
+        extra = set(value) - set(schema["properties"])
+        assert not extra, f"{path}: undocumented {sorted(extra)}"
+        for key, item in value.items():
+            validate(doc, schema["properties"][key], item, f"{path}.{key}")
+    if kind == "array" and "items" in schema:
+        for index, item in enumerate(value):
+            validate(doc, schema["items"], item, f"{path}[{index}]")
+
+
+def operations(doc: dict):
+    for route, item in doc["paths"].items():
+        for method, operation in item.items():
+            if method in HTTP_METHODS:
+                yield route, method, operation
+
+
+# --- the document on its own ------------------------------------------------------------------
+
+
+def _walk(node, trail=()):
+    if isinstance(node, dict):
+        yield trail, node
+        for key, value in node.items():
+            yield from _walk(value, trail + (key,))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _walk(value, trail + (index,))
+
+
+def test_document_is_openapi_3_structure(doc):
+    assert doc["openapi"].startswith("3.0.")
+    assert doc["info"]["title"] and doc["info"]["version"]
+    assert doc["paths"] and all(route.startswith("/") for route in doc["paths"])
+    ids = []
+    for route, method, operation in operations(doc):
+        ids.append(operation["operationId"])
+        assert operation["summary"]
+        assert operation["responses"], (route, method)
+        for status, response in operation["responses"].items():
+            assert status == "default" or (status.isdigit() and 100 <= int(status) < 600), (route, status)
+            assert resolve(doc, response)["description"], (route, status)
+        for parameter in operation.get("parameters", []):
+            assert parameter["in"] in ("query", "header", "path", "cookie")
+            assert parameter["name"] and parameter["schema"]
+    assert len(ids) == len(set(ids)), "operationIds must be unique"
+    for trail, node in _walk(doc):
+        if "$ref" in node:
+            resolve(doc, node)  # every reference resolves
+        if "schemas" in trail or trail[-1:] == ("schema",):
+            if "type" in node or "$ref" in node:
+                assert set(node) <= SCHEMA_KEYS, (trail, set(node) - SCHEMA_KEYS)
+                if node.get("type") == "object" and "properties" in node:
+                    assert set(node.get("required", ())) <= set(node["properties"]), trail
+
+
+def test_detect_is_documented_as_implemented(doc):
+    from workers.errors import RequestError
+    from workers.resources.detect import MAX_DETECTIONS_LIMIT
+
+    detect = doc["paths"]["/detect"]["post"]
+    content = detect["requestBody"]["content"]
+    assert set(content) == RAW_IMAGE_TYPES | {"multipart/form-data"}
+    parameters = {p["name"]: p for p in detect["parameters"]}
+    assert set(parameters) == {"threshold", "max_detections"}
+    assert parameters["threshold"]["schema"] == {"type": "number", "minimum": 0, "maximum": 1}
+    assert parameters["max_detections"]["schema"] == {"type": "integer", "minimum": 1, "maximum": MAX_DETECTIONS_LIMIT}
+    assert {"200", "400", "413", "415", "503"} <= set(detect["responses"])
+    error = resolve(doc, {"$ref": "#/components/schemas/Error"})
+    assert error["required"] == ["error", "reason"]
+    reasons = set(error["properties"]["reason"]["enum"])
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    for cls in [RequestError, *subclasses(RequestError)]:
+        assert cls.reason in reasons, cls
+        response = detect["responses"][str(cls.status)]
+        assert resolve(doc, response["content"]["application/json"]["schema"]) is error
+        assert f"`{cls.reason}`" in response["description"], (cls.reason, cls.status)
+
+
+# --- the document against the app ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    from service.bootstrap import ensure_active_model
+    from service.repository import ModelRepository
+
+    store = tmp_path_factory.mktemp("store")
+    repo = ModelRepository(store)
+    repo.prepare()
+    ensure_active_model(repo, DEFAULT_MODEL, "ssd-mobilenetv2-oidv4", "1.0.0")
+    return store
+
+
+def _app(store: Path):
+    from workers.app import create_app
+    from workers.engines import EngineOptions
+    from workers.settings import WorkerSettings
+
+    return create_app(WorkerSettings(store=store, max_body_bytes=4 * 1024 * 1024, max_image_pixels=10**7,
+                                     engine=EngineOptions()))
+
+
+@pytest.fixture(scope="module")
+def client(store):
+    from falcon import testing
+
+    client = testing.TestClient(_app(store))
+    deadline = time.monotonic() + 60
+    while client.simulate_get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the model never loaded"
+        time.sleep(0.05)
+    return client
+
+
+def _routes(app) -> dict[str, object]:
+    """Every URI template the router holds, with its resource."""
+    found = {}
+    nodes = list(app._router._roots)
+    while nodes:
+        node = nodes.pop()
+        if node.resource is not None:
+            found[node.uri_template] = node.resource
+        nodes.extend(node.children)
+    return found
+
+
+def test_every_route_is_documented_and_every_documented_route_exists(client, doc):
+    app = client.app
+    routes = _routes(app)
+    assert set(routes) == set(doc["paths"])
+    for route, item in doc["paths"].items():
+        assert app._router.find(route) is not None, route
+        resource = routes[route]
+        implemented = {m for m in HTTP_METHODS if callable(getattr(resource, f"on_{m}", None))}
+        documented = {m for m in item if m in HTTP_METHODS}
+        assert implemented == documented, (route, implemented, documented)
+
+
+def _check(doc: dict, route: str, method: str, result) -> None:
+    """The status is documented for the operation and the body matches its schema."""
+    responses = doc["paths"][route][method]["responses"]
+    assert str(result.status_code) in responses, (route, result.status_code, result.text)
+    response = resolve(doc, responses[str(result.status_code)])
+    content_type = result.headers["content-type"]
+    assert content_type in response["content"], (route, content_type)
+    for header in response.get("headers", {}):
+        assert header in result.headers, (route, header)
+    if content_type == "application/json":
+        validate(doc, response["content"][content_type]["schema"], result.json)
+
+
+def test_live_detect_response_matches_the_documented_schema(client, doc):
+    result = client.simulate_post("/detect", body=(IMAGES / "chelsea.png").read_bytes(),
+                                  headers={"Content-Type": "image/png"}, params={"threshold": "0.05"})
+    assert result.status_code == 200, result.text
+    body = result.json
+    assert body["detections"] and body["detections"][0]["label"] == "Cat"
+    scores = [d["score"] for d in body["detections"]]
+    assert scores == sorted(scores, reverse=True)  # "highest score first", as documented
+    _check(doc, "/detect", "post", result)
+    validate(doc, {"$ref": "#/components/schemas/DetectResponse"}, body)
+
+
+def test_live_multipart_and_errors_match_the_documented_schemas(client, doc):
+    boundary = "twinfer-test"
+    image = (IMAGES / "grace_hopper.jpg").read_bytes()
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"g.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    multipart = client.simulate_post("/detect", body=form,
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert multipart.status_code == 200, multipart.text
+    _check(doc, "/detect", "post", multipart)
+    cases = [
+        (b"not an image", "image/jpeg", {}, 400, "not_an_image"),
+        (image, "image/jpeg", {"max_detections": "0"}, 400, "bad_parameter"),
+        (b"--x\r\nnot a part", "multipart/form-data; boundary=x", {}, 400, "bad_request"),
+        (b"x" * (4 * 1024 * 1024 + 1), "image/jpeg", {}, 413, "body_too_large"),
+        (b'{"a": 1}', "application/json", {}, 415, "unsupported_media_type"),
+    ]
+    for body, content_type, params, status, reason in cases:
+        result = client.simulate_post("/detect", body=body, headers={"Content-Type": content_type}, params=params)
+        assert (result.status_code, result.json["reason"]) == (status, reason), result.text
+        _check(doc, "/detect", "post", result)
+
+
+def test_live_status_routes_match_the_documented_schemas(client, doc, monkeypatch, tmp_path):
+    for route in ("/healthz", "/readyz", "/models", "/openapi.json"):
+        result = client.simulate_get(route)
+        assert result.status_code == 200, (route, result.text)
+        _check(doc, route, "get", result)
+    assert client.simulate_get("/openapi.json").json == doc
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # the supervisor sets it for real workers
+    metrics = client.simulate_get("/metrics")
+    assert metrics.status_code == 200
+    _check(doc, "/metrics", "get", metrics)
+
+
+def test_responses_before_a_model_is_loaded_match_the_documented_503s(tmp_path, doc):
+    from falcon import testing
+
+    client = testing.TestClient(_app(tmp_path))  # empty store: no manifest, no model
+    for route in ("/readyz", "/models"):
+        result = client.simulate_get(route)
+        assert result.status_code == 503
+        _check(doc, route, "get", result)
+    result = client.simulate_post("/detect", body=b"x", headers={"Content-Type": "image/png"})
+    assert (result.status_code, result.json["reason"]) == (503, "no_model")
+    _check(doc, "/detect", "post", result)
