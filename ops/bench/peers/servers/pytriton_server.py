@@ -11,6 +11,7 @@ Usage: ``python pytriton_server.py HTTP_PORT GRPC_PORT METRICS_PORT [INSTANCES]`
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -35,7 +36,12 @@ def make_infer_func(detector: Detector):
     return infer
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # Triton.serve() stops cleanly (server, stubs, shared memory) on SIGINT only
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     http_port, grpc_port, metrics_port = (int(a) for a in sys.argv[1:4])
     instances = int(sys.argv[4]) if len(sys.argv) > 4 else 2
     config = TritonConfig(
