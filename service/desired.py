@@ -5,8 +5,12 @@ Two shapes are accepted:
 * the reference design's keys: ``FileName``, ``DownloadUrl``, ``ContentMD5`` (hex or the
   base64 form Blob Storage uses); the model name and version come from the file name
   (``tiny-yolov3-11_1.0.zip`` -> ``tiny-yolov3-11`` / ``1.0``);
-* ours: ``model: {name, version, url, sha256, md5, size}``, plus ``inference:
-  {score_threshold}`` and ``download: {max_bytes_per_second}``.
+* ours: ``model: {name, version, url, sha256, md5, size, signature, allow_downgrade}``,
+  plus ``inference: {score_threshold}`` and ``download: {max_bytes_per_second}``.
+  ``signature`` is the bundle's Ed25519 signature (base64; ``service.signing``), checked
+  by the updater when the device has trusted keys; ``allow_downgrade: true`` lets the
+  updater activate a version lower than the highest one it ever activated (a deliberate
+  rollback). The reference design's keys carry neither.
 
 ``model`` wins when both are present. A malformed document raises ``DesiredError`` and
 changes nothing. IoT Hub limits each property to 4 KB and the desired document to 32 KB.
@@ -42,6 +46,9 @@ class DesiredModel:
     sha256: str | None
     md5: str | None  # lowercase hex
     size: int | None
+    signature: str | None = None  # base64 Ed25519 signature (service.signing), verified by the updater
+    allow_downgrade: bool = False  # may activate a version below the highest ever activated for this name
+    version_is_digest: bool = False  # the version is an MD5 prefix (reference keys, no version): no order
 
 
 @dataclass(frozen=True)
@@ -96,12 +103,15 @@ def _reference_model(desired: Mapping[str, Any]) -> DesiredModel:
         raise DesiredError("FileName must be a plain file name")
     url = _url(desired.get("DownloadUrl"), "DownloadUrl")
     md5 = _md5(desired.get("ContentMD5"), "ContentMD5")
+    if md5 is None:
+        raise DesiredError("ContentMD5 is required with FileName/DownloadUrl: an unverified download is never staged")
     stem = PurePosixPath(file_name).stem
     match = _VERSIONED_FILE.match(stem)
+    digest_version = False
     if match:
         name, version = match.group("name"), match.group("version")
     elif md5:
-        name, version = stem, md5[:12]
+        name, version, digest_version = stem, md5[:12], True
     else:
         raise DesiredError("FileName has no version (e.g. model_1.0.zip) and there is no ContentMD5 to name it")
     return DesiredModel(
@@ -112,13 +122,14 @@ def _reference_model(desired: Mapping[str, Any]) -> DesiredModel:
         sha256=None,
         md5=md5,
         size=None,
+        version_is_digest=digest_version,
     )
 
 
 def _rich_model(raw: Any) -> DesiredModel:
     if not isinstance(raw, Mapping):
         raise DesiredError("model must be an object")
-    known = {"name", "version", "url", "sha256", "md5", "size", "signature"}
+    known = {"name", "version", "url", "sha256", "md5", "size", "signature", "allow_downgrade"}
     unknown = set(raw) - known
     if unknown:
         raise DesiredError(f"unknown model keys: {', '.join(sorted(unknown))}")
@@ -132,6 +143,12 @@ def _rich_model(raw: Any) -> DesiredModel:
     md5 = _md5(raw.get("md5"), "model.md5")
     if sha256 is None and md5 is None:
         raise DesiredError("model needs sha256 (or at least md5): an unverified download is never staged")
+    signature = raw.get("signature")
+    if signature is not None and (not isinstance(signature, str) or not signature.strip()):
+        raise DesiredError("model.signature must be a base64 string (from `python -m service bundle --sign`)")
+    allow_downgrade = raw.get("allow_downgrade")
+    if allow_downgrade is not None and not isinstance(allow_downgrade, bool):
+        raise DesiredError("model.allow_downgrade must be true or false")
     return DesiredModel(
         name=_name_part("name", raw.get("name"), "model.name"),
         version=_name_part("version", raw.get("version"), "model.version"),
@@ -140,6 +157,8 @@ def _rich_model(raw: Any) -> DesiredModel:
         sha256=sha256.lower() if sha256 else None,
         md5=md5,
         size=size,
+        signature=signature.strip() if signature else None,
+        allow_downgrade=bool(allow_downgrade),
     )
 
 

@@ -1,7 +1,8 @@
 """The model update pipeline, driven by the twin's desired properties.
 
-desired -> fetch (resumable) -> verify (SHA-256/MD5) -> unpack (safe) -> validate (child
-process) -> promote (atomic rename) -> publish (manifest) -> report.
+desired -> rollback check -> fetch (resumable) -> verify (SHA-256/MD5, then the Ed25519
+signature when the device has trusted keys) -> unpack (safe) -> validate (child process)
+-> promote (atomic rename) -> publish (manifest) -> report.
 
 Rules that keep a device in the desert serving:
 * nothing is published until the new model loaded and ran in validation; any failure
@@ -11,7 +12,11 @@ Rules that keep a device in the desert serving:
   reconnect or restart that delivers the same document again does nothing, while a
   restart in the middle of a download resumes it;
 * a newer desired document cancels a download of an older target;
-* network failures that outlast the downloader's retries are retried later, not dropped.
+* network failures that outlast the downloader's retries are retried later, not dropped;
+* with trusted keys (``TWINFER_TRUSTED_KEYS``) only signed bundles activate, a staged
+  version too: its signature is checked against the SHA-256 recorded when it was installed;
+* a version lower than the highest ever activated for the same name is refused unless the
+  twin says ``model.allow_downgrade: true`` (rollback protection; ``store/versions.json``).
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from service.bundle import BundleError, UnpackLimits, unpack_bundle
 from service.desired import DesiredError, DesiredModel, DesiredState, merge_patch, parse_desired
 from service.fetch import DownloadError, DownloadPolicy, DownloadProgress, download
 from service.report import Reporter
+from service.signing import NO_TRUSTED_KEY, UNSIGNED, SignatureError, TrustedKey, verify
 from service.repository import ModelRepository
 from service.rollout import RolloutMonitor
 from service.staging import StagingError, ValidatedModel, recorded_verdict, validate_in_subprocess
@@ -42,6 +48,8 @@ from workers.manifest import Manifest, publish, read_manifest, write_atomic
 
 log = logging.getLogger("twinfer.updater")
 STATE_FILE = "updater.json"
+VERSIONS_FILE = "versions.json"  # the highest version ever activated, per model name
+BUNDLE_RECORD = ".twinfer-bundle.json"  # in a version directory: the bundle it came from (sha256, md5)
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,10 @@ class UpdaterConfig:
     validate_timeout: float = 300.0
     retry_seconds: float = 300.0  # after the downloader gave up on a flaky link
     rollout_timeout: float = 300.0  # for every worker to serve a published model
+    # None: signatures are not required (the embedded default). A tuple (even empty, when
+    # the configured keys could not be loaded): every activation needs a valid signature.
+    trusted_keys: tuple[TrustedKey, ...] | None = None
+    trusted_keys_error: str | None = None  # why the configured keys could not be loaded
 
 
 class UpdateFailed(Exception):
@@ -66,6 +78,25 @@ class UpdateFailed(Exception):
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _numeric_version(version: str) -> tuple[int, ...] | None:
+    parts = version.split(".")
+    if not all(part.isdigit() for part in parts):
+        return None
+    numbers = [int(part) for part in parts]
+    while len(numbers) > 1 and numbers[-1] == 0:  # 1.0 == 1.0.0
+        numbers.pop()
+    return tuple(numbers)
+
+
+def compare_versions(a: str, b: str) -> int:
+    """-1, 0 or 1: numerically by dotted components (``1.10 > 1.9``, ``1.0 == 1.0.0``)
+    when both are dotted numbers, else as strings."""
+    key_a, key_b = _numeric_version(a), _numeric_version(b)
+    if key_a is not None and key_b is not None:
+        return (key_a > key_b) - (key_a < key_b)
+    return (a > b) - (a < b)
 
 
 def fingerprint(document: dict) -> str:
@@ -95,6 +126,8 @@ class ModelUpdater:
         self._desired_version: int | None = None  # the $version being handled, in every report
         self._state_path = repo.store / STATE_FILE
         self._handled = self._load_handled()
+        self._versions_path = repo.store / VERSIONS_FILE
+        self._highest = self._load_highest()
         self._thread = threading.Thread(target=self._run, name="model-updater", daemon=True)
 
     # --- inputs -------------------------------------------------------------------
@@ -119,7 +152,10 @@ class ModelUpdater:
             return None
 
     def start(self) -> None:
-        self.report_active(read_manifest(self.repo.store))
+        manifest = read_manifest(self.repo.store)
+        if manifest is not None:  # the bootstrapped default, or what ran before rollback protection existed
+            self._note_activated(manifest.name, manifest.version)
+        self.report_active(manifest)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -205,11 +241,14 @@ class ModelUpdater:
             else:
                 self.report_active(current)
             return current
+        self._check_downgrade(target)
         if self.repo.has(target.name, target.version):
             # Already staged (e.g. a rollback by twin): no download, and no second
             # validation when the first one's verdict still matches the model file.
             self._report(target, "staging")
             directory = self.repo.version_dir(target.name, target.version)
+            if self.config.trusted_keys is not None:
+                self._check_signature(target, self._recorded_sha256(directory, target))
             validated = recorded_verdict(directory) or self._validate(directory, target)
             return self._publish(target, validated.format, validated.decoder, state.score_threshold)
         part = self.repo.download_path(target.name, target.version)
@@ -217,15 +256,23 @@ class ModelUpdater:
         self._download(target, part, state.max_bytes_per_second)
         self._report(target, "verifying")
         try:
-            verify_file(part, target.sha256, target.md5)
+            sha256, md5 = verify_file(part, target.sha256, target.md5)  # sha256 computed even if only md5 was given
         except (VerifyError, ValueError) as exc:
             part.unlink(missing_ok=True)
             raise UpdateFailed("checksum_mismatch", str(exc)) from None
+        try:
+            self._check_signature(target, sha256)
+        except UpdateFailed:
+            part.unlink(missing_ok=True)
+            raise
         self._report(target, "staging")
         candidate = self.repo.new_staging_dir(f"{target.name}-{target.version}")
         try:
             self._unpack(part, target, candidate)
             validated = self._validate(candidate, target)
+            # Written after unpacking, so a bundle cannot bring its own record.
+            record = {"sha256": sha256, "md5": md5, "size": part.stat().st_size, "file_name": target.file_name}
+            write_atomic(candidate / BUNDLE_RECORD, json.dumps(record).encode())
             self.repo.promote(candidate, target.name, target.version)
         except BaseException:
             shutil.rmtree(candidate, ignore_errors=True)
@@ -233,6 +280,66 @@ class ModelUpdater:
         finally:
             part.unlink(missing_ok=True)
         return self._publish(target, validated.format, validated.decoder, state.score_threshold)
+
+    # --- trust: signatures and rollback protection ----------------------------------
+
+    def _check_signature(self, target: DesiredModel, sha256: str | None) -> None:
+        """With trusted keys, the twin's signature must cover (name, version, sha256)."""
+        keys = self.config.trusted_keys
+        if keys is None:
+            return
+        if sha256 is None:  # a staged version with no record of the bundle it came from
+            raise UpdateFailed(
+                "unsigned" if not target.signature else "signature_invalid",
+                f"{target.name} {target.version} is in the store but was not installed from a bundle this device "
+                f"recorded (no SHA-256 to check a signature against); with trusted keys only signed bundles "
+                f"activate: roll it out again as a signed bundle under a new version",
+            )
+        try:
+            key = verify(keys, target.name, target.version, sha256, target.signature)
+        except SignatureError as exc:
+            message = str(exc)
+            if exc.reason == NO_TRUSTED_KEY and self.config.trusted_keys_error:
+                message += f": {self.config.trusted_keys_error}"
+            raise UpdateFailed("unsigned" if exc.reason == UNSIGNED else "signature_invalid", message) from None
+        log.info("%s %s: signature verified with trusted key %s", target.name, target.version, key)
+
+    def _recorded_sha256(self, directory: Path, target: DesiredModel) -> str | None:
+        try:
+            value = json.loads((directory / BUNDLE_RECORD).read_text()).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, str) else None
+
+    def _check_downgrade(self, target: DesiredModel) -> None:
+        if target.allow_downgrade or target.version_is_digest:  # pinned on purpose, or no order to compare
+            return
+        highest = self._highest.get(target.name)
+        if highest is not None and compare_versions(target.version, highest) < 0:
+            raise UpdateFailed(
+                "downgrade_refused",
+                f"{target.name} {target.version} is lower than {highest}, the highest version of {target.name} "
+                f"this device has activated; to roll back on purpose set model.allow_downgrade: true",
+            )
+
+    def _load_highest(self) -> dict[str, str]:
+        try:
+            raw = json.loads(self._versions_path.read_text()).get("highest_activated", {})
+        except (FileNotFoundError, ValueError, AttributeError):
+            return {}
+        if not isinstance(raw, dict):
+            return {}
+        return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)}
+
+    def _note_activated(self, name: str, version: str, digest: bool = False) -> None:
+        """Raise the high-water mark of ``name`` (never lower it: an allowed downgrade keeps it)."""
+        if digest:
+            return
+        highest = self._highest.get(name)
+        if highest is not None and compare_versions(version, highest) <= 0:
+            return
+        self._highest = {**self._highest, name: version}
+        write_atomic(self._versions_path, json.dumps({"highest_activated": self._highest}, indent=1).encode())
 
     def _download(self, target: DesiredModel, part: Path, rate: int | None) -> None:
         policy = replace(self.config.policy, rate_limit_bps=rate or self.config.policy.rate_limit_bps)
@@ -294,6 +401,7 @@ class ModelUpdater:
         if outcome.result == "timeout":
             log.warning("rollout of generation %d incomplete after %.0f s (%d of %d workers)",
                         manifest.generation, self.config.rollout_timeout, outcome.workers_on_new, outcome.workers)
+        self._note_activated(target.name, target.version, target.version_is_digest)
         protect = {directory} | ({previous.model_dir(self.repo.store)} if previous else set())
         for removed in self.repo.prune(self.config.keep_versions, protect):
             log.info("removed old model version %s", removed)

@@ -25,13 +25,17 @@ DESCRIPTION = (
     "twinfer.json metadata file into a bundle, then unpack it with the device's unpacker and load, detect the "
     "decoder and warm up the model with the device's validation. On failure the reason is printed, the exit "
     "code is 1 and no bundle is written. On success prints path, size, SHA-256, MD5 (hex and base64, the form "
-    "Blob Storage's Content-MD5 uses), decoder, format, input size and label count."
+    "Blob Storage's Content-MD5 uses), decoder, format, input size and label count. With --sign (needs --name "
+    "and --version: the signature covers them with the SHA-256) also the bundle's Ed25519 signature, for the "
+    "twin's model.signature."
 )
 EPILOG = (
     "examples:\n"
     "  python -m service bundle face.tflite --labels labels.txt -o face_1.0.zip\n"
     "  python -m service bundle yolo.onnx --labels coco.txt --metadata twinfer.json \\\n"
-    "      --name yolo --version 2.0 -o yolo_2.0.zip --json"
+    "      --name yolo --version 2.0 -o yolo_2.0.zip --json\n"
+    "  python -m service bundle face.tflite --labels labels.txt --name face --version 1.0 \\\n"
+    "      -o face_1.0.zip --sign keys/private.pem"
 )
 MODEL_SUFFIXES = (".onnx", ".tflite")
 METADATA_NAME = "twinfer.json"  # what workers.loader reads
@@ -51,6 +55,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="model name (with --version): checked, and used for validation and output")
     parser.add_argument("--version", help="model version (with --name)")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.zip", help="bundle to write")
+    parser.add_argument("--sign", type=Path, metavar="PRIVATE.pem",
+                        help="Ed25519 private key (python -m service keygen): print the bundle's signature "
+                             "(needs --name and --version)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -97,7 +104,21 @@ def _entries(args: argparse.Namespace) -> list[tuple[str, Path]]:
             raise BundleInputError(str(exc)) from None
     if not args.output.parent.resolve().is_dir():
         raise BundleInputError(f"output directory {args.output.parent} does not exist")
+    if getattr(args, "sign", None) is not None and args.name is None:
+        raise BundleInputError("--sign needs --name and --version: the signature covers them with the SHA-256")
     return entries
+
+
+def _signing_key(args: argparse.Namespace):
+    """The private key of --sign, loaded before anything is built (None without --sign)."""
+    if getattr(args, "sign", None) is None:
+        return None
+    from service.signing import KeyFileError, load_private_key
+
+    try:
+        return load_private_key(args.sign)
+    except KeyFileError as exc:
+        raise BundleInputError(str(exc)) from None
 
 
 def write_zip(path: Path, entries: list[tuple[str, Path]]) -> None:
@@ -119,6 +140,7 @@ def build_and_validate(args: argparse.Namespace, work: Path) -> dict:
     from service.verify import file_digests
 
     entries = _entries(args)
+    private_key = _signing_key(args)
     zip_path = work / "bundle.zip"
     write_zip(zip_path, entries)
     unpacked = work / "unpacked"
@@ -133,6 +155,12 @@ def build_and_validate(args: argparse.Namespace, work: Path) -> dict:
     except Exception as exc:  # the runtime's own errors too: any failure is a refusal on the device
         raise BundleInputError(f"the model does not validate: {exc}") from None
     sha256, md5 = file_digests(zip_path)
+    signed: dict = {}
+    if private_key is not None:
+        from service.signing import key_id, sign
+
+        signed = {"signature": sign(private_key, args.name, args.version, sha256),
+                  "key_id": key_id(private_key.public_key())}
     return {
         "path": str(zip_path),
         "size": zip_path.stat().st_size,
@@ -146,6 +174,7 @@ def build_and_validate(args: argparse.Namespace, work: Path) -> dict:
         "files": [path.name for path in files],
         "name": args.name,
         "version": args.version,
+        **signed,
     }
 
 
@@ -176,13 +205,16 @@ def _print_human(result: dict) -> None:
     ]
     if result["name"]:
         rows.insert(1, ("model", f"{result['name']} {result['version']}"))
+    if result.get("signature"):
+        rows += [("signature", result["signature"]), ("key_id", result["key_id"])]
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     name = result["name"] or "<NAME>"
     version = result["version"] or "<VERSION>"
+    signature = f" --signature {result['signature']}" if result.get("signature") else ""
     print(f"\nnext: upload it, then\n  python -m service twin-patch --url <URL> --bundle {result['path']} "
-          f"--name {name} --version {version}")
+          f"--name {name} --version {version}{signature}")
 
 
 def run(args: argparse.Namespace) -> int:

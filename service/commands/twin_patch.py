@@ -13,7 +13,8 @@ NAME = "twin-patch"
 HELP = "print the desired-properties patch (and the az command) that rolls out a bundle"
 DESCRIPTION = (
     "Print the module twin's desired-properties patch for a bundle: the `model` object (name, version, url, "
-    "sha256, md5, size), `inference` and `download` when given and, with --reference, the reference design's "
+    "sha256, md5, size, and signature with --signature or --sign; allow_downgrade with --allow-downgrade), "
+    "`inference` and `download` when given and, with --reference, the reference design's "
     "FileName/DownloadUrl/ContentMD5 keys (ContentMD5 in base64, as Blob Storage gives it). The patch is checked "
     "with the device's own parser first. The JSON goes to stdout and a ready `az iot hub module-twin update` "
     "command to stderr; with --az only the command is printed, on stdout."
@@ -23,7 +24,9 @@ EPILOG = (
     "  python -m service twin-patch --url 'https://<account>.blob.core.windows.net/models/face_1.0.zip?<SAS>' \\\n"
     "      --bundle face_1.0.zip --name face --version 1.0 --threshold 0.6 --reference\n"
     "  python -m service twin-patch --url https://files.local/ssd-2.0.0.zip --sha256 <hex> --size 9254321 \\\n"
-    "      --name ssd-oidv4 --version 2.0.0 --az --hub-name myhub --device-id cam-01"
+    "      --name ssd-oidv4 --version 2.0.0 --az --hub-name myhub --device-id cam-01\n"
+    "  python -m service twin-patch --url <URL> --bundle face_1.0.zip --name face --version 1.0 \\\n"
+    "      --sign keys/private.pem"
 )
 REFERENCE_KEYS = ("FileName", "DownloadUrl", "ContentMD5")
 
@@ -43,6 +46,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, metavar="N", help="with --sha256: the bundle's size in bytes")
     parser.add_argument("--name", required=True, help="model name")
     parser.add_argument("--version", required=True, help="model version")
+    signature = parser.add_mutually_exclusive_group()
+    signature.add_argument("--signature", metavar="SIG",
+                           help="model.signature: the bundle's base64 signature (as `bundle --sign` printed it)")
+    signature.add_argument("--sign", type=Path, metavar="PRIVATE.pem",
+                           help="compute model.signature over name, version and SHA-256 with this Ed25519 key")
+    parser.add_argument("--allow-downgrade", action="store_true",
+                        help="model.allow_downgrade: true, to roll back below the highest version the device ran")
     parser.add_argument("--threshold", type=float, metavar="T", help="inference.score_threshold (0..1)")
     parser.add_argument("--max-bps", type=int, metavar="B",
                         help="download.max_bytes_per_second (>= 1024, or 0 for no cap)")
@@ -76,6 +86,24 @@ def _digests(args: argparse.Namespace) -> tuple[str, str | None, int | None]:
     return args.sha256.strip().lower(), md5, args.size
 
 
+def _signature(args: argparse.Namespace, sha256: str) -> str | None:
+    from service import signing
+
+    if args.sign is not None:
+        try:
+            private_key = signing.load_private_key(args.sign)
+            return signing.sign(private_key, args.name, args.version, sha256)
+        except ValueError as exc:  # KeyFileError, or a malformed --sha256
+            raise PatchError(str(exc)) from None
+    if args.signature is not None:
+        try:
+            signing.decode_signature(args.signature)
+        except signing.SignatureError as exc:
+            raise PatchError(f"--signature: {exc}") from None
+        return args.signature.strip()
+    return None
+
+
 def build_patch(args: argparse.Namespace) -> dict:
     from service.desired import DesiredError, parse_desired
 
@@ -85,6 +113,11 @@ def build_patch(args: argparse.Namespace) -> dict:
         model["md5"] = md5
     if size is not None:
         model["size"] = size
+    signature = _signature(args, sha256)
+    if signature is not None:
+        model["signature"] = signature
+    if args.allow_downgrade:
+        model["allow_downgrade"] = True
     patch: dict = {"model": model}
     if args.threshold is not None:
         patch["inference"] = {"score_threshold": args.threshold}
