@@ -277,3 +277,90 @@ def test_responses_before_a_model_is_loaded_match_the_documented_503s(tmp_path, 
     result = client.simulate_post("/detect", body=b"x", headers={"Content-Type": "image/png"})
     assert (result.status_code, result.json["reason"]) == (503, "no_model")
     _check(doc, "/detect", "post", result)
+
+
+# --- KServe v2 / Open Inference Protocol -----------------------------------------------------
+
+V2_MODEL, V2_VERSION = "ssd-mobilenetv2-oidv4", "1.0.0"
+
+
+def _v2_infer(client, body: bytes, headers: dict | None = None, version: str | None = None, model: str = V2_MODEL):
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+    return client.simulate_post(path, body=body, headers=headers or {})
+
+
+def test_live_kserve_v2_responses_match_the_documented_schemas(client, doc):
+    import base64
+    import struct
+
+    import numpy as np
+
+    gets = [
+        ("/v2", "/v2", 200), ("/v2/health/live", "/v2/health/live", 200), ("/v2/health/ready", "/v2/health/ready", 200),
+        ("/v2/models/{name}", f"/v2/models/{V2_MODEL}", 200),
+        ("/v2/models/{name}/versions/{version}", f"/v2/models/{V2_MODEL}/versions/{V2_VERSION}", 200),
+        ("/v2/models/{name}/ready", f"/v2/models/{V2_MODEL}/ready", 200),
+        ("/v2/models/{name}/versions/{version}/ready", f"/v2/models/{V2_MODEL}/versions/{V2_VERSION}/ready", 200),
+        ("/v2/models/{name}", "/v2/models/other", 404),
+        ("/v2/models/{name}/versions/{version}", f"/v2/models/{V2_MODEL}/versions/0.0.1", 404),
+        ("/v2/models/{name}/ready", "/v2/models/other/ready", 404),
+        ("/v2/models/{name}/versions/{version}/ready", f"/v2/models/{V2_MODEL}/versions/0.0.1/ready", 404),
+    ]
+    for route, path, status in gets:
+        result = client.simulate_get(path)
+        assert result.status_code == status, (path, result.text)
+        _check(doc, route, "get", result)
+    infer, versioned = "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"
+    png = (IMAGES / "chelsea.png").read_bytes()
+    image_json = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                         "data": [base64.b64encode(png).decode()]}]}).encode()
+    result = _v2_infer(client, image_json)
+    assert result.status_code == 200, result.text
+    _check(doc, infer, "post", result)
+    document = json.loads(result.json["outputs"][0]["data"][0])
+    validate(doc, {"$ref": "#/components/schemas/DetectResponse"}, document)  # the element is /detect's document
+    header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                                     "parameters": {"binary_data_size": 4 + len(png)}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    result = _v2_infer(client, header + struct.pack("<I", len(png)) + png,
+                       {"Inference-Header-Content-Length": str(len(header))}, version=V2_VERSION)
+    assert result.status_code == 200 and result.headers["content-type"] == "application/octet-stream"
+    _check(doc, versioned, "post", result)
+    length = int(result.headers["inference-header-content-length"])
+    validate(doc, {"$ref": "#/components/schemas/V2InferenceResponse"}, json.loads(result.content[:length]))
+    tensor = np.zeros((1, 300, 300, 3), dtype=np.float32).tobytes()
+    header = json.dumps({"inputs": [{"name": "normalized_input_image_tensor", "datatype": "FP32", "shape": [1, 300, 300, 3],
+                                     "parameters": {"binary_data_size": len(tensor)}}]}).encode()
+    result = _v2_infer(client, header + tensor, {"Inference-Header-Content-Length": str(len(header))})
+    assert result.status_code == 200 and [o["name"] for o in result.json["outputs"]] == [
+        "raw_outputs/box_encodings", "raw_outputs/class_predictions"]
+    _check(doc, infer, "post", result)
+    errors = [
+        (_v2_infer(client, b"{"), 400),
+        (_v2_infer(client, b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}]}'), 400),
+        (_v2_infer(client, image_json, model="other"), 404),
+        (_v2_infer(client, b"x" * (4 * 1024 * 1024 + 1)), 413),
+        (_v2_infer(client, b"{}", {"Content-Encoding": "br"}), 415),
+    ]
+    for result, status in errors:
+        assert result.status_code == status, result.text
+        assert set(result.json) == {"error"}
+        _check(doc, infer, "post", result)
+    unknown = client.simulate_get("/v2/repository/index")  # not a route: any other /v2 path
+    assert unknown.status_code == 404
+    validate(doc, {"$ref": "#/components/schemas/V2Error"}, unknown.json)
+
+
+def test_kserve_v2_before_a_model_is_loaded_matches_the_documented_503s(tmp_path, doc):
+    from falcon import testing
+
+    client = testing.TestClient(_app(tmp_path))  # empty store: no manifest, no model
+    assert client.simulate_get("/v2/health/live").status_code == 200
+    for route, path in (("/v2/health/ready", "/v2/health/ready"), ("/v2/models/{name}", f"/v2/models/{V2_MODEL}"),
+                        ("/v2/models/{name}/ready", f"/v2/models/{V2_MODEL}/ready")):
+        result = client.simulate_get(path)
+        assert result.status_code == 503, (path, result.text)
+        _check(doc, route, "get", result)
+    result = _v2_infer(client, b'{"inputs": []}')
+    assert result.status_code == 503 and set(result.json) == {"error"}
+    _check(doc, "/v2/models/{name}/infer", "post", result)

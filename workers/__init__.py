@@ -3,3 +3,5 @@
 Nothing in this package imports ``service``: the supervisor depends on the workers'
 engines, decoders and manifest to validate models, never the other way round.
 """
+
+__version__ = "0.1.0"  # the project's version (pyproject.toml); /v2 server metadata reports it

@@ -1,0 +1,328 @@
+"""Falcon resources of the KServe v2 / Open Inference Protocol (``/v2/...``).
+
+Only the model this worker serves exists: the name and version of its manifest entry
+(the routes without ``/versions/{version}`` mean that version too); any other name or
+version is a 404. Errors are the protocol's ``{"error": "<message>"}`` with the same
+statuses as ``/detect`` (400, 413, 415, 503), plus 404.
+
+``POST .../infer`` takes either the model's raw input tensors (and answers its raw
+outputs), or one BYTES input ``image`` holding an encoded picture, which runs the same
+pipeline as ``POST /detect`` and answers its JSON document as the BYTES output
+``detections``.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import falcon
+import orjson
+
+from workers import __version__, metrics
+from workers.errors import BadParameter, BodyTooLarge, NoModel, RequestError
+from workers.holder import ModelHolder, ServingModel
+from workers.kserve import DETECTIONS_OUTPUT, EXTENSIONS, IMAGE_INPUT, SERVER_NAME
+from workers.kserve.codec import (
+    BYTES,
+    HEADER_LENGTH,
+    InferenceRequest,
+    OutputTensor,
+    RequestedOutput,
+    datatype_of,
+    decode_base64,
+    dims,
+    encode_response,
+    inflate,
+    json_strings,
+    parse_request,
+    split_bytes,
+    to_array,
+)
+from workers.resources.body import read_bounded
+from workers.resources.detect import MAX_DETECTIONS_LIMIT, render
+from workers.settings import WorkerSettings
+
+log = logging.getLogger("twinfer.worker")
+PLATFORMS = {"onnx": "onnxruntime_onnx", "tflite": "tensorflow_lite"}
+BINARY_CONTENT_TYPE = "application/octet-stream"
+
+
+class V2Error(Exception):
+    """A client error only the v2 routes have (an unknown model or version). Deliberately
+    not a ``RequestError``: those are the error taxonomy of ``/detect``."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+def _v2_errors(responder):
+    """Render client errors in the v2 format, ``{"error": message}``."""
+
+    @functools.wraps(responder)
+    def wrapped(self, req: falcon.Request, resp: falcon.Response, **params) -> None:
+        try:
+            responder(self, req, resp, **params)
+        except (RequestError, V2Error) as exc:
+            metrics.REQUEST_ERRORS.labels(exc.reason).inc()
+            resp.status = exc.status
+            resp.data = orjson.dumps({"error": exc.message})
+            resp.content_type = falcon.MEDIA_JSON
+
+    return wrapped
+
+
+def _json(resp: falcon.Response, document: dict, status: int = 200) -> None:
+    resp.status = status
+    resp.data = orjson.dumps(document)
+    resp.content_type = falcon.MEDIA_JSON
+
+
+def _active(serving: ServingModel | None, name: str, version: str | None) -> ServingModel:
+    """The serving model if ``name`` (and ``version``, when given) are the active ones."""
+    if serving is None:
+        raise NoModel("no model loaded in this worker yet; retry shortly")
+    manifest = serving.manifest
+    if name != manifest.name:
+        raise V2Error(404, "model_not_found", f"unknown model {name!r}; this server serves {manifest.name!r}")
+    if version is not None and version != manifest.version:
+        raise V2Error(
+            404, "model_not_found", f"model {name!r} has no version {version!r}; the active version is {manifest.version!r}"
+        )
+    return serving
+
+
+def not_found_sink(req: falcon.Request, resp: falcon.Response, **params) -> None:
+    """Any other path under ``/v2`` (``/v2/repository/index``, ``.../config``, ...)."""
+    _json(resp, {"error": f"no KServe v2 endpoint {req.method} {req.path} here"}, 404)
+
+
+# --- server ----------------------------------------------------------------------------------
+
+
+class ServerMetadataResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _json(resp, {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)})
+
+
+class ServerLiveResource:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        _json(resp, {"live": True})
+
+
+class ServerReadyResource:
+    """200 once this worker has a model loaded, else 503."""
+
+    def __init__(self, holder: ModelHolder) -> None:
+        self._holder = holder
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ready = self._holder.current is not None
+        _json(resp, {"ready": ready}, 200 if ready else 503)
+
+
+# --- model -----------------------------------------------------------------------------------
+
+
+def model_metadata(serving: ServingModel) -> dict:
+    """The model's raw tensors as ``inputs``/``outputs`` (what generic v2 clients feed), and
+    the image way in (``image`` BYTES [1] -> ``detections`` BYTES [1]) in ``parameters``
+    (scalar values, as the protocol's parameters are)."""
+    model, manifest = serving.model, serving.manifest
+    signature = model.engine.signature
+
+    def tensors(infos) -> list[dict]:
+        return [{"name": t.name, "datatype": datatype_of(t.dtype), "shape": dims(t.shape)} for t in infos]
+
+    return {
+        "name": manifest.name,
+        "versions": [manifest.version],
+        "platform": PLATFORMS.get(manifest.format, manifest.format),
+        "inputs": tensors(signature.inputs),
+        "outputs": tensors(signature.outputs),
+        "parameters": {
+            "image_input": IMAGE_INPUT,
+            "image_input_datatype": BYTES,
+            "image_input_shape": "[1]",
+            "detections_output": DETECTIONS_OUTPUT,
+            "detections_output_datatype": BYTES,
+            "detections_output_shape": "[1]",
+            "detections_content_type": "application/json",
+            "generation": manifest.generation,
+            "decoder": model.spec.decoder,
+        },
+    }
+
+
+class ModelMetadataResource:
+    """``GET /v2/models/{name}[/versions/{version}]``."""
+
+    def __init__(self, holder: ModelHolder) -> None:
+        self._holder = holder
+
+    @_v2_errors
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, version: str | None = None) -> None:
+        _json(resp, model_metadata(_active(self._holder.current, name, version)))
+
+
+class ModelReadyResource:
+    """``GET /v2/models/{name}[/versions/{version}]/ready``: 200 for the loaded model, 404
+    for any other, 503 (``ready: false``) while this worker has none."""
+
+    def __init__(self, holder: ModelHolder) -> None:
+        self._holder = holder
+
+    @_v2_errors
+    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, version: str | None = None) -> None:
+        serving = self._holder.current
+        if serving is None:
+            _json(resp, {"name": name, "ready": False}, 503)
+            return
+        _active(serving, name, version)
+        _json(resp, {"name": name, "ready": True})
+
+
+# --- inference -------------------------------------------------------------------------------
+
+
+def read_body(req: falcon.Request, limit: int) -> bytes:
+    """The whole body within ``limit`` (413 from Content-Length before a byte is read),
+    decompressed when it has a ``Content-Encoding``."""
+    if req.content_length is not None and req.content_length > limit:
+        raise BodyTooLarge(f"request body of {req.content_length} bytes is over the limit of {limit} bytes")
+    stream = req.stream if req.content_length is None else req.bounded_stream
+    body = read_bounded(stream, limit)
+    coding = (req.get_header("Content-Encoding") or "identity").strip().lower()
+    return body if coding == "identity" else inflate(body, coding, limit)
+
+
+def _threshold(params: dict) -> float | None:
+    raw = params.get("threshold")
+    if raw is None:
+        return None
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise BadParameter(f"parameters.threshold must be a number between 0 and 1, got {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise BadParameter(f"parameters.threshold must be between 0 and 1, got {value}")
+    return value
+
+
+def _max_detections(params: dict) -> int | None:
+    raw = params.get("max_detections")
+    if raw is None:
+        return None
+    if isinstance(raw, str) and raw.isdigit():
+        raw = int(raw)
+    if not isinstance(raw, int) or isinstance(raw, bool) or not 1 <= raw <= MAX_DETECTIONS_LIMIT:
+        raise BadParameter(f"parameters.max_detections must be an integer 1..{MAX_DETECTIONS_LIMIT}, got {raw!r}")
+    return raw
+
+
+class InferResource:
+    """``POST /v2/models/{name}[/versions/{version}]/infer``."""
+
+    def __init__(self, holder: ModelHolder, settings: WorkerSettings) -> None:
+        self._holder = holder
+        self._settings = settings
+
+    @_v2_errors
+    def on_post(self, req: falcon.Request, resp: falcon.Response, name: str, version: str | None = None) -> None:
+        body = read_body(req, self._settings.max_body_bytes)  # before taking the model: a slow upload holds no swap
+        with self._holder.serving() as serving:  # a swap meanwhile waits for this request
+            serving = _active(serving, name, version)
+            request = parse_request(body, req.get_header(HEADER_LENGTH))
+            signature = serving.model.engine.signature
+            if any(t.name == IMAGE_INPUT for t in request.inputs) and all(i.name != IMAGE_INPUT for i in signature.inputs):
+                outputs = self._detect(serving, request)
+            else:
+                outputs = self._run(serving, request)
+        manifest = serving.manifest
+        head = {"model_name": manifest.name, "model_version": manifest.version}
+        if request.id is not None:
+            head["id"] = request.id
+        data, header_length = encode_response(head, outputs)
+        resp.data = data
+        if header_length is None:
+            resp.content_type = falcon.MEDIA_JSON
+        else:
+            resp.content_type = BINARY_CONTENT_TYPE
+            resp.set_header(HEADER_LENGTH, str(header_length))
+        resp.set_header("X-Model-Version", manifest.version)
+
+    def _detect(self, serving: ServingModel, request: InferenceRequest) -> list[tuple[OutputTensor, bool]]:
+        """The image way in: the /detect pipeline, its JSON document as ``detections``."""
+        if len(request.inputs) != 1:
+            raise RequestError(f"input {IMAGE_INPUT!r} (an encoded image) is sent alone, without other inputs")
+        tensor = request.inputs[0]
+        if tensor.datatype != BYTES:
+            raise RequestError(f"input {IMAGE_INPUT!r} must be BYTES (the encoded image), got {tensor.datatype}")
+        if tensor.element_count != 1:
+            raise RequestError(f"input {IMAGE_INPUT!r} holds one encoded image: shape [1], got {list(tensor.shape)}")
+        if tensor.raw is not None:
+            elements = split_bytes(tensor.raw, tensor.name)
+        else:
+            content_type = tensor.parameters.get("content_type", "base64")
+            if content_type != "base64":
+                raise RequestError(
+                    f"input {IMAGE_INPUT!r} in JSON carries the image base64-encoded (content_type 'base64'), "
+                    f"got content_type {content_type!r}; or send it as binary data"
+                )
+            elements = [decode_base64(text, tensor.name) for text in json_strings(tensor)]
+        if len(elements) != 1:
+            raise RequestError(f"input {IMAGE_INPUT!r}: shape [1] takes one element, the data holds {len(elements)}")
+        wanted = request.outputs or [RequestedOutput(DETECTIONS_OUTPUT, request.binary_default)]
+        if [o.name for o in wanted] != [DETECTIONS_OUTPUT]:
+            raise RequestError(f"the image way in has one output, {DETECTIONS_OUTPUT!r}; asked for {[o.name for o in wanted]}")
+        threshold, max_detections = _threshold(request.parameters), _max_detections(request.parameters)
+        # bytes(): the decoders take bytes (Pillow's header probe would copy a view anyway).
+        result = serving.model.detect(bytes(elements[0]), self._settings.max_image_pixels, threshold, max_detections)
+        metrics.INFERENCE_SECONDS.labels(serving.manifest.name, serving.manifest.version).observe(
+            result.timings.inference_ms / 1e3
+        )
+        document = orjson.dumps(render(result, serving))
+        return [(OutputTensor.of_bytes(DETECTIONS_OUTPUT, [document]), wanted[0].binary)]
+
+    def _run(self, serving: ServingModel, request: InferenceRequest) -> list[tuple[OutputTensor, bool]]:
+        """The raw way in: the model's input tensors in, its output tensors out."""
+        engine = serving.model.engine
+        inputs = {t.name: t for t in engine.signature.inputs}
+        output_names = [t.name for t in engine.signature.outputs]
+        feeds = {}
+        for tensor in request.inputs:
+            info = inputs.get(tensor.name)
+            if info is None:
+                raise RequestError(
+                    f"model {serving.manifest.name!r} has no input {tensor.name!r}; its inputs are {list(inputs)} "
+                    f"(or send one BYTES input {IMAGE_INPUT!r} holding an encoded image)"
+                )
+            expected = datatype_of(info.dtype)
+            if tensor.datatype != expected:
+                raise RequestError(f"input {tensor.name!r}: datatype {tensor.datatype}, the model takes {expected}")
+            if len(tensor.shape) != len(info.shape) or any(
+                want is not None and want != got for want, got in zip(info.shape, tensor.shape)
+            ):
+                raise RequestError(f"input {tensor.name!r}: shape {list(tensor.shape)}, the model takes {dims(info.shape)}")
+            feeds[tensor.name] = to_array(tensor)
+        missing = [name for name in inputs if name not in feeds]
+        if missing:
+            raise RequestError(f"missing input(s) {missing}; the model takes {list(inputs)}")
+        wanted = request.outputs or [RequestedOutput(name, request.binary_default) for name in output_names]
+        unknown = [o.name for o in wanted if o.name not in output_names]
+        if unknown:
+            raise RequestError(f"model {serving.manifest.name!r} has no output(s) {unknown}; its outputs are {output_names}")
+        started = time.perf_counter()
+        try:
+            arrays = engine.run(feeds)
+        except Exception as exc:  # the inputs passed every check; what the runtime still refuses is theirs
+            log.warning("raw v2 inference refused by the runtime: %s", exc)
+            raise RequestError(f"the model could not run on these inputs: {type(exc).__name__}: {str(exc)[:400]}") from None
+        metrics.INFERENCE_SECONDS.labels(serving.manifest.name, serving.manifest.version).observe(
+            time.perf_counter() - started
+        )
+        by_name = dict(zip(output_names, arrays))
+        return [(OutputTensor.of_array(o.name, by_name[o.name]), o.binary) for o in wanted]
