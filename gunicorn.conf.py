@@ -9,10 +9,29 @@ from workers.worker_state import remove_state
 
 bind = f"{os.environ.get('TWINFER_HTTP_HOST', '0.0.0.0')}:{os.environ.get('TWINFER_HTTP_PORT', '8080')}"
 workers = int(os.environ.get("TWINFER_WORKERS") or os.cpu_count() or 1)
-# sync workers: inference is CPU-bound and each worker owns its share of the cores,
-# so one request at a time per process is the fastest shape (see ops/bench).
-worker_class = "sync"
+# Worker class and threads (README "Security": ops/bench/slow_clients.py measured the
+# choice). gthread: a client trickling its upload holds one thread, not a whole worker, so
+# K slow clients leave inference to the other threads. Both classes add a deadline on the
+# request header block (TWINFER_HEADER_TIMEOUT, workers/gunicorn_workers.py); the app
+# puts one on the body (TWINFER_BODY_TIMEOUT, workers/limits.py).
+WORKER_CLASSES = {
+    "gthread": "workers.gunicorn_workers.ThreadDeadlineWorker",
+    "sync": "workers.gunicorn_workers.SyncDeadlineWorker",
+}
+# sync is the default: gthread keeps connections alive, and ~20% of POSTs on a reused
+# connection then failed with RemoteDisconnected (ops/bench/soak.py --keep-alive); sync
+# closes each connection, and the header/body deadlines bound slow clients either way.
+_worker_class = os.environ.get("TWINFER_WORKER_CLASS", "").strip() or "sync"
+if _worker_class not in WORKER_CLASSES:
+    raise SystemExit(f"TWINFER_WORKER_CLASS must be one of {', '.join(WORKER_CLASSES)}, got {_worker_class!r}")
+worker_class = WORKER_CLASSES[_worker_class]
+threads = int(os.environ.get("TWINFER_THREADS") or 8) if _worker_class == "gthread" else 1
 timeout = int(os.environ.get("TWINFER_WORKER_TIMEOUT", "30"))
+# TLS: both files or neither (README "Security").
+certfile = os.environ.get("TWINFER_TLS_CERT", "").strip() or None
+keyfile = os.environ.get("TWINFER_TLS_KEY", "").strip() or None
+if (certfile is None) != (keyfile is None):
+    raise SystemExit("TWINFER_TLS_CERT and TWINFER_TLS_KEY must be set together (or neither)")
 graceful_timeout = 10
 keepalive = 5
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -28,3 +47,15 @@ def child_exit(server, worker):
     state file, so the supervisor counts only live workers in a rollout."""
     multiprocess.mark_process_dead(worker.pid)
     remove_state(Path(os.environ.get("TWINFER_STORE", "var")).resolve(), worker.pid)
+
+
+def ssl_context(conf, default_ssl_context_factory):
+    """TLS as gunicorn sets it up, plus: an end of stream without close_notify is an end of
+    input, not a fatal error. The body deadline (workers/limits.py) ends a stalled upload by
+    shutting the socket's read side; without this option OpenSSL would then refuse to send
+    the 408 that explains why."""
+    import ssl
+
+    context = default_ssl_context_factory()
+    context.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+    return context

@@ -7,8 +7,11 @@ import falcon
 import orjson
 
 from workers import metrics
+from workers.auth import Unauthorized, create_auth, handle_unauthorized
 from workers.errors import RequestError
 from workers.holder import ModelHolder
+from workers.kserve import resources as kserve
+from workers.limits import create_body_deadline
 from workers.middleware import RequestMetrics
 from workers.resources.detect import DetectResource
 from workers.resources.openapi import OpenApiResource
@@ -42,7 +45,10 @@ def create_app(settings: WorkerSettings | None = None) -> falcon.App:
     holder = ModelHolder(settings.store, settings.engine)
     holder.start()
     metrics.WORKERS.set(1)
-    app = falcon.App(middleware=[RequestMetrics()])
+    # RequestMetrics first: its process_response also records the 401s and 408s of the
+    # protection layers after it (README "Security").
+    protection = [create_auth(settings.auth), create_body_deadline(settings.body_timeout)]
+    app = falcon.App(middleware=[RequestMetrics(), *[layer for layer in protection if layer is not None]])
     app.req_options.strip_url_path_trailing_slash = True
     app.add_route("/detect", DetectResource(holder, settings))
     app.add_route("/healthz", HealthResource())
@@ -50,6 +56,18 @@ def create_app(settings: WorkerSettings | None = None) -> falcon.App:
     app.add_route("/models", ModelsResource(holder))
     app.add_route("/metrics", MetricsResource())
     app.add_route("/openapi.json", OpenApiResource())
+    # KServe v2 / Open Inference Protocol (workers/kserve); other /v2 paths get a v2-format 404.
+    app.add_route("/v2", kserve.ServerMetadataResource())
+    app.add_route("/v2/health/live", kserve.ServerLiveResource())
+    app.add_route("/v2/health/ready", kserve.ServerReadyResource(holder))
+    metadata, ready, infer = (kserve.ModelMetadataResource(holder), kserve.ModelReadyResource(holder),
+                              kserve.InferResource(holder, settings))
+    for model in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        app.add_route(model, metadata)
+        app.add_route(model + "/ready", ready)
+        app.add_route(model + "/infer", infer)
+    app.add_sink(kserve.not_found_sink, r"/v2(/|$)")
     app.add_error_handler(Exception, _unexpected_error)
     app.add_error_handler(RequestError, _request_error)
+    app.add_error_handler(Unauthorized, handle_unauthorized)
     return app
