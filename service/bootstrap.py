@@ -1,8 +1,9 @@
 """First start on an empty store: stage the bundled model and publish it.
 
 This is the embedded default (no twin, no download): ``make run`` serves a real
-detector out of the box. Every start also makes sure the active model has its host
-artifact (weights shared by the workers; ``service.optimize``).
+detector out of the box. Every start also checks that the active model is complete (a
+version damaged while the service was down is replaced by the newest complete one) and
+makes sure it has its host artifact (weights shared by the workers; ``service.optimize``).
 """
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from pathlib import Path
 
 from service.optimize import ensure_host_artifacts
 from service.repository import ModelRepository
-from service.staging import validate_model_dir
-from workers.manifest import Manifest, publish, read_manifest
+from service.staging import VERDICT_FILE, recorded_verdict, validate_model_dir
+from workers.loader import ModelLoadError, find_model_file
+from workers.manifest import Manifest, publish, read_manifest, remove_stale_temp_files
 
 log = logging.getLogger("twinfer.supervisor")
 
@@ -30,21 +32,95 @@ def stage_directory(repo: ModelRepository, source: Path, name: str, version: str
     return publish(repo.store, name, version, repo.relative(target), validated.format, validated.decoder)
 
 
+def version_problem(directory: Path, name: str, version: str) -> str | None:
+    """Why a staged version cannot be served, or None when it is complete: its one model
+    file is there and the validation verdict recorded beside it still describes that file.
+    A version without a verdict (staged before verdicts were recorded) is validated now,
+    which records one."""
+    if not directory.is_dir():
+        return f"{directory} does not exist"
+    try:
+        find_model_file(directory)
+    except ModelLoadError as exc:
+        return str(exc)
+    if recorded_verdict(directory) is not None:
+        return None
+    if (directory / VERDICT_FILE).exists():
+        return "the model file is not the one that passed validation (name or size changed)"
+    try:
+        validate_model_dir(directory, name, version)
+    except Exception as exc:  # any failure means the version cannot be served
+        return f"it does not validate: {exc}"
+    return None
+
+
+def _publish_staged(repo: ModelRepository, name: str, version: str, threshold: float | None = None) -> Manifest:
+    """Publish a complete staged version (``version_problem`` said None: its verdict is there)."""
+    directory = repo.version_dir(name, version)
+    validated = recorded_verdict(directory) or validate_model_dir(directory, name, version)
+    ensure_host_artifacts(directory)
+    return publish(repo.store, name, version, repo.relative(directory), validated.format, validated.decoder, threshold)
+
+
+def _drop_damaged(repo: ModelRepository, directory: Path) -> None:
+    """A damaged version is of no use and would shadow a fresh download of the same version."""
+    if directory.is_dir() and repo.models in directory.parents:
+        shutil.rmtree(directory, ignore_errors=True)
+        if directory.parent != repo.models and directory.parent.is_dir() and not any(directory.parent.iterdir()):
+            directory.parent.rmdir()
+
+
 def ensure_active_model(repo: ModelRepository, default_dir: Path, name: str, version: str) -> Manifest:
-    """Keep a manifest that names a complete model; otherwise publish the bundled default."""
+    """Keep a manifest that names a complete model; otherwise publish the newest other
+    complete version in the store, and failing that the bundled default.
+
+    A damaged active version (its model file deleted or changed while the service was
+    down: a disk error, someone cleaning up) is found here, before gunicorn starts,
+    logged and counted (``twinfer_download_failures_total{reason="damaged_model"}`` and
+    ``twinfer_model_updates_total{result="failed"}``, which fire the update-failed alert)
+    and removed; the workers then load the version published instead."""
+    removed = remove_stale_temp_files(repo.store)
+    if removed:
+        log.info("removed %d manifest temp file(s) left by an interrupted publish", len(removed))
     current = read_manifest(repo.store)
-    if current is not None and current.model_dir(repo.store).is_dir():
-        log.info("serving %s %s (generation %d) from the store", current.name, current.version, current.generation)
-        # Before gunicorn starts: after an image upgrade (another runtime version) or on
-        # another CPU the host artifact is missing, and each worker would load its own copy.
-        ensure_host_artifacts(current.model_dir(repo.store))
-        return current
-    if repo.has(name, version):
-        validated = validate_model_dir(repo.version_dir(name, version), name, version)
-        manifest = publish(
-            repo.store, name, version, repo.relative(repo.version_dir(name, version)), validated.format, validated.decoder
+    threshold = None
+    if current is not None:
+        directory = current.model_dir(repo.store)
+        problem = version_problem(directory, current.name, current.version)
+        if problem is None:
+            log.info("serving %s %s (generation %d) from the store", current.name, current.version, current.generation)
+            # Before gunicorn starts: after an image upgrade (another runtime version) or on
+            # another CPU the host artifact is missing, and each worker would load its own copy.
+            ensure_host_artifacts(directory)
+            return current
+        log.error(
+            "the active model %s %s (generation %d) is damaged: %s; falling back to the newest complete version",
+            current.name, current.version, current.generation, problem,
         )
-    else:
-        manifest = stage_directory(repo, default_dir, name, version)
+        from service import metrics  # prometheus_client: imported once the multiprocess dir is set
+
+        metrics.DOWNLOAD_FAILURES.labels("damaged_model").inc()
+        metrics.UPDATES.labels("failed").inc()
+        _drop_damaged(repo, directory)
+        threshold = current.score_threshold
+        for other_name, other_version, other_dir in reversed(repo.versions()):
+            other_problem = version_problem(other_dir, other_name, other_version)
+            if other_problem is not None:
+                log.error("staged model %s %s is damaged too: %s", other_name, other_version, other_problem)
+                _drop_damaged(repo, other_dir)
+                continue
+            manifest = _publish_staged(repo, other_name, other_version, threshold)
+            log.warning("published %s %s (generation %d) in place of the damaged %s %s",
+                        other_name, other_version, manifest.generation, current.name, current.version)
+            return manifest
+    if repo.has(name, version):
+        problem = version_problem(repo.version_dir(name, version), name, version)
+        if problem is None:
+            manifest = _publish_staged(repo, name, version, threshold)
+            log.info("published the bundled default %s %s (generation %d)", name, version, manifest.generation)
+            return manifest
+        log.error("the staged bundled default %s %s is damaged: %s; staging it again", name, version, problem)
+        _drop_damaged(repo, repo.version_dir(name, version))
+    manifest = stage_directory(repo, default_dir, name, version)
     log.info("published the bundled default %s %s (generation %d)", name, version, manifest.generation)
     return manifest

@@ -7,8 +7,11 @@ and on any failure ``dest`` is left as empty as it was given.
 """
 from __future__ import annotations
 
+import errno
 import re
+import shutil
 import stat
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -17,6 +20,12 @@ from pathlib import Path
 _BLOCK = 1024 * 1024
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _COMPRESSIONS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # what zip tools write; less code to attack
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# What zipfile raises on damaged bytes besides BadZipFile: a name flagged UTF-8 that is not
+# (UnicodeDecodeError, a ValueError), flag bits for features it lacks (NotImplementedError),
+# offsets and sizes that make no sense (ValueError, OverflowError, struct.error, EOFError,
+# and OSError EINVAL from a negative seek on a real file), a broken deflate stream (zlib.error).
+_CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError, OverflowError, struct.error)
 
 
 @dataclass(frozen=True)
@@ -27,7 +36,8 @@ class UnpackLimits:
 
 
 class BundleError(Exception):
-    """``reason``: not_a_zip, unsafe_path, symlink, too_many_files, too_large, bomb or layout."""
+    """``reason``: not_a_zip, unsafe_path, symlink, too_many_files, too_large, bomb, layout or
+    no_space (the store's filesystem cannot hold the unpacked files)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -120,9 +130,25 @@ def _copy(bundle: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: 
                     raise BundleError("bomb", f"{bundle}: {info.filename!r} expanded past {limits.max_ratio:g} "
                                               f"times its {info.compress_size} compressed bytes")
                 out.write(block)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+    except BundleError:
+        raise
+    except _CORRUPT as exc:
         raise BundleError("not_a_zip", f"{bundle}: {info.filename!r} is corrupt: {exc}") from exc
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise BundleError("no_space", f"{bundle}: disk full extracting {info.filename!r} into {target.parent}") from None
+        if exc.errno == errno.EINVAL:
+            raise BundleError("not_a_zip", f"{bundle}: {info.filename!r} is corrupt: {exc}") from exc
+        raise
     return copied
+
+
+def _check_space(bundle: str, plan: list[tuple[zipfile.ZipInfo, str]], dest: Path) -> None:
+    """The declared sizes must fit before a byte is written (a full store hurts serving)."""
+    declared = sum(info.file_size for info, _ in plan)
+    free = shutil.disk_usage(dest).free
+    if declared > free:
+        raise BundleError("no_space", f"{bundle} unpacks to {declared} bytes, only {free} bytes free in {dest}")
 
 
 def unpack_bundle(zip_path: Path, dest: Path, limits: UnpackLimits = UnpackLimits()) -> list[Path]:
@@ -135,11 +161,16 @@ def unpack_bundle(zip_path: Path, dest: Path, limits: UnpackLimits = UnpackLimit
     bundle = zip_path.name
     try:
         archive = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile as exc:
+    except _CORRUPT as exc:
+        raise BundleError("not_a_zip", f"{bundle} is not a ZIP archive: {exc}") from exc
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
         raise BundleError("not_a_zip", f"{bundle} is not a ZIP archive: {exc}") from exc
     written: list[Path] = []
     with archive:
         plan = _plan(bundle, archive, limits)
+        _check_space(bundle, plan, dest)
         budget = limits.max_total_bytes
         try:
             for info, name in plan:

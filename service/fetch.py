@@ -30,6 +30,7 @@ from workers.manifest import write_atomic
 log = logging.getLogger("twinfer.fetch")
 
 _QUERY_IN_TEXT = re.compile(r"\?[^\s'\"<>)]*")
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,24 @@ class _Download:
     # -- the transfer --------------------------------------------------------------------
 
     def run(self) -> DownloadResult:
+        """The download; out of space (checked first, or the disk filling up while writing
+        the file or its sidecar) drops the partial file: kept, it would hold the disk full
+        for the serving model, its metrics and reports, and the update fails anyway."""
+        try:
+            return self.transfer()
+        except DownloadError as exc:
+            if exc.reason == "no_space":
+                self.discard()
+            raise
+        except OSError as exc:
+            if exc.errno not in _NO_SPACE:
+                raise
+            self.discard()
+            raise DownloadError(
+                "no_space", f"disk full in {self.part_path.parent} writing {self.label} at byte {self.have}"
+            ) from None
+
+    def transfer(self) -> DownloadResult:
         self.load()
         resumed_from = self.have
         self.check_space()
@@ -409,12 +428,7 @@ class _Download:
         if limit is not None and self.have + len(chunk) > limit:
             out.close()
             raise self.size_mismatch(f"the server sent more than {limit} bytes")
-        try:
-            out.write(chunk)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise DownloadError("no_space", f"disk full in {self.part_path.parent} writing {self.label}") from None
-            raise
+        out.write(chunk)  # a full disk raises OSError(ENOSPC): ``run`` turns it into no_space
         self.have += len(chunk)
         self.transferred += len(chunk)
         if self.on_bytes is not None:
@@ -453,6 +467,7 @@ def download(
 
     On success the complete file stays at ``part_path`` for the caller to verify and rename,
     and the sidecar is gone. On failure both stay for the next call to resume, except after
-    ``size_mismatch`` (the bytes are of no use). ``sleep`` serves backoff and rate pacing.
+    ``size_mismatch`` (the bytes are of no use) and ``no_space`` (the disk is needed more).
+    ``sleep`` serves backoff and rate pacing.
     """
     return _Download(url, part_path, expected_size, policy, on_progress, on_bytes, cancel, sleep).run()

@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from workers.worker_state import state_dir
+
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -33,13 +35,20 @@ class ModelRepository:
         self.downloads = self.staging / "downloads"
 
     def prepare(self) -> None:
-        """Create the layout and drop half-built candidates a crash left behind
-        (partial downloads stay: they resume)."""
+        """Create the layout and drop what a crash left behind: half-built candidates
+        (partial downloads stay: they resume) and the previous run's worker state files.
+
+        Before gunicorn starts no worker of this run exists, so every state file is stale:
+        after a kill -9 or power cut nobody removed it, and in a restarted container its
+        pid is soon reused by another process, which the rollout monitor would then wait
+        for as a worker that never loads the new generation."""
         self.models.mkdir(parents=True, exist_ok=True)
         self.downloads.mkdir(parents=True, exist_ok=True)
         for leftover in self.staging.iterdir():
             if leftover != self.downloads:
                 shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
+        for stale in state_dir(self.store).glob("*.json"):
+            stale.unlink(missing_ok=True)
 
     def download_path(self, name: str, version: str) -> Path:
         return self.downloads / f"{check_part('name', name)}-{check_part('version', version)}.part"

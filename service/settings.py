@@ -24,6 +24,11 @@ def env_float(name: str, default: float, minimum: float = 0.0) -> float:
     return value
 
 
+def _optional_path(name: str) -> Path | None:
+    raw = os.environ.get(name, "").strip()
+    return Path(raw).expanduser().resolve() if raw else None
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     store: Path
@@ -38,11 +43,13 @@ class ServiceSettings:
     download_connect_timeout: float
     download_read_timeout: float
     download_max_attempts: int
+    download_backoff_initial: float  # seconds: the first retry's backoff ceiling (doubles per failure)
     update_retry_seconds: float
     report_interval: float
     model_output: str
     max_bundle_bytes: int
     max_bundle_files: int
+    trusted_keys: Path | None = None  # PEM public key file or directory; None = signatures not required
 
     @staticmethod
     def from_env() -> "ServiceSettings":
@@ -59,11 +66,13 @@ class ServiceSettings:
             download_connect_timeout=env_float("TWINFER_DOWNLOAD_CONNECT_TIMEOUT", 10.0, minimum=0.1),
             download_read_timeout=env_float("TWINFER_DOWNLOAD_READ_TIMEOUT", 30.0, minimum=0.1),
             download_max_attempts=env_int("TWINFER_DOWNLOAD_MAX_ATTEMPTS", 8, minimum=1),
+            download_backoff_initial=env_float("TWINFER_DOWNLOAD_BACKOFF_INITIAL", 1.0, minimum=0.0),
             update_retry_seconds=env_float("TWINFER_UPDATE_RETRY_SECONDS", 300.0, minimum=0.1),
             report_interval=env_float("TWINFER_REPORT_INTERVAL", 2.0, minimum=0.0),
             model_output=os.environ.get("TWINFER_MODEL_OUTPUT", "DLModelOutput"),
             max_bundle_bytes=env_int("TWINFER_MAX_BUNDLE_BYTES", 2 * 1024**3, minimum=1),
             max_bundle_files=env_int("TWINFER_MAX_BUNDLE_FILES", 16, minimum=1),
+            trusted_keys=_optional_path("TWINFER_TRUSTED_KEYS"),
         )
 
     @property

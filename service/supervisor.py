@@ -29,7 +29,10 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def gunicorn_env(settings: ServiceSettings) -> dict[str, str]:
+    from workers.settings import check_server_protection
+
     env = dict(os.environ)
+    check_server_protection(env)  # tokens, TLS pair, worker class: a clear error before gunicorn starts
     env.update(
         TWINFER_STORE=str(settings.store),
         TWINFER_HTTP_HOST=settings.http_host,
@@ -41,17 +44,34 @@ def gunicorn_env(settings: ServiceSettings) -> dict[str, str]:
 
 
 def updater_config(settings: ServiceSettings) -> UpdaterConfig:
+    from service.signing import KeyFileError, load_trusted_keys
+
+    # Keys configured but unreadable fail closed: the updater then refuses every model (and
+    # says why) while the current one keeps serving; unset = signatures not required.
+    trusted_keys, trusted_keys_error = None, None
+    if settings.trusted_keys is None:
+        log.info("TWINFER_TRUSTED_KEYS unset: bundle signatures are not required")
+    else:
+        try:
+            trusted_keys = tuple(load_trusted_keys(settings.trusted_keys))
+            log.info("bundle signatures required; trusted keys: %s", ", ".join(k.key_id for k in trusted_keys))
+        except KeyFileError as exc:
+            trusted_keys, trusted_keys_error = (), str(exc)
+            log.error("TWINFER_TRUSTED_KEYS: %s; every model update is refused until it is fixed", exc)
     return UpdaterConfig(
         keep_versions=settings.keep_versions,
         policy=DownloadPolicy(
             connect_timeout=settings.download_connect_timeout,
             read_timeout=settings.download_read_timeout,
             max_attempts=settings.download_max_attempts,
+            backoff_initial=settings.download_backoff_initial,
             rate_limit_bps=settings.download_max_bps or None,
         ),
         limits=UnpackLimits(max_files=settings.max_bundle_files, max_total_bytes=settings.max_bundle_bytes),
         model_output=settings.model_output,
         retry_seconds=settings.update_retry_seconds,
+        trusted_keys=trusted_keys,
+        trusted_keys_error=trusted_keys_error,
     )
 
 

@@ -72,6 +72,33 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def _temp_files(store: Path) -> list[Path]:
+    """What ``write_atomic`` leaves behind when its writer dies between write and rename."""
+    return list(store.glob("." + MANIFEST_FILE + ".*.tmp"))
+
+
+def _drop_temp_files(store: Path) -> list[Path]:
+    """Under the lock no other publisher is writing, so every manifest temp file is a
+    leftover of a crash (kill -9, power cut): readers never look at them, but they would
+    pile up in the store."""
+    removed = []
+    for path in _temp_files(store):
+        try:
+            path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def remove_stale_temp_files(store: Path) -> list[Path]:
+    """Drop manifest temp files a crashed publisher left (the supervisor calls it at start)."""
+    if not _temp_files(store):
+        return []
+    with _lock(store):
+        return _drop_temp_files(store)
+
+
 def publish(
     store: Path,
     name: str,
@@ -83,6 +110,7 @@ def publish(
 ) -> Manifest:
     """Make a staged model the active one: generation + 1, written atomically under the lock."""
     with _lock(store):
+        _drop_temp_files(store)
         current = read_manifest(store)
         manifest = Manifest(
             name=name,

@@ -63,7 +63,7 @@ class LocalTwin:
                 last = raw
                 try:
                     document = json.loads(raw)
-                except json.JSONDecodeError as exc:
+                except (ValueError, RecursionError) as exc:  # JSONDecodeError, absurd nesting
                     log.error("%s is not valid JSON (%s); keeping the current model", self.desired_path, exc)
                     document = {"$invalid": str(exc)}
                 on_desired(document if isinstance(document, dict) else {"$invalid": "not an object"}, True)

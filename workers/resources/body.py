@@ -8,7 +8,7 @@ from workers.errors import BodyTooLarge, EmptyBody, RequestError, UnsupportedMed
 RAW_TYPES = ("image/", "application/octet-stream")
 
 
-def _read_bounded(stream, limit: int) -> bytes:
+def read_bounded(stream, limit: int) -> bytes:
     data = stream.read(limit + 1)
     if len(data) > limit:
         raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
@@ -30,7 +30,7 @@ def image_bytes(req: falcon.Request, limit: int) -> bytes:
         )
     # Chunked bodies have no Content-Length; gunicorn's own stream ends at the last chunk.
     stream = req.stream if req.content_length is None else req.bounded_stream
-    return _read_bounded(stream, limit)
+    return read_bounded(stream, limit)
 
 
 def _multipart_image(req: falcon.Request, limit: int) -> bytes:
@@ -39,9 +39,12 @@ def _multipart_image(req: falcon.Request, limit: int) -> bytes:
         for part in form:
             part_type = (part.content_type or "").split(";")[0].strip().lower()
             if part.filename or part_type.startswith(RAW_TYPES):
-                return _read_bounded(part.stream, limit)
+                return read_bounded(part.stream, limit)
     except RequestError:
         raise
     except falcon.HTTPError as exc:  # malformed multipart framing
         raise RequestError(f"malformed multipart body: {exc.description or exc.title}") from None
+    except UnicodeDecodeError:  # Falcon decodes a part's Content-Type as ASCII, its Content-Disposition as UTF-8
+        raise RequestError("malformed multipart body: a part's headers are not ASCII (Content-Type) "
+                           "or UTF-8 (Content-Disposition) text") from None
     raise EmptyBody("multipart form has no image part (a part with a filename or an image/* type)")
