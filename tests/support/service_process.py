@@ -72,7 +72,7 @@ class ServiceProcess:
                 loaded = [l for l in text.splitlines() if l.startswith("twinfer_worker_model_info{") and l.endswith(" 1.0")]
                 if len(loaded) >= workers:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a loaded machine may answer late
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"service not ready in {timeout}s:\n{self.log()}")

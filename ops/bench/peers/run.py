@@ -59,6 +59,7 @@ INSTALL_TIMEOUT = 1800.0
 READY_TIMEOUT = 180.0
 SANITY_TIMEOUT = 60.0
 STOP_GRACE = 20.0
+START_ATTEMPTS = 2  # PyTriton's instance handshake has 1 s timeouts and can fail on a busy machine
 WRK_TIMEOUT_S = 30  # per-request timeout, so slow peers' latencies are measured rather than dropped
 WRK_WARM_UP_S = 2
 MODEL_NAME = "detector"  # the model name on MLServer and Triton
@@ -131,10 +132,16 @@ class PeerFailure(Exception):
 
 
 def first_error_lines(text: str, count: int = 6) -> str:
-    """The first lines of the error in a log: from the first ERROR/Traceback line, else the tail."""
-    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    """The first lines of the error in a log: the exception of the last traceback, else the
+    first ERROR line, else the tail (carets and blank lines dropped)."""
+    lines = [line.rstrip() for line in text.splitlines() if line.strip() and set(line.strip()) != {"^"}]
+    tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
+    if tracebacks:
+        for i in range(tracebacks[-1] + 1, len(lines)):
+            if not lines[i].startswith((" ", "\t")):
+                return "\n".join(lines[i : i + count])
     for i, line in enumerate(lines):
-        if line.startswith(("ERROR", "Traceback", "error:")) or "Error:" in line:
+        if line.startswith(("ERROR", "error:")):
             return "\n".join(lines[i : i + count])
     return "\n".join(lines[-count:])
 
@@ -205,9 +212,8 @@ def ensure_environment(peer: Peer, cache: Path, log_dir: Path) -> Environment:
         except subprocess.TimeoutExpired:
             raise PeerFailure("install", f"pip install did not finish in {INSTALL_TIMEOUT:.0f}s") from None
     if done.returncode != 0:
-        text = "\n".join(
-            line for line in log_path.read_text(errors="replace").splitlines() if not line.startswith("WARNING: Location")
-        )
+        lines = log_path.read_text(errors="replace").splitlines()
+        text = "\n".join(line for line in lines if not line.startswith("WARNING: Location"))
         raise PeerFailure("install", first_error_lines(text))
     install_s = time.monotonic() - started
     marker.write_text(json.dumps({"requirements": wanted, "install_s": round(install_s, 1), "at": time.ctime()}))
@@ -347,7 +353,8 @@ def wait_http_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout: f
         if http_status(url) == 200:
             return
         time.sleep(0.3)
-    raise PeerFailure("start", f"not ready in {timeout:.0f}s:\n" + first_error_lines(log_path.read_text(errors="replace")))
+    log = log_path.read_text(errors="replace")
+    raise PeerFailure("start", f"not ready in {timeout:.0f}s:\n" + first_error_lines(log))
 
 
 # --- request bodies ------------------------------------------------------------------
@@ -381,7 +388,12 @@ def make_request(kind: str, picture: bytes, content_type: str) -> Request:
         header = json.dumps(
             {
                 "inputs": [
-                    {"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(element)}}
+                    {
+                        "name": "image",
+                        "shape": [1],
+                        "datatype": "BYTES",
+                        "parameters": {"binary_data_size": len(element)},
+                    }
                 ],
                 "outputs": [{"name": "detections", "parameters": {"binary_data": False}}],
             }
@@ -519,6 +531,8 @@ class Outcome:
     size_mb: float | None = None
     install_s: float | None = None
     installed_now: bool = False
+    notes: list[str] = field(default_factory=list)
+    load: tuple[float, float] | None = None  # 1-min load average before/after the measurements
     rows: list[Row] = field(default_factory=list)
 
 
@@ -527,7 +541,8 @@ def peer_env(extra: dict[str, str], venv: Path | None = None) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("TWINFER_", "PEER_")) and k not in ("PYTHONPATH", "VIRTUAL_ENV", "PROMETHEUS_MULTIPROC_DIR")
+        if not k.startswith(("TWINFER_", "PEER_"))
+        and k not in ("PYTHONPATH", "VIRTUAL_ENV", "PROMETHEUS_MULTIPROC_DIR")
     }
     if venv is not None:
         env["VIRTUAL_ENV"] = str(venv)
@@ -572,7 +587,7 @@ def launch(peer: Peer, venv: Path, workdir: Path, workers: int, log_path: Path) 
     elif peer.name == "pytriton":
         libdir = interpreter_libdir(python)  # the stub must load this interpreter's libpython
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, os.environ.get("LD_LIBRARY_PATH", "")) if p)
-        env["PEER_WORKSPACE"] = str(workdir / "pytriton-workspace")
+        env["PEER_WORKSPACE"] = str(workdir / f"pytriton-workspace-{port}")  # fresh per start
         argv = [
             str(python), str(SERVERS_DIR / "pytriton_server.py"),
             str(port), str(serving.free_port()), str(serving.free_port()), str(workers),
@@ -610,25 +625,40 @@ def run_peer(
         print(f"  environment {environment.path} ({how}, {outcome.size_mb:.0f} MB): {outcome.versions}", flush=True)
     except PeerFailure as exc:
         outcome.status, outcome.reason = f"{exc.stage} failed", exc.reason
-        print(f"  {outcome.status}: {exc.reason}", flush=True)
+        print(f"  {outcome.status}: " + exc.reason.replace("\n", "\n    "), flush=True)
         return outcome
     except Exception as exc:  # noqa: BLE001 - one peer's surprise must not end the run
         outcome.status, outcome.reason = "install failed", f"{type(exc).__name__}: {exc}"
-        print(f"  {outcome.status}: {outcome.reason}", flush=True)
+        print(f"  {outcome.status}: " + outcome.reason.replace("\n", "\n    "), flush=True)
         return outcome
     log_path = log_dir / f"{peer.name}-server.log"
     proc = None
     try:
-        proc, url = launch(peer, environment.path, workdir, args.workers, log_path)
-        wait_http_ready(proc, url + peer.ready_path, log_path)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            proc, url = launch(peer, environment.path, workdir, args.workers, log_path)
+            try:
+                wait_http_ready(proc, url + peer.ready_path, log_path)
+                break
+            except PeerFailure as exc:
+                stop_server(proc)
+                proc = None
+                if attempt == START_ATTEMPTS:
+                    raise
+                lines = exc.reason.splitlines() or [""]
+                first_line = next((line for line in reversed(lines) if "Error:" in line), lines[0]).strip()
+                outcome.notes.append(f"start attempt {attempt} failed: {first_line}")
+                reason = exc.reason.replace("\n", "\n    ")
+                print(f"  start attempt {attempt} failed, retrying:\n    {reason}", flush=True)
         outcome.sanity = sanity_check(url + peer.infer_path, peer.body)
         print(f"  ready at {url} (pid {proc.pid}); astronaut.png -> {outcome.sanity}", flush=True)
         scripts = scripts_for(peer.body, workdir, pictures)
+        load_before = os.getloadavg()[0]
         outcome.rows = measure(proc.pid, url + peer.infer_path, scripts, args.concurrency, args.workers, args.duration)
+        outcome.load = (load_before, os.getloadavg()[0])
         outcome.status = "ok"
     except PeerFailure as exc:
         outcome.status, outcome.reason = f"{exc.stage} failed", exc.reason
-        print(f"  {outcome.status}: {exc.reason}", flush=True)
+        print(f"  {outcome.status}: " + exc.reason.replace("\n", "\n    "), flush=True)
     except Exception as exc:  # noqa: BLE001
         text = log_path.read_text(errors="replace") if log_path.exists() else ""
         outcome.status = "failed"
@@ -671,7 +701,9 @@ def run_twinfer(workdir: Path, log_dir: Path, pictures: dict[str, Path], args: a
         outcome.sanity = sanity_check(url + "/detect", "raw")
         print(f"  ready at {url} (pid {proc.pid}); astronaut.png -> {outcome.sanity}", flush=True)
         scripts = scripts_for("raw", workdir, pictures)
+        load_before = os.getloadavg()[0]
         outcome.rows = measure(proc.pid, url + "/detect", scripts, args.concurrency, args.workers, args.duration)
+        outcome.load = (load_before, os.getloadavg()[0])
         outcome.status = "ok"
     except PeerFailure as exc:
         outcome.status, outcome.reason = f"{exc.stage} failed", exc.reason
@@ -681,7 +713,7 @@ def run_twinfer(workdir: Path, log_dir: Path, pictures: dict[str, Path], args: a
         if proc is not None:
             print(f"  stopped in {stop_server(proc):.1f}s", flush=True)
     if outcome.status != "ok":
-        print(f"  {outcome.status}: {outcome.reason}", flush=True)
+        print(f"  {outcome.status}: " + outcome.reason.replace("\n", "\n    "), flush=True)
     return outcome
 
 
@@ -727,17 +759,22 @@ def print_report(
         f"model={setup['model']} duration={setup['duration_s']}s concurrency={setup['concurrency']} "
         f"wrk -t1 --timeout {WRK_TIMEOUT_S}s"
     )
-    print("\nenvironments:")
+    print("\nenvironments, and the machine's 1-min load average before -> after each server's runs (the")
+    print(f"  benchmark alone keeps it near {setup['workers'] + 1}; well above that, other work shared the cores):")
     for o in outcomes:
+        load = f"load {o.load[0]:.1f} -> {o.load[1]:.1f}" if o.load else ""
         if o.name == TWINFER:
-            print(f"  {o.name:<19} project .venv (twinfer {o.version})")
+            print(f"  {o.name:<19} project .venv (twinfer {o.version})  {load}")
             continue
         size = f"{o.size_mb:.0f} MB" if o.size_mb is not None else "-"
         install = f"{o.install_s:.0f}s" if o.install_s is not None else "?"
         install += " (this run)" if o.installed_now else " (cached)"
         versions = " ".join(f"{k}={v}" for k, v in o.versions.items())
-        print(f"  {o.name:<19} {size:>8}  install {install:<16} {versions}")
-    header = f"{'peer':<19} {'version':<9} {'image':<10} {'c':>3} {'rps':>8} {'p50 ms':>9} {'p99 ms':>9} {'cpu-ms/req':>10} {'errors':>6}"
+        print(f"  {o.name:<19} {size:>8}  install {install:<16} {load}  {versions}")
+    header = (
+        f"{'peer':<19} {'version':<9} {'image':<10} {'c':>3} {'rps':>8} {'p50 ms':>9} {'p99 ms':>9} "
+        f"{'cpu-ms/req':>10} {'errors':>6}"
+    )
     print("\n" + header)
     print("-" * len(header))
     for o in outcomes:
@@ -793,6 +830,11 @@ def print_report(
                 f"({ceiling[image].saturation_processes} processes) = {t_best.rps / sat:.2f}"
             )
         summary[image] = line
+    notes = [(o.name, note) for o in outcomes for note in o.notes]
+    if notes:
+        print("\nnotes:")
+        for name, note in notes:
+            print(f"  {name}: {note}")
     failed = [o for o in outcomes if o.status != "ok"]
     if isinstance(ceiling, str):
         print(f"\nceiling failed: {ceiling}")
@@ -830,7 +872,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--peers", type=peer_list, default=ALL_NAMES,
         help=f"comma-separated subset, in run order (default: {','.join(ALL_NAMES)})",
     )
-    parser.add_argument("--duration", type=serving.positive_int, default=10, help="seconds per measurement (default 10)")
+    parser.add_argument(
+        "--duration", type=serving.positive_int, default=10, help="seconds per measurement (default 10)"
+    )
     parser.add_argument(
         "--concurrency", type=serving.concurrency_list, default=[1, 4, 8],
         help="wrk connections, comma-separated (default 1,4,8)",

@@ -212,7 +212,12 @@ class Detector:
                     "label": self.labels[class_id] if 0 <= class_id < len(self.labels) else f"class_{class_id}",
                     "class_id": class_id,
                     "score": round(score, 5),
-                    "box": {"xmin": round(xmin, 5), "ymin": round(ymin, 5), "xmax": round(xmax, 5), "ymax": round(ymax, 5)},
+                    "box": {
+                        "xmin": round(xmin, 5),
+                        "ymin": round(ymin, 5),
+                        "xmax": round(xmax, 5),
+                        "ymax": round(ymax, 5),
+                    },
                     "box_px": {
                         "xmin": round(xmin * width, 1),
                         "ymin": round(ymin * height, 1),
