@@ -370,7 +370,8 @@ def test_two_processes_share_the_optimised_weights(tmp_path: Path) -> None:
     shared_pss = sum(r["pss"] for r in shared) - 2 * baseline["pss"]
     naive_pss = sum(r["pss"] for r in naive) - 2 * baseline["pss"]
     assert shared_pss < 1.3 * weights, report
-    assert naive_pss > 1.8 * weights, report
+    assert naive_pss > 1.6 * weights, report  # ~2 copies, less what ORT leaves unpaged
+    assert naive_pss - shared_pss > 0.7 * weights, report  # sharing saves about one copy
 
 
 def test_validation_verdict_is_recorded_and_invalidated_when_the_model_changes(tmp_path):
