@@ -18,14 +18,17 @@ WORKER_CLASSES = {
     "gthread": "workers.gunicorn_workers.ThreadDeadlineWorker",
     "sync": "workers.gunicorn_workers.SyncDeadlineWorker",
 }
-# sync is the default: gthread keeps connections alive, and ~20% of POSTs on a reused
-# connection then failed with RemoteDisconnected (ops/bench/soak.py --keep-alive); sync
-# closes each connection, and the header/body deadlines bound slow clients either way.
-_worker_class = os.environ.get("TWINFER_WORKER_CLASS", "").strip() or "sync"
+# gthread is the default. (POSTs on a reused connection used to fail with
+# RemoteDisconnected after an error answer, ops/bench/soak.py --keep-alive: the app closed
+# the connection without saying so. It now answers "Connection: close" first,
+# workers.limits.close_connection; the soak saw 0 errors in 1800 kept-alive requests.)
+# sync workers with the deadlines only bound each slow connection: K = workers x 2 slow
+# clients still left normal clients 0 % of their requests (README "Security").
+_worker_class = os.environ.get("TWINFER_WORKER_CLASS", "").strip() or "gthread"
 if _worker_class not in WORKER_CLASSES:
     raise SystemExit(f"TWINFER_WORKER_CLASS must be one of {', '.join(WORKER_CLASSES)}, got {_worker_class!r}")
 worker_class = WORKER_CLASSES[_worker_class]
-threads = int(os.environ.get("TWINFER_THREADS") or 8) if _worker_class == "gthread" else 1
+threads = int(os.environ.get("TWINFER_THREADS") or 6) if _worker_class == "gthread" else 1
 timeout = int(os.environ.get("TWINFER_WORKER_TIMEOUT", "30"))
 # TLS: both files or neither (README "Security").
 certfile = os.environ.get("TWINFER_TLS_CERT", "").strip() or None

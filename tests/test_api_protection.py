@@ -413,6 +413,22 @@ def test_stalled_chunked_body_gets_408(slow_target):
     assert BODY_TIMEOUT - 0.3 <= elapsed <= BODY_TIMEOUT + 2
 
 
+def test_error_answers_to_uploads_close_kept_alive_connections_cleanly(slow_target):
+    """After an error to a POST the connection closes, and the answer says so first: a
+    client reusing its connection must never find it dropped under its next request."""
+    png = (IMAGES / "chelsea.png").read_bytes()
+    bad = [(b"not an image", "image/jpeg", 400), (b"text", "text/plain", 415), (png, "image/png", 200)]
+    with requests.Session() as session:
+        for round_ in range(8):
+            for body, content_type, status in bad:
+                response = session.post(slow_target.url + "/detect", data=body, headers={"Content-Type": content_type},
+                                        timeout=30)
+                assert response.status_code == status, response.text
+                expected = "close" if status >= 400 else "keep-alive"
+                assert response.headers["Connection"].lower() == expected, (status, response.headers)
+            assert session.get(slow_target.url + "/models", timeout=5).headers["Connection"].lower() == "keep-alive"
+
+
 def test_slowloris_headers_are_cut_at_the_header_deadline(slow_target):
     """A header block trickled one byte at a time: closed after TWINFER_HEADER_TIMEOUT
     (gunicorn itself has no limit there; the request never reaches the app)."""

@@ -11,6 +11,9 @@ passes, the watchdog of ``workers.limits`` shuts the socket's read side, gunicor
 sees the end of the stream and the connection is closed. The body then has its own
 deadline (TWINFER_BODY_TIMEOUT, ``workers.limits.BodyDeadline``).
 
+They also let the app close a connection after its answer with ``Connection: close``
+(``workers.limits.close_connection``), which gunicorn otherwise offers no way to do.
+
 The watchdog gets a ``dup()`` of the socket: a TLS connection is wrapped (and the
 original socket object detached) after the deadline is armed, and the duplicate keeps
 the right connection addressable until the deadline is disarmed.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
@@ -43,6 +47,14 @@ def _disarm(ticket: int | None) -> None:
         WATCHDOG.disarm(ticket)
 
 
+def _offer_close(req) -> None:
+    """Let the app end the connection after its answer, with ``Connection: close``
+    (``workers.limits.close_connection``): gunicorn ignores a Connection header from the
+    app, but honours its request's ``must_close`` when it writes the response headers."""
+    if req.body is not None:
+        req.body.twinfer_close = partial(setattr, req, "must_close", True)
+
+
 class ThreadDeadlineWorker(ThreadWorker):
     """gthread: each request's header block must arrive within TWINFER_HEADER_TIMEOUT."""
 
@@ -57,6 +69,7 @@ class ThreadDeadlineWorker(ThreadWorker):
     def handle_request(self, req, conn):
         _disarm(conn.twinfer_header_ticket)  # the headers are in
         conn.twinfer_header_ticket = None
+        _offer_close(req)
         return super().handle_request(req, conn)
 
 
@@ -77,4 +90,5 @@ class SyncDeadlineWorker(SyncWorker):
     def handle_request(self, listener, req, client, addr):
         _disarm(self._header_ticket)
         self._header_ticket = None
+        _offer_close(req)
         return super().handle_request(listener, req, client, addr)

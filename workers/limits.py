@@ -7,8 +7,9 @@ the request's headers were parsed: ``BodyDeadline`` swaps ``req.stream`` for a
 ``DeadlineStream`` before any resource reads it, and every read registers its socket with
 one per-process watchdog thread. If the deadline passes while a read is blocked, the
 watchdog shuts the socket's read side down, the blocked ``recv`` returns at once, and the
-request ends in a 408 JSON error (``reason: body_timeout``); the connection is then closed.
+request ends in a 408 JSON error (``reason: body_timeout``) that says ``Connection: close``.
 It works the same in every gunicorn worker class and costs a lock and a heap push per read.
+The same watchdog enforces the header deadline of ``workers.gunicorn_workers``.
 """
 from __future__ import annotations
 
@@ -42,6 +43,20 @@ def _shut_read_side(sock) -> None:
             sock.shutdown(socket.SHUT_RD)
     except (OSError, AttributeError):
         pass
+
+
+def close_connection(body) -> None:
+    """Have the server close this request's connection after the answer, saying so with
+    ``Connection: close`` (``body``: gunicorn's ``wsgi.input``). Our worker classes
+    (``workers.gunicorn_workers``) attach ``twinfer_close`` to it; with gunicorn's stock
+    workers the ``failed`` flag still closes the connection, but without the header, so a
+    client may have sent its next request on it already."""
+    body = getattr(body, "_stream", body)  # under a DeadlineStream
+    close = getattr(body, "twinfer_close", None)
+    if close is not None:
+        close()
+    elif hasattr(body, "failed"):
+        body.failed = True
 
 
 class Watchdog:
@@ -121,11 +136,7 @@ class DeadlineStream:
     def _expire(self) -> None:
         if self._sock is not None:
             _shut_read_side(self._sock)
-        body = self._stream
-        if hasattr(body, "failed"):
-            # gunicorn: the rest of this body is unknown, so the connection must not be
-            # reused for another request (its keep-alive path checks this flag).
-            body.failed = True
+        close_connection(self._stream)  # the rest of this body will not be read
         raise BodyTimeout(f"the request body did not arrive within {self._seconds:g} s")
 
     def _guarded(self, method, *args):
@@ -160,10 +171,10 @@ class DeadlineStream:
 
 class BodyDeadline:
     """Falcon middleware: give every request body TWINFER_BODY_TIMEOUT seconds to arrive
-    (0: no deadline), and close the connection after an error answer to a request whose
-    body may be unread (a 401, 413 or 415 is decided before the body is read): a kept-alive
-    gthread connection would otherwise wait up to 5 s draining the rest before closing,
-    and a client still sending learns sooner that it should stop."""
+    (0: no deadline), and answer ``Connection: close`` after an error to a request with a
+    body, which may be unread (a 401, 413 or 415 is decided before the body is read): a
+    kept-alive gthread connection would otherwise wait up to 5 s draining the rest, and
+    then close without having said so, under a client that may be reusing it already."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -178,12 +189,8 @@ class BodyDeadline:
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
         if req.method not in BODY_METHODS or req.content_length == 0:
             return
-        if resp.status_code < 400:
-            return
-        body = req.env.get("wsgi.input")
-        body = getattr(body, "_stream", body)  # under a DeadlineStream: gunicorn's own body
-        if hasattr(body, "failed"):
-            body.failed = True  # gunicorn: close instead of draining the rest for keep-alive
+        if resp.status_code >= 400:
+            close_connection(req.env.get("wsgi.input"))
 
 
 def create_body_deadline(seconds: float) -> BodyDeadline:

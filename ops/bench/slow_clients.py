@@ -73,8 +73,8 @@ CONFIGS: dict[str, dict[str, str]] = {
         "TWINFER_BODY_TIMEOUT": "0", "TWINFER_HEADER_TIMEOUT": "0",
     },
     "gthread4+deadline": {"TWINFER_WORKER_CLASS": "gthread", "TWINFER_THREADS": "4"},
-    "gthread6+deadline": {"TWINFER_WORKER_CLASS": "gthread", "TWINFER_THREADS": "6"},
-    "gthread8+deadline": {"TWINFER_WORKER_CLASS": "gthread", "TWINFER_THREADS": "8"},  # the default
+    "gthread6+deadline": {"TWINFER_WORKER_CLASS": "gthread", "TWINFER_THREADS": "6"},  # the default
+    "gthread8+deadline": {"TWINFER_WORKER_CLASS": "gthread", "TWINFER_THREADS": "8"},
     # gevent is not a dependency of twinfer: this one needs `pip install gevent` first. It runs
     # gunicorn's own gevent worker (no header deadline), with the app's body deadline.
     "gevent+deadline": {"TWINFER_WORKER_CLASS": "sync", "GUNICORN_CMD_ARGS": "--worker-class gevent"},
@@ -450,7 +450,7 @@ def print_table(results: list[ConfigResult], args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--configs", default="sync,sync+deadline,gthread4+deadline,gthread8+deadline",
+        "--configs", default="sync,sync+deadline,gthread4+deadline,gthread6+deadline,gthread8+deadline",
         help=f"comma-separated, run in order (known: {', '.join(CONFIGS)})",
     )
     parser.add_argument("--rounds", type=positive_int, default=1, help="repeat every config this many times")
