@@ -36,6 +36,8 @@ if str(PROJECT_ROOT) not in sys.path:  # run as a script: ``workers`` lives in t
 
 import numpy as np  # noqa: E402
 
+from tests.support.memory import smaps_rollup, synthetic_onnx  # noqa: E402
+
 MiB = 1024 * 1024
 WORKER_COUNTS = (1, 2, 4)
 EXTRA_WORKER_TARGET = (0.10, 30 * MiB)  # fraction of weight bytes, plus a constant
@@ -51,46 +53,12 @@ class Model:
     format: str  # "onnx" or "tflite"
 
 
-def synthetic_onnx(path: Path, weight_bytes: int, dim: int = 1024, seed: int = 0) -> int:
-    """A chain of MatMuls with [dim, dim] float32 weights (4 MiB each); returns the weight bytes."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    count = max(1, weight_bytes // (dim * dim * 4))
-    rng = np.random.default_rng(seed)
-    initializers, nodes, previous = [], [], "x"
-    for i in range(count):
-        weight = (rng.standard_normal((dim, dim), dtype=np.float32) / np.sqrt(dim)).astype(np.float32)
-        initializers.append(numpy_helper.from_array(weight, f"w{i}"))
-        output = "y" if i == count - 1 else f"h{i}"
-        nodes.append(helper.make_node("MatMul", [previous, f"w{i}"], [output]))
-        previous = output
-    graph = helper.make_graph(
-        nodes, "synthetic", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, dim])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, dim])], initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return count * dim * dim * 4
-
-
 def onnx_initializer_bytes(path: Path) -> int:
     import onnx
     from onnx import numpy_helper
 
     model = onnx.load(str(path))
     return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
-
-
-def smaps_rollup(pid: int) -> dict[str, int]:
-    values = {}
-    with open(f"/proc/{pid}/smaps_rollup") as handle:
-        for line in handle:
-            parts = line.split()
-            if len(parts) == 3 and parts[2] == "kB":
-                values[parts[0].rstrip(":")] = int(parts[1]) * 1024
-    return values
 
 
 # --- the spawned worker -------------------------------------------------------------------
