@@ -11,6 +11,7 @@ Run from the project root: ``.venv/bin/python ops/bench/serving.py [--duration 1
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import multiprocessing as mp
 import os
@@ -23,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -202,11 +202,12 @@ def service_env(store: Path, port: int, workers: int, threads: int | None, model
 
 
 def loaded_workers(url: str) -> int:
-    """Workers whose model is loaded, as the shared metrics report them."""
+    """Workers whose model is loaded, as the shared metrics report them; 0 while the
+    service does not answer in time (a loaded machine produces read timeouts)."""
     try:
-        with urllib.request.urlopen(url + "/metrics", timeout=2) as response:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
             text = response.read().decode()
-    except (urllib.error.URLError, ConnectionError):
+    except (OSError, http.client.HTTPException):
         return 0
     lines = text.splitlines()
     return sum(1 for line in lines if line.startswith("twinfer_worker_model_info{") and line.endswith(" 1.0"))

@@ -40,7 +40,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,10 +55,9 @@ from serving import (
     run_wrk,
     service_env,
     stop,
+    wait_ready,
     wrk_script,
 )
-
-READY_TIMEOUT = 120.0
 
 PICTURE = "640x480"
 CONFIGS: dict[str, dict[str, str]] = {
@@ -82,28 +80,6 @@ CONFIGS: dict[str, dict[str, str]] = {
 
 
 # --- the service -----------------------------------------------------------------------
-
-
-def loaded_workers(url: str) -> int:
-    """Workers with a model loaded, from /metrics; 0 while it does not answer in time
-    (serving.py's version gives up on a read timeout, which a loaded machine produces)."""
-    try:
-        with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except (OSError, http.client.HTTPException):
-        return 0
-    return sum(1 for l in text.splitlines() if l.startswith("twinfer_worker_model_info{") and l.endswith(" 1.0"))
-
-
-def wait_ready(proc: subprocess.Popen, url: str, workers: int, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"service exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
-        if loaded_workers(url) >= workers:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"service not ready in {READY_TIMEOUT:.0f}s:\n{log_path.read_text(errors='replace')}")
 
 
 def tree_cpu_seconds(root: int) -> float:
