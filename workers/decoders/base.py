@@ -81,6 +81,18 @@ def input_size(signature: ModelSignature, layout: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
+def per_anchor_output_dims(signature: ModelSignature) -> tuple[int | None, int | None] | None:
+    """The last dims of two ``[1, A, n]`` outputs sharing A (anchor-based heads: SSD,
+    BlazeFace), in output order; None if the model is not shaped that way."""
+    outputs = signature.outputs
+    if len(outputs) != 2 or any(o.rank != 3 for o in outputs) or not any(i.rank == 4 for i in signature.inputs):
+        return None
+    first, second = outputs
+    if first.shape[1] is None or first.shape[1] != second.shape[1]:
+        return None
+    return first.shape[2], second.shape[2]
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 

@@ -12,7 +12,15 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 
 from workers.decoders.anchors import AnchorOptions, BoxScales, generate_anchors, resolve_options
-from workers.decoders.base import DecodeParams, Detections, input_size, layout_of, nms, sigmoid
+from workers.decoders.base import (
+    DecodeParams,
+    Detections,
+    input_size,
+    layout_of,
+    nms,
+    per_anchor_output_dims,
+    sigmoid,
+)
 from workers.imaging import Geometry
 from workers.signature import ModelSignature
 from workers.spec import NORMALIZE_PRESETS, InputSpec
@@ -41,13 +49,10 @@ class SsdAnchorsDecoder:
 
     @classmethod
     def matches(cls, signature: ModelSignature) -> bool:
-        outputs = signature.outputs
-        if len(outputs) != 2 or any(o.rank != 3 for o in outputs) or not any(i.rank == 4 for i in signature.inputs):
+        dims = per_anchor_output_dims(signature)
+        if dims is None:
             return False
-        first, second = outputs
-        if first.shape[1] is None or first.shape[1] != second.shape[1]:
-            return False
-        a, b = first.shape[2] or 0, second.shape[2] or 0
+        a, b = dims[0] or 0, dims[1] or 0
         return (a == 4 and b >= 2) or (b == 4 and a >= 2)
 
     @classmethod
