@@ -164,16 +164,25 @@ def to_input(
     return resized, geometry
 
 
+def _normalize_in_place(tensor: np.ndarray, mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+    """``(tensor - mean) / std`` per channel of an HWC float32 picture, in place, in the
+    cheapest form measured: numpy broadcasting a 3-vector runs a 3-element inner loop
+    (1.2-1.7 ms for 300x300x3 here), a scalar takes 0.06 ms, OpenCV's per-channel scalar 0.4 ms."""
+    if len(set(mean)) == 1 and len(set(std)) == 1:  # [-1, 1], [0, 1], none: the usual cases
+        tensor -= np.float32(mean[0])
+        tensor *= np.float32(1.0 / std[0])
+    else:
+        cv2.subtract(tensor, (*map(float, mean), 0.0), dst=tensor)
+        cv2.multiply(tensor, (*(1.0 / float(s) for s in std), 1.0), dst=tensor)
+
+
 def to_tensor(pixels: np.ndarray, spec: InputSpec, dtype: np.dtype) -> np.ndarray:
     """uint8 HWC -> batched tensor in the model's layout, dtype and value range."""
     if dtype == np.uint8:
         tensor = pixels
     else:
-        mean = np.asarray(spec.mean, dtype=np.float32)
-        inv_std = 1.0 / np.asarray(spec.std, dtype=np.float32)
         tensor = pixels.astype(np.float32)
-        tensor -= mean
-        tensor *= inv_std
+        _normalize_in_place(tensor, spec.mean, spec.std)
         if dtype != np.float32:
             tensor = tensor.astype(dtype)
     if spec.layout == "NCHW":
