@@ -3,8 +3,12 @@
 Edge links are slow, flaky and metered, so a download picks up where it stopped (``Range``
 guarded by ``If-Range`` on the ETag), also after a supervisor restart: a JSON sidecar next
 to the ``.part`` file records which blob (URL without query, ETag, size) its bytes belong
-to. Failures back off with full jitter, the rate can be capped, and the URL's query string
-(a SAS token) never reaches a log line, an error message or the sidecar.
+to. With ``range_bytes`` the blob is fetched in ranges of that size (as Azure Device
+Update does, ~1 MB), each retried on its own, so a link that drops every few seconds still
+moves forward and a proxy that cuts long responses does no harm. Failures back off with
+full jitter, the rate can be capped, a ``deadline`` (the end of a download window) pauses
+the transfer with the file kept, and the URL's query string (a SAS token) never reaches a
+log line, an error message or the sidecar.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ class DownloadPolicy:
     rate_limit_bps: int | None = None  # bytes/s cap for metered links; None = no cap
     progress_interval: float = 5.0  # seconds between progress callbacks/log lines
     chunk_size: int = 64 * 1024
+    range_bytes: int = 0  # > 0: request the blob in ranges of this size; 0: one request for the rest
     min_free_bytes: int = 64 * 1024 * 1024  # keep this much free on the store's filesystem
 
 
@@ -68,8 +73,8 @@ class DownloadResult:
 class DownloadError(Exception):
     """A download that did not complete.
 
-    ``reason``: forbidden, not_found, http_error, network, no_space, size_mismatch or
-    cancelled. ``retryable``: the same call later may succeed without anyone changing
+    ``reason``: forbidden, not_found, http_error, network, no_space, size_mismatch,
+    cancelled or window_closed (the deadline passed; the file is kept). ``retryable``: the same call later may succeed without anyone changing
     anything (a new SAS token, more disk, another URL). The message never holds the query.
     """
 
@@ -163,6 +168,7 @@ class _Download:
         on_bytes: Callable[[int], None] | None,
         cancel: threading.Event | None,
         sleep: Callable[[float], None],
+        deadline: float | None = None,
     ) -> None:
         self.url = url
         self.label = redact_url(url)
@@ -174,6 +180,7 @@ class _Download:
         self.on_bytes = on_bytes
         self.cancel = cancel
         self.sleep = sleep
+        self.deadline = deadline
         self.etag: str | None = None
         self.total: int | None = None
         self.have = 0
@@ -252,10 +259,19 @@ class _Download:
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise DownloadError("cancelled", f"download of {self.label} cancelled at byte {self.have}")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DownloadError(
+                "window_closed", f"download of {self.label} paused at byte {self.have}: the download window closed",
+                retryable=True,
+            )
 
     def wait(self, seconds: float) -> None:
-        """Backoff and rate pacing; a cancel wakes a real sleep (an injected one is a test's clock)."""
+        """Backoff and rate pacing; a cancel wakes a real sleep (an injected one is a test's clock),
+        and no wait runs past the deadline."""
+        if self.deadline is not None:
+            seconds = min(seconds, max(0.0, self.deadline - time.monotonic()))
         if seconds <= 0:
+            self.check_cancel()
             return
         if self.cancel is not None and self.sleep is time.sleep:
             self.cancel.wait(seconds)
@@ -334,8 +350,9 @@ class _Download:
     def attempt(self, session: requests.Session) -> None:
         """One request; returns when the file is complete, raises ``_Retry`` otherwise."""
         headers = {"Accept-Encoding": "identity"}
-        if self.have:
-            headers["Range"] = f"bytes={self.have}-"
+        asked_end = self.range_end()
+        if self.have or asked_end is not None:
+            headers["Range"] = f"bytes={self.have}-{'' if asked_end is None else asked_end - 1}"
             if self.etag:
                 headers["If-Range"] = self.etag
         timeout = (self.policy.connect_timeout, self.policy.read_timeout)
@@ -354,8 +371,16 @@ class _Download:
             if self.expected_size is not None and self.have != self.expected_size:
                 raise self.size_mismatch(f"the server sent {self.have} bytes, expected {self.expected_size}")
             self.total = self.have
-        elif self.have < self.total:  # a shorter range than asked for is allowed: ask for the rest
+        elif self.have < self.total and (asked_end is None or self.have < asked_end or response.status_code == 200):
+            # a shorter answer than asked for is allowed: ask for the rest
             raise _Retry("network", f"the response ended at byte {self.have} of {self.total}", immediate=True)
+
+    def range_end(self) -> int | None:
+        """End (exclusive) of the next range to ask for; None: the rest of the blob."""
+        if not self.policy.range_bytes:
+            return None
+        end = self.have + self.policy.range_bytes
+        return min(end, self.total) if self.total is not None else end
 
     def check_status(self, response: requests.Response) -> None:
         status = response.status_code
@@ -462,12 +487,14 @@ def download(
     on_bytes: Callable[[int], None] | None = None,
     cancel: threading.Event | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    deadline: float | None = None,
 ) -> DownloadResult:
     """Download ``url`` into ``part_path`` (its folder must exist), resuming what is there.
 
     On success the complete file stays at ``part_path`` for the caller to verify and rename,
     and the sidecar is gone. On failure both stay for the next call to resume, except after
     ``size_mismatch`` (the bytes are of no use) and ``no_space`` (the disk is needed more).
-    ``sleep`` serves backoff and rate pacing.
+    ``sleep`` serves backoff and rate pacing; ``deadline`` (``time.monotonic()`` value) stops
+    the transfer with ``window_closed``, keeping the file to resume.
     """
-    return _Download(url, part_path, expected_size, policy, on_progress, on_bytes, cancel, sleep).run()
+    return _Download(url, part_path, expected_size, policy, on_progress, on_bytes, cancel, sleep, deadline).run()

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -450,3 +451,65 @@ def test_progress_callbacks_and_log_lines_carry_sane_numbers(part, caplog):
     lines = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
     assert len(lines) == len(reports) - 1 and "%" in lines[0] and f"of {len(data)} bytes" in lines[0]
     assert not leaks_secret(Exception(), caplog)
+
+
+RANGED = DownloadPolicy(connect_timeout=2.0, read_timeout=2.0, progress_interval=60.0, range_bytes=256 * 1024)
+
+
+def test_ranged_transfer_asks_for_bounded_ranges_and_sends_every_byte_once(part, delays):
+    data = payload(MiB + 1000)
+    with FileServer({PATH: data}) as server:
+        result = download(server.url(PATH), part, expected_size=len(data), policy=RANGED, sleep=delays.append)
+        etag = server.etag(PATH)
+        requests = [(r.status, r.headers.get("Range"), r.headers.get("If-Range")) for r in server.requests]
+        sent = server.bytes_sent
+    step = RANGED.range_bytes
+    assert requests == [(206, f"bytes=0-{step - 1}", None)] + [
+        (206, f"bytes={i * step}-{min((i + 1) * step, len(data)) - 1}", etag) for i in range(1, 5)
+    ]
+    assert part.read_bytes() == data and sent == len(data)
+    assert (result.transferred, result.restarts, result.etag) == (len(data), 0, etag)
+    assert delays == []
+
+
+def test_a_range_cut_short_is_retried_from_the_byte_it_stopped_at(part, delays):
+    data = payload(MiB)
+    with FileServer({PATH: data}) as server:
+        server.faults(PATH).drop_after = 100 * 1024  # every response dies after 100 KiB
+        server.faults(PATH).drop_every = True
+        download(server.url(PATH), part, policy=replace(RANGED, max_attempts=2), sleep=delays.append)
+        ranges = [r.headers.get("Range") for r in server.requests]
+        sent = server.bytes_sent
+    assert part.read_bytes() == data and sent == len(data)  # no byte sent twice
+    # each retry asks for a whole range again, from the first byte it does not have
+    assert ranges[:3] == ["bytes=0-262143", "bytes=102400-364543", "bytes=204800-466943"]
+
+
+def test_a_server_without_range_support_still_completes_in_ranged_mode(part, delays):
+    data = payload(600 * 1024)
+    with FileServer({PATH: data}) as server:
+        server.faults(PATH).ignore_range = True
+        download(server.url(PATH), part, policy=RANGED, sleep=delays.append)
+        statuses = [r.status for r in server.requests]
+    assert part.read_bytes() == data and statuses == [200]
+
+
+def test_the_deadline_pauses_the_transfer_and_keeps_the_part_file_to_resume(part, delays):
+    data = payload(2 * MiB)
+    with FileServer({PATH: data}) as server:
+        server.faults(PATH).throttle_bps = 2 * MiB  # ~1 s for the whole blob
+        with pytest.raises(DownloadError) as caught:
+            download(server.url(PATH), part, policy=RANGED, deadline=time.monotonic() + 0.3)
+        paused_at = part.stat().st_size
+        assert caught.value.reason == "window_closed" and caught.value.retryable
+        assert 0 < paused_at < len(data) and sidecar(part).exists()
+        server.faults(PATH).throttle_bps = None
+        result = download(server.url(PATH), part, policy=RANGED, sleep=delays.append)
+    assert part.read_bytes() == data and result.resumed_from == paused_at
+
+
+def test_a_deadline_already_passed_sends_no_request(part, delays):
+    with FileServer({PATH: payload(1000)}) as server:
+        with pytest.raises(DownloadError) as caught:
+            download(server.url(PATH), part, policy=RANGED, deadline=time.monotonic() - 1)
+        assert server.requests == [] and caught.value.reason == "window_closed"

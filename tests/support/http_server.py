@@ -45,6 +45,7 @@ class Faults:
     replace_after: int | None = None  # once, after this many body bytes: swap in `replacement` (new
     replacement: bytes | None = None  # ETag) and drop the connection, like a blob overwritten mid-read
     honor_if_range: bool = True  # False: serve the range even when If-Range names an old ETag
+    ignore_range: bool = False  # True: answer every Range with the whole blob (200), like a server without ranges
     range_at_end: int = 416  # Azurite answers 206 with an empty body to a range starting at the end
     chunked: bool = False  # Transfer-Encoding: chunked, no Content-Length (the client cannot know the size)
 
@@ -198,7 +199,9 @@ class _Handler(BaseHTTPRequestHandler):
         value = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
         match = re.fullmatch(r"bytes=(\d*)-(\d*)", (value or "").strip())
-        if match is None or match.groups() == ("", "") or (if_range not in (None, etag) and faults.honor_if_range):
+        if match is None or match.groups() == ("", "") or faults.ignore_range or (
+            if_range not in (None, etag) and faults.honor_if_range
+        ):
             return 0, size, 200, {}
         first, last = match.groups()
         if first == "":  # suffix range: the last N bytes
