@@ -5,12 +5,17 @@ Two shapes are accepted:
 * the reference design's keys: ``FileName``, ``DownloadUrl``, ``ContentMD5`` (hex or the
   base64 form Blob Storage uses); the model name and version come from the file name
   (``tiny-yolov3-11_1.0.zip`` -> ``tiny-yolov3-11`` / ``1.0``);
-* ours: ``model: {name, version, url, sha256, md5, size, signature, allow_downgrade}``,
-  plus ``inference: {score_threshold}`` and ``download: {max_bytes_per_second}``.
-  ``signature`` is the bundle's Ed25519 signature (base64; ``service.signing``), checked
-  by the updater when the device has trusted keys; ``allow_downgrade: true`` lets the
-  updater activate a version lower than the highest one it ever activated (a deliberate
-  rollback). The reference design's keys carry neither.
+* ours: ``model: {name, version, url, sha256, md5, size, signature, allow_downgrade,
+  urgent, delta}``, plus ``inference: {score_threshold}`` and ``download:
+  {max_bytes_per_second, windows, range_bytes}``. ``signature`` is the bundle's Ed25519
+  signature (base64; ``service.signing``), checked by the updater when the device has
+  trusted keys; ``allow_downgrade: true`` lets the updater activate a version lower than
+  the highest one it ever activated (a deliberate rollback); ``urgent: true`` downloads
+  outside the download windows (``service.schedule``); ``delta: {base_version,
+  base_sha256, url, sha256, size, engine}`` is a patch from a bundle the device may hold
+  to this one (``service.delta``), tried before ``url`` when the device has that exact
+  base; it needs ``sha256``, the hash of the resulting bundle. The reference design's
+  keys carry none of these.
 
 ``model`` wins when both are present. A malformed document raises ``DesiredError`` and
 changes nothing. IoT Hub limits each property to 4 KB and the desired document to 32 KB.
@@ -25,16 +30,31 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from service.repository import RepositoryError, check_part
+from service.schedule import DownloadWindow, WindowError, parse_windows
 from service.verify import normalize_md5
 
 MAX_PROPERTY_BYTES = 4 * 1024
 MAX_DOCUMENT_BYTES = 32 * 1024
 _VERSIONED_FILE = re.compile(r"^(?P<name>.+?)[-_]v?(?P<version>\d+(?:\.\d+)*)$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+MIN_RANGE_BYTES = 64 * 1024
 
 
 class DesiredError(ValueError):
     """The desired document is malformed; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class DesiredDelta:
+    """A patch that turns the bundle of ``base_version`` (SHA-256 ``base_sha256``) into the
+    model's bundle; the model's ``sha256`` checks the result."""
+
+    base_version: str
+    base_sha256: str
+    url: str
+    sha256: str  # of the patch file
+    size: int | None
+    engine: str = "zstd"
 
 
 @dataclass(frozen=True)
@@ -49,6 +69,8 @@ class DesiredModel:
     signature: str | None = None  # base64 Ed25519 signature (service.signing), verified by the updater
     allow_downgrade: bool = False  # may activate a version below the highest ever activated for this name
     version_is_digest: bool = False  # the version is an MD5 prefix (reference keys, no version): no order
+    urgent: bool = False  # download outside the download windows
+    delta: DesiredDelta | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +79,8 @@ class DesiredState:
     model: DesiredModel | None
     score_threshold: float | None
     max_bytes_per_second: int | None
+    windows: tuple[DownloadWindow, ...] | None = None  # None: the device's configured windows
+    range_bytes: int | None = None  # None: the device's configured range size
 
 
 def _size_of(value: Any) -> int:
@@ -129,7 +153,7 @@ def _reference_model(desired: Mapping[str, Any]) -> DesiredModel:
 def _rich_model(raw: Any) -> DesiredModel:
     if not isinstance(raw, Mapping):
         raise DesiredError("model must be an object")
-    known = {"name", "version", "url", "sha256", "md5", "size", "signature", "allow_downgrade"}
+    known = {"name", "version", "url", "sha256", "md5", "size", "signature", "allow_downgrade", "urgent", "delta"}
     unknown = set(raw) - known
     if unknown:
         raise DesiredError(f"unknown model keys: {', '.join(sorted(unknown))}")
@@ -146,9 +170,11 @@ def _rich_model(raw: Any) -> DesiredModel:
     signature = raw.get("signature")
     if signature is not None and (not isinstance(signature, str) or not signature.strip()):
         raise DesiredError("model.signature must be a base64 string (from `python -m service bundle --sign`)")
-    allow_downgrade = raw.get("allow_downgrade")
-    if allow_downgrade is not None and not isinstance(allow_downgrade, bool):
-        raise DesiredError("model.allow_downgrade must be true or false")
+    allow_downgrade = _flag(raw, "allow_downgrade")
+    urgent = _flag(raw, "urgent")
+    delta = _delta(raw.get("delta"))
+    if delta is not None and sha256 is None:
+        raise DesiredError("model.delta needs model.sha256: the bundle a patch produces is checked against it")
     return DesiredModel(
         name=_name_part("name", raw.get("name"), "model.name"),
         version=_name_part("version", raw.get("version"), "model.version"),
@@ -158,7 +184,46 @@ def _rich_model(raw: Any) -> DesiredModel:
         md5=md5,
         size=size,
         signature=signature.strip() if signature else None,
-        allow_downgrade=bool(allow_downgrade),
+        allow_downgrade=allow_downgrade,
+        urgent=urgent,
+        delta=delta,
+    )
+
+
+def _flag(raw: Mapping[str, Any], key: str) -> bool:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise DesiredError(f"model.{key} must be true or false")
+    return bool(value)
+
+
+def _sha256(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not _SHA256.match(value):
+        raise DesiredError(f"{key} must be 64 hex digits")
+    return value.lower()
+
+
+def _delta(raw: Any) -> DesiredDelta | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise DesiredError("model.delta must be an object")
+    unknown = set(raw) - {"base_version", "base_sha256", "url", "sha256", "size", "engine"}
+    if unknown:
+        raise DesiredError(f"unknown model.delta keys: {', '.join(sorted(unknown))}")
+    size = raw.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        raise DesiredError("model.delta.size must be a positive integer (bytes)")
+    engine = raw.get("engine", "zstd")
+    if not isinstance(engine, str) or not engine:
+        raise DesiredError("model.delta.engine must be a string (e.g. zstd)")
+    return DesiredDelta(
+        base_version=_name_part("version", raw.get("base_version"), "model.delta.base_version"),
+        base_sha256=_sha256(raw.get("base_sha256"), "model.delta.base_sha256"),
+        url=_url(raw.get("url"), "model.delta.url"),
+        sha256=_sha256(raw.get("sha256"), "model.delta.sha256"),
+        size=size,
+        engine=engine,
     )
 
 
@@ -176,12 +241,40 @@ def _threshold(desired: Mapping[str, Any]) -> float | None:
     return float(value)
 
 
-def _rate(desired: Mapping[str, Any]) -> int | None:
+def _download(desired: Mapping[str, Any]) -> Mapping[str, Any]:
     download = desired.get("download")
     if download is None:
-        return None
+        return {}
     if not isinstance(download, Mapping):
         raise DesiredError("download must be an object")
+    unknown = set(download) - {"max_bytes_per_second", "windows", "range_bytes"}
+    if unknown:
+        raise DesiredError(f"unknown download keys: {', '.join(sorted(unknown))}")
+    return download
+
+
+def _windows(download: Mapping[str, Any]) -> tuple[DownloadWindow, ...] | None:
+    value = download.get("windows")
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise DesiredError("download.windows must be a list (empty: no windows, download any time)")
+    try:
+        return parse_windows(value)
+    except WindowError as exc:
+        raise DesiredError(str(exc)) from None
+
+
+def _range_bytes(download: Mapping[str, Any]) -> int | None:
+    value = download.get("range_bytes")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not (value == 0 or value >= MIN_RANGE_BYTES):
+        raise DesiredError(f"download.range_bytes must be 0 (one request) or an integer >= {MIN_RANGE_BYTES}")
+    return value
+
+
+def _rate(download: Mapping[str, Any]) -> int | None:
     value = download.get("max_bytes_per_second")
     if value is None or value == 0:
         return None
@@ -198,6 +291,7 @@ def parse_desired(desired: Mapping[str, Any]) -> DesiredState:
         raise DesiredError(f"desired document is not valid JSON: {desired['$invalid']}")
     _check_sizes(desired)
     version = desired.get("$version")
+    download = _download(desired)
     if "model" in desired and desired["model"] is not None:
         model = _rich_model(desired["model"])
     elif any(k in desired for k in ("FileName", "DownloadUrl", "ContentMD5")):
@@ -208,7 +302,9 @@ def parse_desired(desired: Mapping[str, Any]) -> DesiredState:
         version=version if isinstance(version, int) else None,
         model=model,
         score_threshold=_threshold(desired),
-        max_bytes_per_second=_rate(desired),
+        max_bytes_per_second=_rate(download),
+        windows=_windows(download),
+        range_bytes=_range_bytes(download),
     )
 
 

@@ -43,6 +43,26 @@ def test_rich_model_object_wins_and_carries_settings():
     assert state.score_threshold == 0.4 and state.max_bytes_per_second == 32768
 
 
+DELTA = {"base_version": "1.0", "base_sha256": SHA, "url": URL.replace(".zip", ".zst"), "sha256": SHA, "size": 5}
+
+
+def test_delta_urgent_windows_and_range_size_are_carried():
+    state = parse_desired(
+        {
+            "model": {"name": "ssd", "version": "2.1", "url": URL, "sha256": SHA, "urgent": True, "delta": DELTA},
+            "download": {"windows": ["01:00-05:00@4096", {"start": "22:00", "end": "23:00"}], "range_bytes": 0},
+        }
+    )
+    delta = state.model.delta
+    assert (delta.base_version, delta.base_sha256, delta.size, delta.engine) == ("1.0", SHA, 5, "zstd")
+    assert state.model.urgent and state.range_bytes == 0
+    assert [w.describe() for w in state.windows] == ["01:00-05:00@4096", "22:00-23:00"]
+    plain = parse_desired({"model": {"name": "ssd", "version": "2.1", "url": URL, "sha256": SHA}})
+    assert plain.model.delta is None and not plain.model.urgent
+    assert plain.windows is None and plain.range_bytes is None  # the device's own settings apply
+    assert parse_desired({"download": {"windows": []}}).windows == ()  # the twin says: any time
+
+
 def test_no_model_is_not_an_error():
     state = parse_desired({"$version": 3, "someOtherSetting": True})
     assert state.model is None and state.version == 3
@@ -67,6 +87,15 @@ def test_no_model_is_not_an_error():
         {"big": "x" * 5000},
         {f"k{i}": "x" * 3000 for i in range(12)},
         {"$invalid": "Expecting value: line 1 column 1"},
+        {"model": {"name": "ssd", "version": "2", "url": URL, "md5": MD5_HEX, "delta": DELTA}},  # no result sha256
+        {"model": {"name": "ssd", "version": "2", "url": URL, "sha256": SHA, "delta": {**DELTA, "base_sha256": "x"}}},
+        {"model": {"name": "ssd", "version": "2", "url": URL, "sha256": SHA, "delta": {**DELTA, "url": "file:/x"}}},
+        {"model": {"name": "ssd", "version": "2", "url": URL, "sha256": SHA, "delta": {**DELTA, "extra": 1}}},
+        {"model": {"name": "ssd", "version": "2", "url": URL, "sha256": SHA, "urgent": "yes"}},
+        {"download": {"windows": "01:00-05:00"}},
+        {"download": {"windows": ["25:00-05:00"]}},
+        {"download": {"range_bytes": 1000}},
+        {"download": {"speed": 1}},
     ],
 )
 def test_malformed_documents_are_refused_with_a_reason(document):
