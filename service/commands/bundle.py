@@ -122,11 +122,16 @@ def _signing_key(args: argparse.Namespace):
 
 
 def write_zip(path: Path, entries: list[tuple[str, Path]]) -> None:
-    """Deflated, flat, regular files only, fixed timestamps (reproducible hashes)."""
+    """Flat, regular files only, fixed timestamps (reproducible hashes); model files stored, text deflated.
+
+    Stored so delta patches work (service.delta): deflate scrambles every byte after a change (a head
+    fine-tune's patch is 95% of a deflated bundle, 7.5% of a stored one). Measured deflate saving:
+    11% on fp32 weights and on the fp16 .tflite, 40% on the demo .onnx (fp16 values held in fp32).
+    """
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, source in entries:
             info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = zipfile.ZIP_STORED if name.lower().endswith(MODEL_SUFFIXES) else zipfile.ZIP_DEFLATED
             info.external_attr = 0o100644 << 16  # a regular file, rw-r--r--
             info.file_size = source.stat().st_size  # lets zipfile choose ZIP64 for big models
             with open(source, "rb") as src, archive.open(info, "w") as dst:
