@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.paths import DEFAULT_MODEL, MODELS, PROJECT_ROOT
 
-COMMANDS = ["run", "validate", "set-model", "bundle", "twin-patch", "status"]
+COMMANDS = ["run", "validate", "set-model", "bundle", "twin-patch", "delta", "status", "keygen"]
 FACE = MODELS / "blazeface_short_range.tflite"
 
 
@@ -290,3 +290,60 @@ def test_set_model_writes_the_local_twin(tmp_path):
     bad = cli("set-model", "--name", "face", "--version", "2.0", "--url", "ftp://x/y.zip", "--sha256", "b" * 64,
               store=store)
     assert bad.returncode == 2 and "http(s) URL" in bad.stderr
+
+
+# --- narrow links: download settings and deltas ------------------------------------------------
+
+
+def test_twin_patch_carries_windows_range_size_and_urgency(face_bundle):
+    from service.desired import parse_desired
+
+    out, _ = face_bundle
+    done = cli("twin-patch", "--url", "https://files.local/face.zip", "--bundle", str(out), "--name", "face",
+               "--version", "1.0", "--window", "01:00-05:00@65536", "--window", "22:00-23:30",
+               "--range-bytes", "1048576", "--urgent")
+    assert done.returncode == 0, done.stderr
+    patch = json.loads(done.stdout)
+    assert patch["download"] == {"windows": ["01:00-05:00@65536", "22:00-23:30"], "range_bytes": 1048576}
+    state = parse_desired(patch)
+    assert state.model.urgent and [w.describe() for w in state.windows] == ["01:00-05:00@65536", "22:00-23:30"]
+    refused = cli("twin-patch", "--url", "https://files.local/face.zip", "--bundle", str(out), "--name", "face",
+                  "--version", "1.0", "--window", "1:00-5:00")
+    assert refused.returncode == 2 and "device would refuse" in refused.stderr
+
+
+def test_delta_writes_a_patch_that_rebuilds_the_bundle_and_prints_model_delta(tmp_path, face_bundle, labels):
+    from service.delta import apply_patch
+    from service.desired import parse_desired
+
+    base, _ = face_bundle
+    metadata = tmp_path / "twinfer.json"
+    metadata.write_text(json.dumps({"score_threshold": 0.7}))
+    new = tmp_path / "face_1.1.zip"
+    built = cli("bundle", str(FACE), "--labels", str(labels), "--metadata", str(metadata), "--name", "face",
+                "--version", "1.1", "-o", str(new))
+    assert built.returncode == 0, built.stderr
+    patch_file = tmp_path / "face_1.0-1.1.zst"
+    done = cli("delta", "--base", str(base), "--base-version", "1.0", "--bundle", str(new),
+               "--patch-url", "https://files.local/face_1.0-1.1.zst", "--patch-out", str(patch_file),
+               "--url", "https://files.local/face_1.1.zip", "--name", "face", "--version", "1.1")
+    assert done.returncode == 0, done.stderr
+    patch = json.loads(done.stdout)
+    delta = parse_desired(patch).model.delta
+    data = patch_file.read_bytes()
+    assert (delta.base_version, delta.base_sha256) == ("1.0", hashlib.sha256(base.read_bytes()).hexdigest())
+    assert (delta.sha256, delta.size) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert len(data) < new.stat().st_size / 20  # a metadata change costs a few hundred bytes
+    rebuilt = tmp_path / "rebuilt.zip"
+    apply_patch(base, patch_file, rebuilt, max_output_bytes=new.stat().st_size)
+    assert rebuilt.read_bytes() == new.read_bytes()
+    assert patch["model"]["sha256"] == hashlib.sha256(new.read_bytes()).hexdigest()
+    assert "% of the" in done.stderr
+
+
+def test_delta_refuses_a_missing_base(tmp_path, face_bundle):
+    out, _ = face_bundle
+    done = cli("delta", "--base", str(tmp_path / "nope.zip"), "--base-version", "0.9", "--bundle", str(out),
+               "--patch-url", "https://files.local/p.zst", "--patch-out", str(tmp_path / "p.zst"),
+               "--url", "https://files.local/face.zip", "--name", "face", "--version", "1.0")
+    assert done.returncode == 2 and "does not exist" in done.stderr and not (tmp_path / "p.zst").exists()

@@ -14,7 +14,7 @@ HELP = "print the desired-properties patch (and the az command) that rolls out a
 DESCRIPTION = (
     "Print the module twin's desired-properties patch for a bundle: the `model` object (name, version, url, "
     "sha256, md5, size, and signature with --signature or --sign; allow_downgrade with --allow-downgrade), "
-    "`inference` and `download` when given and, with --reference, the reference design's "
+    "`inference` and `download` (cap, windows, range size) when given and, with --reference, the reference design's "
     "FileName/DownloadUrl/ContentMD5 keys (ContentMD5 in base64, as Blob Storage gives it). The patch is checked "
     "with the device's own parser first. The JSON goes to stdout and a ready `az iot hub module-twin update` "
     "command to stderr; with --az only the command is printed, on stdout."
@@ -56,6 +56,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, metavar="T", help="inference.score_threshold (0..1)")
     parser.add_argument("--max-bps", type=int, metavar="B",
                         help="download.max_bytes_per_second (>= 1024, or 0 for no cap)")
+    parser.add_argument("--window", action="append", metavar="HH:MM-HH:MM[@BPS]",
+                        help="download.windows: download only in this window of the device's local time, optionally "
+                             "capped at BPS bytes/s (repeat for several; --no-windows for none)")
+    parser.add_argument("--no-windows", action="store_true",
+                        help="download.windows: [] (download any time, whatever the device's configured windows)")
+    parser.add_argument("--range-bytes", type=int, metavar="N",
+                        help="download.range_bytes: fetch in ranges of N bytes (>= 65536), 0 for one request")
+    parser.add_argument("--urgent", action="store_true", help="model.urgent: true, download outside the windows")
     parser.add_argument("--reference", action="store_true",
                         help="add the reference design's FileName/DownloadUrl/ContentMD5 keys (needs the MD5)")
     parser.add_argument("--az", action="store_true", help="print only the az command, on stdout")
@@ -104,7 +112,21 @@ def _signature(args: argparse.Namespace, sha256: str) -> str | None:
     return None
 
 
-def build_patch(args: argparse.Namespace) -> dict:
+def _download_settings(args: argparse.Namespace) -> dict:
+    if args.window and args.no_windows:
+        raise PatchError("--window and --no-windows exclude each other")
+    download: dict = {}
+    if args.max_bps is not None:
+        download["max_bytes_per_second"] = args.max_bps
+    if args.window or args.no_windows:
+        download["windows"] = list(args.window or [])
+    if args.range_bytes is not None:
+        download["range_bytes"] = args.range_bytes
+    return download
+
+
+def build_patch(args: argparse.Namespace, delta: dict | None = None) -> dict:
+    """The desired patch for the bundle (``delta``: a ``model.delta`` object to add)."""
     from service.desired import DesiredError, parse_desired
 
     sha256, md5, size = _digests(args)
@@ -118,11 +140,16 @@ def build_patch(args: argparse.Namespace) -> dict:
         model["signature"] = signature
     if args.allow_downgrade:
         model["allow_downgrade"] = True
+    if args.urgent:
+        model["urgent"] = True
+    if delta is not None:
+        model["delta"] = delta
     patch: dict = {"model": model}
     if args.threshold is not None:
         patch["inference"] = {"score_threshold": args.threshold}
-    if args.max_bps is not None:
-        patch["download"] = {"max_bytes_per_second": args.max_bps}
+    download = _download_settings(args)
+    if download:
+        patch["download"] = download
     if args.reference:
         if md5 is None:
             raise PatchError("--reference needs the bundle's MD5 (the reference design checks ContentMD5): "
@@ -164,16 +191,21 @@ def az_command(patch: dict, hub: str, device: str, module: str) -> str:
             f"--module-id {_word(module)} --desired {shlex.quote(desired)}")
 
 
-def run(args: argparse.Namespace) -> int:
-    try:
-        patch = build_patch(args)
-    except PatchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def print_patch(args: argparse.Namespace, patch: dict) -> None:
+    """The JSON on stdout and the az command on stderr, or (``--az``) only the command."""
     command = az_command(patch, args.hub_name, args.device_id, args.module_id)
     if args.az:
         print(command)
     else:
         print(json.dumps(patch, indent=2))
         print(command, file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        patch = build_patch(args)
+    except PatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print_patch(args, patch)
     return 0
