@@ -8,6 +8,11 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 DOWNLOAD_BYTES = Counter("twinfer_download_bytes_total", "Model bundle bytes received over the network.")
+DOWNLOAD_BYTES_SAVED = Counter(
+    "twinfer_download_bytes_saved_total",
+    "Bundle bytes that did not cross the network: by delta (bundle size - patch bytes) or resume.",
+    ["reason"],
+)
 DOWNLOAD_SECONDS = Histogram(
     "twinfer_download_duration_seconds",
     "Wall time of completed model bundle downloads (resumes included).",

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.schedule import DownloadWindow, parse_windows_env
 from workers.settings import env_int, worker_count
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +22,13 @@ def env_float(name: str, default: float, minimum: float = 0.0) -> float:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _range_bytes() -> int:
+    value = env_int("TWINFER_DOWNLOAD_RANGE_BYTES", 1024 * 1024, minimum=0)
+    if 0 < value < 64 * 1024:
+        raise ValueError(f"TWINFER_DOWNLOAD_RANGE_BYTES must be 0 (one request) or >= 65536, got {value}")
     return value
 
 
@@ -50,6 +58,8 @@ class ServiceSettings:
     max_bundle_bytes: int
     max_bundle_files: int
     trusted_keys: Path | None = None  # PEM public key file or directory; None = signatures not required
+    download_range_bytes: int = 1024 * 1024  # 0 = one request per download
+    download_windows: tuple[DownloadWindow, ...] = ()  # empty = always open
 
     @staticmethod
     def from_env() -> "ServiceSettings":
@@ -73,6 +83,8 @@ class ServiceSettings:
             max_bundle_bytes=env_int("TWINFER_MAX_BUNDLE_BYTES", 2 * 1024**3, minimum=1),
             max_bundle_files=env_int("TWINFER_MAX_BUNDLE_FILES", 16, minimum=1),
             trusted_keys=_optional_path("TWINFER_TRUSTED_KEYS"),
+            download_range_bytes=_range_bytes(),
+            download_windows=parse_windows_env(os.environ.get("TWINFER_DOWNLOAD_WINDOWS", "")),
         )
 
     @property

@@ -1,8 +1,10 @@
 """The model update pipeline, driven by the twin's desired properties.
 
-desired -> rollback check -> fetch (resumable) -> verify (SHA-256/MD5, then the Ed25519
-signature when the device has trusted keys) -> unpack (safe) -> validate (child process)
--> promote (atomic rename) -> publish (manifest) -> report.
+desired -> rollback check -> download window -> fetch (a delta patch applied to a bundle
+the device holds, else the full bundle; resumable, in ranges) -> verify (SHA-256/MD5, then
+the Ed25519 signature when the device has trusted keys) -> unpack (safe) -> validate (child
+process) -> promote (atomic rename, the bundle kept beside the model as the base of the next
+delta) -> publish (manifest) -> report.
 
 Rules that keep a device in the desert serving:
 * nothing is published until the new model loaded and ran in validation; any failure
@@ -16,13 +18,21 @@ Rules that keep a device in the desert serving:
 * with trusted keys (``TWINFER_TRUSTED_KEYS``) only signed bundles activate, a staged
   version too: its signature is checked against the SHA-256 recorded when it was installed;
 * a version lower than the highest ever activated for the same name is refused unless the
-  twin says ``model.allow_downgrade: true`` (rollback protection; ``store/versions.json``).
+  twin says ``model.allow_downgrade: true`` (rollback protection; ``store/versions.json``);
+* outside the download windows (``service.schedule``) an update waits, reported as
+  ``scheduled``, unless the twin marks it ``urgent``; a window that closes mid-download
+  pauses it with the partial file kept;
+* a delta is used only when the device holds the exact base bundle (its SHA-256 checked)
+  and the patched result has the model's SHA-256; anything else falls back to the full
+  bundle, and the report says which path was taken and why.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
 import threading
 import time
@@ -30,16 +40,19 @@ import zipfile
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from service import metrics
 from service.bundle import BundleError, UnpackLimits, unpack_bundle
-from service.desired import DesiredError, DesiredModel, DesiredState, merge_patch, parse_desired
-from service.fetch import DownloadError, DownloadPolicy, DownloadProgress, download
+from service.delta import ENGINES as DELTA_ENGINES
+from service.delta import DeltaError, apply_patch
+from service.desired import DesiredDelta, DesiredError, DesiredModel, DesiredState, merge_patch, parse_desired
+from service.fetch import DownloadError, DownloadPolicy, DownloadProgress, DownloadResult, download
 from service.report import Reporter
 from service.signing import NO_TRUSTED_KEY, UNSIGNED, SignatureError, TrustedKey, verify
 from service.repository import ModelRepository
 from service.rollout import RolloutMonitor
+from service.schedule import DownloadWindow, window_state
 from service.staging import StagingError, ValidatedModel, recorded_verdict, validate_in_subprocess
 from service.twin.base import TwinSource
 from service.verify import VerifyError, verify_file
@@ -50,6 +63,13 @@ log = logging.getLogger("twinfer.updater")
 STATE_FILE = "updater.json"
 VERSIONS_FILE = "versions.json"  # the highest version ever activated, per model name
 BUNDLE_RECORD = ".twinfer-bundle.json"  # in a version directory: the bundle it came from (sha256, md5)
+BUNDLE_FILE = ".twinfer-bundle"  # in a version directory: that bundle's bytes, the base for deltas
+_NOT_SCHEDULED = {"scheduled_for": None, "waiting_for": None}  # reported properties merge: clear a past wait
+
+
+def local_now() -> datetime:
+    """The device's local time (the container's ``TZ``): download windows are in it."""
+    return datetime.now().astimezone()
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,8 @@ class UpdaterConfig:
     # the configured keys could not be loaded): every activation needs a valid signature.
     trusted_keys: tuple[TrustedKey, ...] | None = None
     trusted_keys_error: str | None = None  # why the configured keys could not be loaded
+    windows: tuple[DownloadWindow, ...] = ()  # the device's download windows; empty = always open
+    clock: Callable[[], datetime] = local_now
 
 
 class UpdateFailed(Exception):
@@ -74,6 +96,43 @@ class UpdateFailed(Exception):
         self.message = message
         self.retryable = retryable
         self.state = state  # "failed", or "rolled_back" when workers refused a published model
+
+
+class _Scheduled(Exception):
+    """No download now: every download window is closed until ``opens`` (local time)."""
+
+    def __init__(self, opens: datetime, why: str) -> None:
+        super().__init__(why)
+        self.opens = opens
+        self.why = why
+
+
+class _DeltaUnusable(Exception):
+    """The twin's delta cannot give this bundle here; ``reason`` goes in the report."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How a bundle reached the device, for the report and the bytes-saved metric."""
+
+    path: str  # "delta" or "full"
+    size: int  # bundle bytes
+    transferred: int  # bytes received over the network for it in this attempt
+    saved: int  # bundle bytes that did not cross the network (the patch's gain, or a resume)
+    result: DownloadResult
+    fallback: str | None = None  # why the twin's delta was not used
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "bytes": self.size, "transferred": self.transferred, "saved_bytes": self.saved,
+            "delta_fallback": self.fallback, "resumed_from": self.result.resumed_from,
+            "restarts": self.result.restarts, "seconds": round(self.result.seconds, 2),
+        }
 
 
 def utc_now() -> str:
@@ -151,11 +210,17 @@ class ModelUpdater:
         except DesiredError:
             return None
 
-    def start(self) -> None:
+    def start(self, startup_problems: list[str] | None = None) -> None:
+        """Report what serves (and, from ``service.bootstrap``, the damaged versions it
+        replaced at start-up), then follow the twin."""
         manifest = read_manifest(self.repo.store)
         if manifest is not None:  # the bootstrapped default, or what ran before rollback protection existed
             self._note_activated(manifest.name, manifest.version)
         self.report_active(manifest)
+        if startup_problems:
+            message = "; ".join(startup_problems)
+            self.reporter.update({"model": {"last_error": {"reason": "damaged_model", "message": message,
+                                                           "at": utc_now()}}})
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -178,20 +243,21 @@ class ModelUpdater:
                 self._cancel.clear()
             retry_at = None
             try:
-                if not self.apply(document):
-                    retry_at = time.monotonic() + self.config.retry_seconds
+                delay = self.apply(document)
+                retry_at = None if delay is None else time.monotonic() + delay
             except Exception:  # a bug must not kill the updater thread
                 log.exception("model update crashed")
                 self._report_failure("internal", "internal error in the update pipeline; see the module log")
 
     # --- the pipeline -------------------------------------------------------------
 
-    def apply(self, document: dict) -> bool:
-        """Handle one desired document; False when it should be retried later."""
+    def apply(self, document: dict) -> float | None:
+        """Handle one desired document; returns the seconds after which to try it again
+        (a flaky link, a closed download window), or None when it is done."""
         mark = fingerprint(document)
         if mark == self._handled:
             log.debug("desired %s already handled", mark)
-            return True
+            return None
         version = document.get("$version")
         self._desired_version = version if isinstance(version, int) else None
         try:
@@ -199,27 +265,33 @@ class ModelUpdater:
         except DesiredError as exc:
             self._report_failure("malformed_desired", str(exc))
             self._mark_handled(mark)
-            return True
+            return None
         if state.model is None:
             self.report_active(read_manifest(self.repo.store))
             self._mark_handled(mark)
-            return True
+            return None
         started = time.monotonic()
         with self._cond:
             self._working_on = state.model
         try:
             manifest = self._bring_in(state)
+        except _Scheduled as wait:
+            log.info("%s %s: %s; waiting until %s", state.model.name, state.model.version, wait.why,
+                     wait.opens.isoformat(timespec="minutes"))
+            self._report(state.model, "scheduled", scheduled_for=wait.opens.isoformat(timespec="seconds"),
+                         progress=None, waiting_for=wait.why)
+            return max(1.0, (wait.opens - self.config.clock()).total_seconds())
         except UpdateFailed as exc:
             if exc.reason == "cancelled":
                 log.info("update to %s %s cancelled by a newer desired document", state.model.name, state.model.version)
-                return True
+                return None
             metrics.DOWNLOAD_FAILURES.labels(exc.reason).inc()
             metrics.UPDATES.labels("failed").inc()
             self._report_failure(exc.reason, exc.message, "retrying" if exc.retryable else exc.state)
             if exc.retryable:
-                return False
+                return self.config.retry_seconds
             self._mark_handled(mark)
-            return True
+            return None
         finally:
             metrics.DOWNLOAD_RATE.set(0)
             with self._cond:
@@ -229,7 +301,7 @@ class ModelUpdater:
             "%s %s active as generation %d after %.1f s", manifest.name, manifest.version, manifest.generation,
             time.monotonic() - started,
         )
-        return True
+        return None
 
     def _bring_in(self, state: DesiredState) -> Manifest:
         target = state.model
@@ -253,8 +325,8 @@ class ModelUpdater:
             return self._publish(target, validated.format, validated.decoder, state.score_threshold)
         part = self.repo.download_path(target.name, target.version)
         self.repo.drop_downloads_except(part)
-        self._download(target, part, state.max_bytes_per_second)
-        self._report(target, "verifying")
+        delivery = self._deliver(target, part, state)
+        self._report(target, "verifying", download=delivery.report())
         try:
             sha256, md5 = verify_file(part, target.sha256, target.md5)  # sha256 computed even if only md5 was given
         except (VerifyError, ValueError) as exc:
@@ -273,6 +345,7 @@ class ModelUpdater:
             # Written after unpacking, so a bundle cannot bring its own record.
             record = {"sha256": sha256, "md5": md5, "size": part.stat().st_size, "file_name": target.file_name}
             write_atomic(candidate / BUNDLE_RECORD, json.dumps(record).encode())
+            os.replace(part, candidate / BUNDLE_FILE)
             self.repo.promote(candidate, target.name, target.version)
         except BaseException:
             shutil.rmtree(candidate, ignore_errors=True)
@@ -341,9 +414,84 @@ class ModelUpdater:
         self._highest = {**self._highest, name: version}
         write_atomic(self._versions_path, json.dumps({"highest_activated": self._highest}, indent=1).encode())
 
-    def _download(self, target: DesiredModel, part: Path, rate: int | None) -> None:
-        policy = replace(self.config.policy, rate_limit_bps=rate or self.config.policy.rate_limit_bps)
-        self._report(target, "downloading")
+    # --- delivery: delta or full bundle, inside the download windows ------------------
+
+    def _deliver(self, target: DesiredModel, part: Path, state: DesiredState) -> Delivery:
+        """The bundle into ``part``: by the twin's delta when it works here, else in full."""
+        fallback = None
+        if target.delta is not None:
+            try:
+                delivery = self._by_delta(target, target.delta, part, state)
+                metrics.DOWNLOAD_BYTES_SAVED.labels("delta").inc(delivery.saved)
+                return delivery
+            except _DeltaUnusable as exc:
+                fallback = exc.reason
+                log.warning("%s %s: delta not used (%s): %s; downloading the full bundle",
+                            target.name, target.version, exc.reason, exc.message)
+        result = self._fetch(target, target.url, part, target.size, state)
+        metrics.DOWNLOAD_BYTES_SAVED.labels("resume").inc(result.resumed_from)
+        return Delivery("full", result.size, result.transferred, result.resumed_from, result, fallback)
+
+    def _by_delta(self, target: DesiredModel, delta: DesiredDelta, part: Path, state: DesiredState) -> Delivery:
+        """Download the patch, apply it to the base bundle kept in the store, check the result."""
+        if delta.engine not in DELTA_ENGINES:
+            raise _DeltaUnusable("unsupported_engine", f"this device applies {', '.join(DELTA_ENGINES)} patches, "
+                                                       f"not {delta.engine}")
+        base = self.repo.version_dir(target.name, delta.base_version) / BUNDLE_FILE
+        if not base.is_file():
+            raise _DeltaUnusable("base_missing", f"this device does not hold the bundle of {target.name} "
+                                                 f"{delta.base_version}")
+        try:
+            verify_file(base, delta.base_sha256, None)
+        except (VerifyError, ValueError) as exc:
+            raise _DeltaUnusable("base_mismatch", f"the bundle of {target.name} {delta.base_version} held here is "
+                                                  f"not the patch's base: {exc}") from None
+        patch = part.with_name(part.name + ".patch")
+        patched = part.with_name(part.name + ".patched")
+        try:
+            result = self._fetch(target, delta.url, patch, delta.size, state)
+        except UpdateFailed as exc:
+            if exc.retryable or exc.reason == "cancelled":
+                raise
+            raise _DeltaUnusable(f"patch_{exc.reason}", exc.message) from None
+        try:
+            size = self._patch(base, patch, patched, target, delta)
+        except BaseException:
+            patched.unlink(missing_ok=True)
+            raise
+        finally:
+            patch.unlink(missing_ok=True)
+        os.replace(patched, part)
+        Path(str(part) + ".json").unlink(missing_ok=True)  # the sidecar of an earlier full download's bytes
+        return Delivery("delta", size, result.transferred, max(0, size - result.transferred), result)
+
+    def _patch(self, base: Path, patch: Path, patched: Path, target: DesiredModel, delta: DesiredDelta) -> int:
+        """Check the patch, apply it, check the result: every failure means "use the full bundle"."""
+        try:
+            verify_file(patch, delta.sha256, None)
+        except (VerifyError, ValueError) as exc:
+            raise _DeltaUnusable("patch_checksum", str(exc)) from None
+        try:
+            size = apply_patch(base, patch, patched, max_output_bytes=target.size or self.config.limits.max_total_bytes,
+                               engine=delta.engine)
+        except DeltaError as exc:
+            raise _DeltaUnusable(exc.reason, str(exc)) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UpdateFailed("no_space", f"disk full applying the patch for {target.name} {target.version}")
+            raise
+        try:
+            verify_file(patched, target.sha256, target.md5)
+        except (VerifyError, ValueError) as exc:
+            raise _DeltaUnusable("result_checksum", f"the patched bundle is not the model's: {exc}") from None
+        return size
+
+    def _fetch(self, target: DesiredModel, url: str, part: Path, size: int | None, state: DesiredState) -> DownloadResult:
+        """One download inside the open download window, at its cap; failures as UpdateFailed."""
+        deadline, rate = self._window_now(target, state)
+        policy = replace(self.config.policy, rate_limit_bps=rate,
+                         range_bytes=self.config.policy.range_bytes if state.range_bytes is None else state.range_bytes)
+        self._report(target, "downloading", progress=None)
 
         def progress(p: DownloadProgress) -> None:
             metrics.DOWNLOAD_RATE.set(p.rate_bps)
@@ -351,20 +499,31 @@ class ModelUpdater:
 
         try:
             result = download(
-                target.url, part, expected_size=target.size, policy=policy, on_progress=progress,
-                on_bytes=metrics.DOWNLOAD_BYTES.inc, cancel=self._cancel,
+                url, part, expected_size=size, policy=policy, on_progress=progress,
+                on_bytes=metrics.DOWNLOAD_BYTES.inc, cancel=self._cancel, deadline=deadline,
             )
         except DownloadError as exc:
+            if exc.reason == "window_closed":
+                self._window_now(target, state)  # raises _Scheduled with the next opening
             raise UpdateFailed(exc.reason, str(exc), retryable=exc.retryable) from None
         metrics.DOWNLOAD_SECONDS.observe(result.seconds)
-        self._report(
-            target,
-            "verifying",
-            download={
-                "bytes": result.size, "transferred": result.transferred, "resumed_from": result.resumed_from,
-                "restarts": result.restarts, "seconds": round(result.seconds, 2),
-            },
-        )
+        return result
+
+    def _window_now(self, target: DesiredModel, state: DesiredState) -> tuple[float | None, int | None]:
+        """(deadline as ``time.monotonic()``, rate cap) for downloading now; ``_Scheduled``
+        outside the windows. The twin's windows replace the device's; urgent ignores both."""
+        windows = self.config.windows if state.windows is None else state.windows
+        cap = state.max_bytes_per_second or self.config.policy.rate_limit_bps
+        if target.urgent or not windows:
+            return None, cap
+        now = self.config.clock()
+        window = window_state(windows, now)
+        if not window.open:
+            assert window.next_opening is not None
+            raise _Scheduled(window.next_opening,
+                             f"outside the download windows ({', '.join(w.describe() for w in windows)})")
+        deadline = None if window.until is None else time.monotonic() + (window.until - now).total_seconds()
+        return deadline, (window.window.max_bytes_per_second if window.window else None) or cap
 
     def _unpack(self, part: Path, target: DesiredModel, candidate: Path) -> None:
         """A ZIP bundle, or (for convenience) a bare .onnx/.tflite file."""
@@ -450,6 +609,7 @@ class ModelUpdater:
                     "desired_version": self._desired_version,
                     "target": {"name": target.name, "version": target.version},
                     "updated_at": utc_now(),
+                    **_NOT_SCHEDULED,
                     **fields,
                 }
             }
@@ -471,6 +631,7 @@ class ModelUpdater:
                     "active": active,
                     "progress": None,
                     "updated_at": utc_now(),
+                    **_NOT_SCHEDULED,
                 }
             }
         )
@@ -487,6 +648,7 @@ class ModelUpdater:
                     "last_error": {"reason": reason, "message": message, "at": utc_now()},
                     "progress": None,
                     "updated_at": utc_now(),
+                    **_NOT_SCHEDULED,
                 }
             }
         )

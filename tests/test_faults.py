@@ -228,11 +228,10 @@ def test_kill_9_mid_download_resumes_from_the_part_file_and_publishes_only_after
             detect_ok(second)
         time.sleep(0.05)  # one more look by the watcher
 
-    resumed = files.requests_for(path)[first_requests:]
-    assert len(resumed) == 1, [(r.headers.get("Range"), r.status) for r in resumed]
-    assert resumed[0].headers.get("Range") == f"bytes={kept}-"
-    assert resumed[0].headers.get("If-Range") == files.etag(path)
-    assert resumed[0].status == 206 and resumed[0].body_bytes == size - kept
+    resumed = files.requests_for(path)[first_requests:]  # 1 MiB ranges (TWINFER_DOWNLOAD_RANGE_BYTES)
+    assert resumed[0].headers.get("Range") == f"bytes={kept}-{kept + 1024 * 1024 - 1}"
+    assert {(r.status, r.headers.get("If-Range")) for r in resumed} == {(206, files.etag(path))}
+    assert sum(r.body_bytes for r in resumed) == size - kept
     sent = sum(r.body_bytes for r in files.requests_for(path))
     assert size <= sent <= size + 256 * 1024, (sent, size)
     assert model_status(reported)["download"]["resumed_from"] == kept
@@ -381,6 +380,7 @@ def test_disk_full_during_download_and_unpack_fails_cleanly_and_serving_continue
             files.faults("/big.zip").chunked = True
             document = model_desired("big", "2", files.url("/big.zip"), big)
             del document["model"]["size"]
+            document["download"] = {"range_bytes": 0}  # one request: a range answer would announce the size
             answers: list[int] = []
             stop = threading.Event()
 
@@ -467,7 +467,7 @@ def test_blob_answering_500s_then_the_bundle_is_retried_until_active(flaky):
         f.statuses = [500, 500, (503, {"Retry-After": "0"})]
 
     requests_made, size = _roll_out(flaky, "2", faults)
-    assert [r.status for r in requests_made] == [500, 500, 503, 200]
+    assert [r.status for r in requests_made] == [500, 500, 503, 206]  # 206: a 1 MiB range covers the bundle
     assert sum(r.body_bytes for r in requests_made) == size
 
 
@@ -476,8 +476,8 @@ def test_connection_reset_mid_body_resumes_with_a_range(flaky):
         f.drop_after = size // 2
 
     requests_made, size = _roll_out(flaky, "3", faults)
-    assert [r.status for r in requests_made] == [200, 206]
-    assert requests_made[1].headers["Range"] == f"bytes={size // 2}-"
+    assert [r.status for r in requests_made] == [206, 206]
+    assert requests_made[1].headers["Range"] == f"bytes={size // 2}-{size - 1}"
     assert sum(r.body_bytes for r in requests_made) == size  # nothing sent twice
 
 
@@ -489,7 +489,7 @@ def test_stall_longer_than_the_read_timeout_resumes_with_a_range(flaky):
     requests_made, size = _roll_out(flaky, "4", faults)
     assert time.monotonic() - started < 4.0  # it did not wait for the stall to end
     assert [r.status for r in requests_made][-1] == 206 and len(requests_made) == 2
-    assert requests_made[1].headers["Range"] == f"bytes={size // 3}-"
+    assert requests_made[1].headers["Range"] == f"bytes={size // 3}-{size - 1}"
 
 
 # --- a damaged model store ---------------------------------------------------------------------
@@ -518,7 +518,9 @@ def test_damaged_active_version_is_found_at_start_and_the_newest_complete_one_is
         assert "the active model face 3 (generation 3) is damaged" in service.log()
         assert metric(service, r'twinfer_download_failures_total\{reason="damaged_model"\}') == 1.0
         assert metric(service, r'twinfer_model_updates_total\{result="failed"\}') == 1.0
-        twin.wait_reported(is_active("2"))
+        error = model_status(twin.wait_reported(is_active("2")))["last_error"]
+        assert error["reason"] == "damaged_model"
+        assert "face 3 was damaged" in error["message"] and "serving face 2 instead" in error["message"]
     assert not (store / "models/face/3").exists()  # a fresh download of 3 can stage it again
 
     # 2. Its model file is changed (truncated) while the service is down: the verdict no longer matches.

@@ -24,11 +24,12 @@ class Bundle:
         return base64.b64encode(hashlib.md5(self.data).digest()).decode()
 
 
-def make_bundle(files: dict[str, bytes]) -> Bundle:
+def make_bundle(files: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> Bundle:
+    """``compression=zipfile.ZIP_STORED`` as ``python -m service bundle`` stores model files: deltas stay small."""
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
         for name, data in files.items():
-            archive.writestr(name, data)
+            archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, compress_type=compression)
     return Bundle(buffer.getvalue())
 
 
