@@ -70,7 +70,9 @@ def _drop_damaged(repo: ModelRepository, directory: Path) -> None:
             directory.parent.rmdir()
 
 
-def ensure_active_model(repo: ModelRepository, default_dir: Path, name: str, version: str) -> Manifest:
+def ensure_active_model(
+    repo: ModelRepository, default_dir: Path, name: str, version: str, damaged: list[str] | None = None
+) -> Manifest:
     """Keep a manifest that names a complete model; otherwise publish the newest other
     complete version in the store, and failing that the bundled default.
 
@@ -78,7 +80,8 @@ def ensure_active_model(repo: ModelRepository, default_dir: Path, name: str, ver
     down: a disk error, someone cleaning up) is found here, before gunicorn starts,
     logged and counted (``twinfer_download_failures_total{reason="damaged_model"}`` and
     ``twinfer_model_updates_total{result="failed"}``, which fire the update-failed alert)
-    and removed; the workers then load the version published instead."""
+    and removed; the workers then load the version published instead. Each damaged
+    version is described in ``damaged`` too, for the twin (which is not connected yet)."""
     removed = remove_stale_temp_files(repo.store)
     if removed:
         log.info("removed %d manifest temp file(s) left by an interrupted publish", len(removed))
@@ -97,6 +100,8 @@ def ensure_active_model(repo: ModelRepository, default_dir: Path, name: str, ver
             "the active model %s %s (generation %d) is damaged: %s; falling back to the newest complete version",
             current.name, current.version, current.generation, problem,
         )
+        if damaged is not None:
+            damaged.append(f"the active model {current.name} {current.version} was damaged: {problem}")
         from service import metrics  # prometheus_client: imported once the multiprocess dir is set
 
         metrics.DOWNLOAD_FAILURES.labels("damaged_model").inc()
@@ -107,11 +112,15 @@ def ensure_active_model(repo: ModelRepository, default_dir: Path, name: str, ver
             other_problem = version_problem(other_dir, other_name, other_version)
             if other_problem is not None:
                 log.error("staged model %s %s is damaged too: %s", other_name, other_version, other_problem)
+                if damaged is not None:
+                    damaged.append(f"staged model {other_name} {other_version} was damaged: {other_problem}")
                 _drop_damaged(repo, other_dir)
                 continue
             manifest = _publish_staged(repo, other_name, other_version, threshold)
             log.warning("published %s %s (generation %d) in place of the damaged %s %s",
                         other_name, other_version, manifest.generation, current.name, current.version)
+            if damaged is not None:
+                damaged.append(f"serving {other_name} {other_version} instead")
             return manifest
     if repo.has(name, version):
         problem = version_problem(repo.version_dir(name, version), name, version)
@@ -120,6 +129,8 @@ def ensure_active_model(repo: ModelRepository, default_dir: Path, name: str, ver
             log.info("published the bundled default %s %s (generation %d)", name, version, manifest.generation)
             return manifest
         log.error("the staged bundled default %s %s is damaged: %s; staging it again", name, version, problem)
+        if damaged is not None:
+            damaged.append(f"the bundled default {name} {version} was damaged: {problem}; staged it again")
         _drop_damaged(repo, repo.version_dir(name, version))
     manifest = stage_directory(repo, default_dir, name, version)
     log.info("published the bundled default %s %s (generation %d)", name, version, manifest.generation)
