@@ -4,11 +4,15 @@ beyond inference, and no secret in logs, reported properties or metrics."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import select
+import shlex
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +23,7 @@ import requests
 from tests.support.bundles import face_bundle, model_desired
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, is_active, model_status
-from tests.support.paths import IMAGES
+from tests.support.paths import IMAGES, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess
 from tests.support.tls import issue_server_cert
 
@@ -468,3 +472,21 @@ def test_bad_protection_settings_stop_the_service_with_a_clear_error(tmp_path, e
     assert code != 0
     assert message in log, log
     assert "tooShort9" not in log  # the value of a refused token is not echoed either
+
+
+def _dockerfile_healthcheck() -> list[str]:
+    """The final stage's HEALTHCHECK command (``CMD python -c ...``), as argv."""
+    text = (PROJECT_ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    command = re.search(r"^HEALTHCHECK .*? CMD (.+)$", text, re.M).group(1)
+    return shlex.split(command)
+
+
+def test_the_container_healthcheck_follows_tls_and_fails_when_nothing_answers(tls):
+    command = _dockerfile_healthcheck()
+    assert command[0] == "python"
+    argv = [sys.executable, *command[1:]]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TWINFER_TLS")}
+    with_tls = {**base, "TWINFER_HTTP_PORT": str(tls.port), "TWINFER_TLS_CERT": "/run/secrets/cert.pem"}
+    assert subprocess.run(argv, env=with_tls, capture_output=True, timeout=30).returncode == 0
+    plain = {**base, "TWINFER_HTTP_PORT": str(tls.port)}  # plain http to the TLS port: unhealthy
+    assert subprocess.run(argv, env=plain, capture_output=True, timeout=30).returncode != 0
