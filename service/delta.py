@@ -5,8 +5,8 @@ Engine: zstd with the whole base bundle as a raw-content dictionary and a window
 with a checksum, so ``zstd -d --patch-from=BASE PATCH`` applies it too (and the CLI's patches apply
 here). Chosen over bsdiff4 by measurement (``ops/bench/delta.py``): for a head-only fine-tune of the
 20 MB demo bundle zstd's patch is 7.5% of the bundle, bsdiff4's 5.2%, but only zstd applies as a
-stream, checks its result (frame checksum: a wrong base or a damaged patch fails here), applies 4-15x
-faster, and does not grow the patch past the bundle when everything changed (retrain: 87% vs 91%).
+stream, checks its result (frame checksum: a wrong base or a damaged patch fails here), applies 3-6x
+faster, and is the smaller one when every weight changed (retrain: 87% vs 91% of the bundle).
 
 Device memory: python-zstandard copies the base into the dictionary, and the decoder keeps a window
 as large as the result (matches reach back into the base, so the window may not wrap): apply needs
