@@ -6,7 +6,7 @@ Two shapes are accepted:
   base64 form Blob Storage uses); the model name and version come from the file name
   (``tiny-yolov3-11_1.0.zip`` -> ``tiny-yolov3-11`` / ``1.0``);
 * ours: ``model: {name, version, url, sha256, md5, size, signature, allow_downgrade,
-  urgent, delta}``, plus ``inference: {score_threshold}`` and ``download:
+  urgent, delta, compression}``, plus ``inference: {score_threshold}`` and ``download:
   {max_bytes_per_second, windows, range_bytes}``. ``signature`` is the bundle's Ed25519
   signature (base64; ``service.signing``), checked by the updater when the device has
   trusted keys; ``allow_downgrade: true`` lets the updater activate a version lower than
@@ -14,8 +14,9 @@ Two shapes are accepted:
   outside the download windows (``service.schedule``); ``delta: {base_version,
   base_sha256, url, sha256, size, engine}`` is a patch from a bundle the device may hold
   to this one (``service.delta``), tried before ``url`` when the device has that exact
-  base; it needs ``sha256``, the hash of the resulting bundle. The reference design's
-  keys carry none of these.
+  base; it needs ``sha256``, the hash of the resulting bundle; ``compression: zstd``
+  says ``url`` serves the bundle as a zstd frame (``size`` is the frame's, the hashes and
+  the signature the bundle's). The reference design's keys carry none of these.
 
 ``model`` wins when both are present. A malformed document raises ``DesiredError`` and
 changes nothing. IoT Hub limits each property to 4 KB and the desired document to 32 KB.
@@ -71,6 +72,7 @@ class DesiredModel:
     version_is_digest: bool = False  # the version is an MD5 prefix (reference keys, no version): no order
     urgent: bool = False  # download outside the download windows
     delta: DesiredDelta | None = None
+    compression: str | None = None  # "zstd": ``url`` serves the bundle as a zstd frame; ``size`` is the frame's
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,8 @@ def _reference_model(desired: Mapping[str, Any]) -> DesiredModel:
 def _rich_model(raw: Any) -> DesiredModel:
     if not isinstance(raw, Mapping):
         raise DesiredError("model must be an object")
-    known = {"name", "version", "url", "sha256", "md5", "size", "signature", "allow_downgrade", "urgent", "delta"}
+    known = {"name", "version", "url", "sha256", "md5", "size", "signature", "allow_downgrade", "urgent", "delta",
+             "compression"}
     unknown = set(raw) - known
     if unknown:
         raise DesiredError(f"unknown model keys: {', '.join(sorted(unknown))}")
@@ -172,6 +175,9 @@ def _rich_model(raw: Any) -> DesiredModel:
         raise DesiredError("model.signature must be a base64 string (from `python -m service bundle --sign`)")
     allow_downgrade = _flag(raw, "allow_downgrade")
     urgent = _flag(raw, "urgent")
+    compression = raw.get("compression")
+    if compression not in (None, "zstd"):
+        raise DesiredError("model.compression must be zstd (or absent: the url serves the bundle itself)")
     delta = _delta(raw.get("delta"))
     if delta is not None and sha256 is None:
         raise DesiredError("model.delta needs model.sha256: the bundle a patch produces is checked against it")
@@ -187,6 +193,7 @@ def _rich_model(raw: Any) -> DesiredModel:
         allow_downgrade=allow_downgrade,
         urgent=urgent,
         delta=delta,
+        compression=compression,
     )
 
 

@@ -45,7 +45,7 @@ from typing import Any, Callable
 from service import metrics
 from service.bundle import BundleError, UnpackLimits, unpack_bundle
 from service.delta import ENGINES as DELTA_ENGINES
-from service.delta import DeltaError, apply_patch
+from service.delta import DeltaError, apply_patch, decompress_bundle
 from service.desired import DesiredDelta, DesiredError, DesiredModel, DesiredState, merge_patch, parse_desired
 from service.fetch import DownloadError, DownloadPolicy, DownloadProgress, DownloadResult, download
 from service.report import Reporter
@@ -123,7 +123,7 @@ class Delivery:
     path: str  # "delta" or "full"
     size: int  # bundle bytes
     transferred: int  # bytes received over the network for it in this attempt
-    saved: int  # bundle bytes that did not cross the network (the patch's gain, or a resume)
+    saved: int  # bundle bytes that did not cross the network (a patch, compression, a resume)
     result: DownloadResult
     fallback: str | None = None  # why the twin's delta was not used
 
@@ -428,9 +428,30 @@ class ModelUpdater:
                 fallback = exc.reason
                 log.warning("%s %s: delta not used (%s): %s; downloading the full bundle",
                             target.name, target.version, exc.reason, exc.message)
-        result = self._fetch(target, target.url, part, target.size, state)
+        if target.compression is None:
+            result = self._fetch(target, target.url, part, target.size, state)
+            size = result.size
+        else:
+            packed = part.with_name(part.name + ".zst")
+            result = self._fetch(target, target.url, packed, target.size, state)
+            size = self._decompress(packed, part, target)
+            metrics.DOWNLOAD_BYTES_SAVED.labels("compression").inc(max(0, size - result.size))
         metrics.DOWNLOAD_BYTES_SAVED.labels("resume").inc(result.resumed_from)
-        return Delivery("full", result.size, result.transferred, result.resumed_from, result, fallback)
+        return Delivery("full", size, result.transferred, max(0, size - result.transferred), result, fallback)
+
+    def _decompress(self, packed: Path, part: Path, target: DesiredModel) -> int:
+        """A bundle served as a zstd frame -> the bundle; its hashes are checked next, as always."""
+        try:
+            return decompress_bundle(packed, part, max_output_bytes=self.config.limits.max_total_bytes)
+        except DeltaError as exc:
+            raise UpdateFailed("checksum_mismatch" if exc.reason == "corrupt_patch" else "bad_bundle_too_large",
+                               f"{target.file_name}: the compressed bundle does not decompress: {exc}") from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UpdateFailed("no_space", f"disk full decompressing {target.file_name}") from None
+            raise
+        finally:
+            packed.unlink(missing_ok=True)
 
     def _by_delta(self, target: DesiredModel, delta: DesiredDelta, part: Path, state: DesiredState) -> Delivery:
         """Download the patch, apply it to the base bundle kept in the store, check the result."""

@@ -347,3 +347,25 @@ def test_delta_refuses_a_missing_base(tmp_path, face_bundle):
                "--patch-url", "https://files.local/p.zst", "--patch-out", str(tmp_path / "p.zst"),
                "--url", "https://files.local/face.zip", "--name", "face", "--version", "1.0")
     assert done.returncode == 2 and "does not exist" in done.stderr and not (tmp_path / "p.zst").exists()
+
+
+def test_bundle_compressed_for_the_wire_and_twin_patch_offers_it(tmp_path, labels):
+    from service.desired import parse_desired
+
+    out = tmp_path / "face_1.2.zip"
+    built = cli("bundle", str(FACE), "--labels", str(labels), "--name", "face", "--version", "1.2",
+                "-o", str(out), "--compressed", "--json")
+    assert built.returncode == 0, built.stderr
+    packed = Path(json.loads(built.stdout)["compressed"]["path"])
+    assert packed == out.with_name("face_1.2.zip.zst") and packed.stat().st_size < out.stat().st_size
+    done = cli("twin-patch", "--url", "https://files.local/face_1.2.zip.zst", "--bundle", str(out),
+               "--compressed", str(packed), "--name", "face", "--version", "1.2")
+    assert done.returncode == 0, done.stderr
+    model = parse_desired(json.loads(done.stdout)).model
+    assert (model.compression, model.size) == ("zstd", packed.stat().st_size)
+    assert model.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()  # the bundle's hash, not the frame's
+    other = tmp_path / "other.zst"
+    other.write_bytes(packed.read_bytes()[:-8])
+    refused = cli("twin-patch", "--url", "https://files.local/x.zst", "--bundle", str(out), "--compressed",
+                  str(other), "--name", "face", "--version", "1.2")
+    assert refused.returncode == 2 and "is not a zstd frame" in refused.stderr

@@ -194,3 +194,33 @@ def test_a_window_closing_mid_download_pauses_it_and_urgent_resumes_from_the_kep
         status = model_status(twin.wait_reported(is_active("2")))
         assert status["download"]["resumed_from"] == kept
         assert files.requests[asked].headers["Range"].startswith(f"bytes={kept}-")
+
+
+def test_a_bundle_served_zstd_compressed_is_unpacked_checked_and_kept_uncompressed(tmp_path, face_default):
+    from service.delta import compress_bundle
+
+    store = tmp_path / "store"
+    twin = LocalTwinFiles(store)
+    bundle = face("2", 0.5)
+    (tmp_path / "face-2.zip").write_bytes(bundle.data)
+    compress_bundle(tmp_path / "face-2.zip", tmp_path / "face-2.zip.zst", level=12)
+    frame = (tmp_path / "face-2.zip.zst").read_bytes()
+    damaged = bytearray(frame)
+    damaged[len(damaged) // 2] ^= 0xFF
+    with FileServer({"/face-2.zip.zst": frame, "/bad.zip.zst": bytes(damaged)}) as files, \
+            ServiceProcess.start(store, workers=1, extra_env=face_default) as service:
+        bad = model_desired("face", "2", files.url("/bad.zip.zst"), bundle)
+        bad["model"].update(compression="zstd", size=len(damaged))
+        version = twin.set_desired(bad)
+        error = model_status(twin.wait_reported(lambda r: model_status(r)["desired_version"] == version
+                                                and model_status(r)["state"] == "failed"))["last_error"]
+        assert error["reason"] == "checksum_mismatch" and "does not decompress" in error["message"]
+
+        good = model_desired("face", "2", files.url("/face-2.zip.zst"), bundle)
+        good["model"].update(compression="zstd", size=len(frame))
+        twin.set_desired(good)
+        download = model_status(twin.wait_reported(is_active("2")))["download"]
+        assert (download["path"], download["bytes"], download["transferred"]) == ("full", len(bundle.data), len(frame))
+        assert (store / "models/face/2/.twinfer-bundle").read_bytes() == bundle.data  # the base of the next delta
+        assert saved_metric(service, "compression") == len(bundle.data) - len(frame)
+        assert list((store / "staging/downloads").iterdir()) == []

@@ -96,6 +96,7 @@ def test_no_model_is_not_an_error():
         {"download": {"windows": ["25:00-05:00"]}},
         {"download": {"range_bytes": 1000}},
         {"download": {"speed": 1}},
+        {"model": {"name": "ssd", "version": "2", "url": URL, "sha256": SHA, "compression": "gzip"}},
     ],
 )
 def test_malformed_documents_are_refused_with_a_reason(document):

@@ -58,6 +58,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sign", type=Path, metavar="PRIVATE.pem",
                         help="Ed25519 private key (python -m service keygen): print the bundle's signature "
                              "(needs --name and --version)")
+    parser.add_argument("--compressed", action="store_true",
+                        help="also write OUT.zip.zst, the bundle compressed for the wire (twin-patch --compressed)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -212,6 +214,8 @@ def _print_human(result: dict) -> None:
         rows.insert(1, ("model", f"{result['name']} {result['version']}"))
     if result.get("signature"):
         rows += [("signature", result["signature"]), ("key_id", result["key_id"])]
+    if result.get("compressed"):
+        rows.append(("compressed", f"{result['compressed']['path']} ({result['compressed']['size']} bytes)"))
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
@@ -232,6 +236,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}\nno bundle written to {args.output}{kept}", file=sys.stderr)
         return 1
     result["path"] = str(args.output.resolve())
+    if args.compressed:
+        from service.delta import compress_bundle
+
+        packed = args.output.with_name(args.output.name + ".zst")
+        result["compressed"] = {"path": str(packed.resolve()), "size": compress_bundle(args.output, packed).patch_size}
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -13,6 +13,7 @@ from pathlib import Path
 from service.commands import twin_patch
 
 NAME = "delta"
+LITTLE_GAIN = 0.5  # a patch over half the bundle: measured for retrains and format changes (87-89%)
 HELP = "build a patch from an earlier bundle to a new one and print the desired-properties patch with model.delta"
 DESCRIPTION = (
     "Build a zstd patch (the base bundle as a raw-content dictionary with long-distance matching, like zstd "
@@ -51,7 +52,10 @@ def build_delta(args: argparse.Namespace) -> dict:
     for path in (args.base, args.bundle):
         if not path.is_file():
             raise twin_patch.PatchError(f"{path} does not exist")
-    info = build_patch(args.base, args.bundle, args.patch_out, level=args.level)
+    try:
+        info = build_patch(args.base, args.bundle, args.patch_out, level=args.level)
+    except DeltaError as exc:
+        raise twin_patch.PatchError(str(exc)) from None
     new_sha256 = file_digests(args.bundle)[0]
     with tempfile.TemporaryDirectory() as work:
         check = Path(work) / "check"
@@ -61,8 +65,12 @@ def build_delta(args: argparse.Namespace) -> dict:
             raise twin_patch.PatchError(f"the patch does not apply: {exc}") from None
         if file_digests(check)[0] != new_sha256:
             raise twin_patch.PatchError("the patch does not reproduce the bundle")
-    print(f"patch {args.patch_out}: {info.patch_size} bytes, {100 * info.patch_size / info.new_size:.1f}% of the "
+    share = info.patch_size / info.new_size
+    print(f"patch {args.patch_out}: {info.patch_size} bytes, {100 * share:.1f}% of the "
           f"{info.new_size}-byte bundle, built in {info.seconds:.1f} s", file=sys.stderr)
+    if share > LITTLE_GAIN:
+        print(f"warning: the patch saves little ({100 * share:.0f}% of the bundle: a retrain or a format change?); "
+              f"consider rolling out the full bundle alone", file=sys.stderr)
     return {
         "base_version": args.base_version,
         "base_sha256": file_digests(args.base)[0],

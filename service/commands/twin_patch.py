@@ -64,6 +64,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--range-bytes", type=int, metavar="N",
                         help="download.range_bytes: fetch in ranges of N bytes (>= 65536), 0 for one request")
     parser.add_argument("--urgent", action="store_true", help="model.urgent: true, download outside the windows")
+    parser.add_argument("--compressed", type=Path, metavar="OUT.zip.zst",
+                        help="--url serves this zstd frame of --bundle (`bundle --compressed`): model.compression "
+                             "and model.size (the frame's) are set from it")
     parser.add_argument("--reference", action="store_true",
                         help="add the reference design's FileName/DownloadUrl/ContentMD5 keys (needs the MD5)")
     parser.add_argument("--az", action="store_true", help="print only the az command, on stdout")
@@ -112,6 +115,26 @@ def _signature(args: argparse.Namespace, sha256: str) -> str | None:
     return None
 
 
+def _compressed(args: argparse.Namespace, sha256: str) -> dict:
+    """``compression`` and the frame's ``size``, after checking the frame holds the bundle."""
+    import tempfile
+
+    from service.delta import DeltaError, decompress_bundle
+    from service.verify import file_digests
+
+    if args.bundle is None or not args.compressed.is_file():
+        raise PatchError("--compressed needs --bundle and an existing OUT.zip.zst (bundle --compressed)")
+    with tempfile.TemporaryDirectory() as work:
+        check = Path(work) / "bundle"
+        try:
+            decompress_bundle(args.compressed, check, max_output_bytes=args.bundle.stat().st_size)
+        except DeltaError as exc:
+            raise PatchError(f"{args.compressed} is not a zstd frame of {args.bundle}: {exc}") from None
+        if file_digests(check)[0] != sha256:
+            raise PatchError(f"{args.compressed} does not decompress to {args.bundle}")
+    return {"compression": "zstd", "size": args.compressed.stat().st_size}
+
+
 def _download_settings(args: argparse.Namespace) -> dict:
     if args.window and args.no_windows:
         raise PatchError("--window and --no-windows exclude each other")
@@ -142,6 +165,8 @@ def build_patch(args: argparse.Namespace, delta: dict | None = None) -> dict:
         model["allow_downgrade"] = True
     if args.urgent:
         model["urgent"] = True
+    if args.compressed is not None:
+        model.update(_compressed(args, sha256))
     if delta is not None:
         model["delta"] = delta
     patch: dict = {"model": model}
