@@ -135,6 +135,31 @@ class Delivery:
         }
 
 
+class ProgressGate:
+    """Which download progress ticks reach the twin: one per 10% step, or one every 5 minutes
+    when the size is unknown. The rate metric sees every tick; the twin is shared by a fleet
+    (IoT Hub S1 takes 50 twin updates/s per hub), and a 2 s report interval on a 10-minute
+    download would be 300 updates per device."""
+
+    STEP_PERCENT = 10
+    UNKNOWN_SIZE_SECONDS = 300.0
+
+    def __init__(self) -> None:
+        self._step = -1
+        self._at = float("-inf")
+
+    def passes(self, progress: DownloadProgress, now: float) -> bool:
+        if progress.total:
+            step = progress.received * 100 // (progress.total * self.STEP_PERCENT)
+            passed = step > self._step
+            self._step = max(self._step, step)
+        else:
+            passed = now - self._at >= self.UNKNOWN_SIZE_SECONDS
+        if passed:
+            self._at = now
+        return passed
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -514,9 +539,12 @@ class ModelUpdater:
                          range_bytes=self.config.policy.range_bytes if state.range_bytes is None else state.range_bytes)
         self._report(target, "downloading", progress=None)
 
+        gate = ProgressGate()
+
         def progress(p: DownloadProgress) -> None:
             metrics.DOWNLOAD_RATE.set(p.rate_bps)
-            self._report(target, "downloading", progress=_progress_fields(p))
+            if gate.passes(p, time.monotonic()):
+                self._report(target, "downloading", progress=_progress_fields(p))
 
         try:
             result = download(
