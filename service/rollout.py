@@ -4,6 +4,8 @@ A rollout of generation G is complete when every live worker (as many as gunicor
 runs) serves G. If a worker records that it could not load G, the pool would otherwise
 run two versions forever: the monitor publishes the last generation that completed
 (same model, new generation number), so the pool converges back, and says why.
+With no pool (``expected_workers`` 0: a headless supervisor) there is nobody to wait
+for, and every generation is complete at its first check.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.schedule import DownloadWindow, parse_windows_env
-from workers.settings import env_int, worker_count
+from workers.settings import env_bool, env_int, worker_count
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL_DIR = PROJECT_ROOT / "models" / "default"
@@ -60,6 +60,7 @@ class ServiceSettings:
     trusted_keys: Path | None = None  # PEM public key file or directory; None = signatures not required
     download_range_bytes: int = 1024 * 1024  # 0 = one request per download
     download_windows: tuple[DownloadWindow, ...] = ()  # empty = always open
+    serve: bool = True  # False: headless, the update pipeline without gunicorn
 
     @staticmethod
     def from_env() -> "ServiceSettings":
@@ -85,6 +86,7 @@ class ServiceSettings:
             trusted_keys=_optional_path("TWINFER_TRUSTED_KEYS"),
             download_range_bytes=_range_bytes(),
             download_windows=parse_windows_env(os.environ.get("TWINFER_DOWNLOAD_WINDOWS", "")),
+            serve=env_bool("TWINFER_SERVE", True),
         )
 
     @property

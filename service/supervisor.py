@@ -4,6 +4,10 @@ gunicorn runs as a child; signals are forwarded to it. Nothing is restarted sile
 if gunicorn dies without being asked to, the supervisor exits non-zero so the container
 runtime (IoT Edge's restart policy) sees the failure. Beside it, the twin source feeds
 desired properties to the model updater, which publishes new manifests.
+
+Headless (``TWINFER_SERVE=0``): no gunicorn and no HTTP, only the update pipeline. A
+download-only device keeps its store current for another consumer, and a fleet benchmark
+runs many supervisors on one machine; the process then runs until SIGTERM/SIGINT.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from types import FrameType
 
 from service.bootstrap import ensure_active_model
@@ -26,6 +31,7 @@ from service.updater import ModelUpdater, UpdaterConfig
 
 log = logging.getLogger("twinfer.supervisor")
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+HEADLESS_POLL_SECONDS = 0.2  # how soon a headless supervisor notices the signal that stops it
 
 
 def gunicorn_env(settings: ServiceSettings) -> dict[str, str]:
@@ -66,7 +72,9 @@ def updater_config(settings: ServiceSettings) -> UpdaterConfig:
             max_attempts=settings.download_max_attempts,
             backoff_initial=settings.download_backoff_initial,
             rate_limit_bps=settings.download_max_bps or None,
+            range_bytes=settings.download_range_bytes,
         ),
+        windows=settings.download_windows,
         limits=UnpackLimits(max_files=settings.max_bundle_files, max_total_bytes=settings.max_bundle_bytes),
         model_output=settings.model_output,
         retry_seconds=settings.update_retry_seconds,
@@ -78,6 +86,7 @@ def updater_config(settings: ServiceSettings) -> UpdaterConfig:
 class Supervisor:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
+        self.serve = settings.serve
         self.repo = ModelRepository(settings.store)
         self._child: subprocess.Popen | None = None
         self._stopping = False
@@ -89,36 +98,53 @@ class Supervisor:
             self._child.send_signal(signum)
 
     def run(self) -> int:
-        """Prepare the store, serve, follow the twin until gunicorn exits; returns the exit code."""
+        """Prepare the store, serve (unless headless), follow the twin until gunicorn exits
+        (headless: until SIGTERM/SIGINT); returns the exit code."""
         self.repo.prepare()
+        damaged: list[str] = []
         ensure_active_model(
-            self.repo, self.settings.default_model_dir, self.settings.default_model_name, self.settings.default_model_version
+            self.repo, self.settings.default_model_dir, self.settings.default_model_name,
+            self.settings.default_model_version, damaged,
         )
         for signum in FORWARDED_SIGNALS:
             signal.signal(signum, self._forward)
-        command = [sys.executable, "-m", "gunicorn", "-c", str(PROJECT_ROOT / "gunicorn.conf.py")]
-        self._child = subprocess.Popen(command, cwd=PROJECT_ROOT, env=gunicorn_env(self.settings))
-        log.info(
-            "gunicorn (pid %d) serving on %s:%d with %d workers",
-            self._child.pid, self.settings.http_host, self.settings.http_port, self.settings.workers,
-        )
+        if self.serve:
+            command = [sys.executable, "-m", "gunicorn", "-c", str(PROJECT_ROOT / "gunicorn.conf.py")]
+            self._child = subprocess.Popen(command, cwd=PROJECT_ROOT, env=gunicorn_env(self.settings))
+            log.info(
+                "gunicorn (pid %d) serving on %s:%d with %d workers",
+                self._child.pid, self.settings.http_host, self.settings.http_port, self.settings.workers,
+            )
+        else:
+            log.info("headless (TWINFER_SERVE=0): no gunicorn, no HTTP; updating the store until SIGTERM/SIGINT")
         twin = create_twin_source(self.settings.store, os.environ)
         reporter = Reporter(twin, min_interval=self.settings.report_interval)
-        rollout = RolloutMonitor(self.settings.store, reporter, self.settings.workers)
+        # No pool to follow when headless: every published generation is complete at once.
+        rollout = RolloutMonitor(self.settings.store, reporter, self.settings.workers if self.serve else 0)
         rollout.start()
         updater = ModelUpdater(self.repo, twin, reporter, rollout, updater_config(self.settings))
-        updater.start()
+        updater.start(startup_problems=damaged)
         twin.start(updater.on_desired)
         log.info("following the %s twin", twin.kind)
         try:
-            code = self._child.wait()
+            code = self._child.wait() if self._child is not None else self._wait_for_signal()
         finally:
             updater.stop()
             rollout.stop()
             reporter.close()
             twin.close()
+        if self._child is None:
+            log.info("headless supervisor stopped")
+            return 0
         if self._stopping:
             log.info("gunicorn stopped (exit %d)", code)
             return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
         log.error("gunicorn exited unexpectedly with %d; stopping so the restart policy can act", code)
         return code if code > 0 else 1
+
+    def _wait_for_signal(self) -> int:
+        """Sleep until a forwarded signal arrives. The handler only sets a flag: waking an Event
+        from a signal handler can deadlock when the signal lands inside that Event's own wait."""
+        while not self._stopping:
+            time.sleep(HEADLESS_POLL_SECONDS)
+        return 0

@@ -1,4 +1,4 @@
-"""The supervisor: embedded default on an empty store, signal forwarding, exit codes."""
+"""The supervisor: embedded default on an empty store, signal forwarding, exit codes, headless mode."""
 from __future__ import annotations
 
 import os
@@ -8,14 +8,21 @@ import time
 import pytest
 import requests
 
+from tests.support.bundles import face_bundle, model_desired
+from tests.support.http_server import FileServer
+from tests.support.local_twin import LocalTwinFiles, is_active, model_status
 from tests.support.service_process import ServiceProcess
 from workers.manifest import read_manifest
 
 
 def _gunicorn_pid(service: ServiceProcess) -> int:
-    children = open(f"/proc/{service.proc.pid}/task/{service.proc.pid}/children").read().split()
+    children = _children(service.proc.pid)
     assert len(children) == 1
     return int(children[0])
+
+
+def _children(pid: int) -> list[str]:
+    return open(f"/proc/{pid}/task/{pid}/children").read().split()
 
 
 def _alive(pid: int) -> bool:
@@ -51,6 +58,30 @@ def test_supervisor_exits_non_zero_when_gunicorn_dies(tmp_path):
         os.kill(_gunicorn_pid(service), signal.SIGKILL)
         assert service.proc.wait(20) != 0
         assert "gunicorn exited unexpectedly" in service.log()
+
+
+def test_headless_supervisor_updates_the_store_without_gunicorn_and_stops_cleanly(tmp_path):
+    """TWINFER_SERVE=0: the twin and the update pipeline run, no pool is started, and a
+    published model is active at once (no workers to wait for)."""
+    env = {"TWINFER_SERVE": "0", "TWINFER_REPORT_INTERVAL": "0.05"}
+    bundle = face_bundle()
+    with FileServer({"/face_2.0.0.zip": bundle.data}) as files, ServiceProcess.start(
+        tmp_path / "store", workers=2, extra_env=env, wait_ready=False
+    ) as service:
+        twin = LocalTwinFiles(service.store)
+        twin.wait_reported(is_active("1.0.0"))
+        twin.set_desired(model_desired("face", "2.0.0", files.url("/face_2.0.0.zip"), bundle))
+        reported = twin.wait_reported(is_active("2.0.0"))
+        assert model_status(reported)["rollout"] == {
+            "generation": read_manifest(service.store).generation, "workers_on_new": 0, "workers": 0, "complete": True,
+        }
+        assert (service.store / "models/face/2.0.0/blazeface.tflite").is_file()
+        assert _children(service.proc.pid) == []  # no gunicorn, and the validation child has exited
+        with pytest.raises(requests.ConnectionError):
+            requests.get(service.url + "/healthz", timeout=2)
+        service.proc.send_signal(signal.SIGTERM)
+        assert service.proc.wait(20) == 0
+    assert "headless supervisor stopped" in service.log()
 
 
 def test_readyz_is_503_until_a_model_is_published(tmp_path):
