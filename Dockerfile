@@ -28,7 +28,7 @@ USER twinfer
 VOLUME /iotedge/storage
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
-  CMD python -c "import os, ssl, urllib.request as u; tls = bool(os.environ.get('TWINFER_TLS_CERT')); u.urlopen(('https' if tls else 'http') + '://127.0.0.1:%s/healthz' % os.environ.get('TWINFER_HTTP_PORT', '8080'), timeout=4, context=ssl._create_unverified_context() if tls else None)"
+  CMD ["python", "-m", "service.healthcheck"]
 # tini is PID 1 so SIGTERM from the Edge agent reaches the supervisor, which forwards it to gunicorn.
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["python", "-m", "service"]

@@ -475,18 +475,21 @@ def test_bad_protection_settings_stop_the_service_with_a_clear_error(tmp_path, e
 
 
 def _dockerfile_healthcheck() -> list[str]:
-    """The final stage's HEALTHCHECK command (``CMD python -c ...``), as argv."""
+    """The final stage's HEALTHCHECK command (exec form), as argv."""
     text = (PROJECT_ROOT / "Dockerfile").read_text().replace("\\\n", " ")
-    command = re.search(r"^HEALTHCHECK .*? CMD (.+)$", text, re.M).group(1)
-    return shlex.split(command)
+    return json.loads(re.search(r"^HEALTHCHECK .*? CMD (\[.+\])$", text, re.M).group(1))
 
 
 def test_the_container_healthcheck_follows_tls_and_fails_when_nothing_answers(tls):
     command = _dockerfile_healthcheck()
-    assert command[0] == "python"
+    assert command[:3] == ["python", "-m", "service.healthcheck"]
     argv = [sys.executable, *command[1:]]
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TWINFER_TLS")}
-    with_tls = {**base, "TWINFER_HTTP_PORT": str(tls.port), "TWINFER_TLS_CERT": "/run/secrets/cert.pem"}
-    assert subprocess.run(argv, env=with_tls, capture_output=True, timeout=30).returncode == 0
-    plain = {**base, "TWINFER_HTTP_PORT": str(tls.port)}  # plain http to the TLS port: unhealthy
-    assert subprocess.run(argv, env=plain, capture_output=True, timeout=30).returncode != 0
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("TWINFER_TLS", "TWINFER_SERVE"))}
+
+    def exit_code(**env: str) -> int:
+        return subprocess.run(argv, env={**base, **env}, cwd=PROJECT_ROOT, capture_output=True, timeout=30).returncode
+
+    port = str(tls.port)
+    assert exit_code(TWINFER_HTTP_PORT=port, TWINFER_TLS_CERT="/run/secrets/cert.pem") == 0
+    assert exit_code(TWINFER_HTTP_PORT=port) != 0  # plain http to the TLS port: unhealthy
+    assert exit_code(TWINFER_HTTP_PORT=port, TWINFER_SERVE="0") == 0  # headless: no HTTP to probe

@@ -300,7 +300,7 @@ def test_final_stage_is_non_root_with_store_volume_and_healthcheck(final):
             env.update(w.split("=", 1) for w in words)
     assert env.get("TWINFER_STORE") == STORE
     healthcheck = final.last("HEALTHCHECK")
-    assert healthcheck is not None and " CMD " in f" {healthcheck.args} " and "/healthz" in healthcheck.args
+    assert healthcheck is not None and " CMD " in f" {healthcheck.args} " and "service.healthcheck" in healthcheck.args
 
 
 def test_final_stage_installs_no_build_tools(final):
