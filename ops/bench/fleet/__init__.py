@@ -1,0 +1,1 @@
+"""Fleet rollout benchmark: see run.py."""
