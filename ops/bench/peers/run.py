@@ -684,7 +684,7 @@ def remove_pytriton_shm(pid: int) -> None:
 
 def run_twinfer(workdir: Path, log_dir: Path, pictures: dict[str, Path], args: argparse.Namespace) -> Outcome:
     """``python -m service`` exactly as serving.py starts it (workers = cores, intra-op 1)."""
-    outcome = Outcome(TWINFER, "twinfer: python -m service (gunicorn sync + Falcon)", project_version(), "failed")
+    outcome = Outcome(TWINFER, "twinfer: python -m service (gunicorn gthread + Falcon)", project_version(), "failed")
     print(f"\n[{TWINFER}] {outcome.title}", flush=True)
     port = serving.free_port()
     url = f"http://127.0.0.1:{port}"
