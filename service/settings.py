@@ -6,23 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.schedule import DownloadWindow, parse_windows_env
-from workers.settings import env_bool, env_int, worker_count
+from workers.settings import env_bool, env_int, env_seconds, worker_count
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL_DIR = PROJECT_ROOT / "models" / "default"
-
-
-def env_float(name: str, default: float, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _range_bytes() -> int:
@@ -74,12 +61,12 @@ class ServiceSettings:
             default_model_version=os.environ.get("TWINFER_DEFAULT_MODEL_VERSION", "1.0.0"),
             keep_versions=env_int("TWINFER_KEEP_VERSIONS", 3, minimum=2),
             download_max_bps=env_int("TWINFER_DOWNLOAD_MAX_BPS", 0, minimum=0),
-            download_connect_timeout=env_float("TWINFER_DOWNLOAD_CONNECT_TIMEOUT", 10.0, minimum=0.1),
-            download_read_timeout=env_float("TWINFER_DOWNLOAD_READ_TIMEOUT", 30.0, minimum=0.1),
+            download_connect_timeout=env_seconds("TWINFER_DOWNLOAD_CONNECT_TIMEOUT", 10.0, minimum=0.1),
+            download_read_timeout=env_seconds("TWINFER_DOWNLOAD_READ_TIMEOUT", 30.0, minimum=0.1),
             download_max_attempts=env_int("TWINFER_DOWNLOAD_MAX_ATTEMPTS", 8, minimum=1),
-            download_backoff_initial=env_float("TWINFER_DOWNLOAD_BACKOFF_INITIAL", 1.0, minimum=0.0),
-            update_retry_seconds=env_float("TWINFER_UPDATE_RETRY_SECONDS", 300.0, minimum=0.1),
-            report_interval=env_float("TWINFER_REPORT_INTERVAL", 2.0, minimum=0.0),
+            download_backoff_initial=env_seconds("TWINFER_DOWNLOAD_BACKOFF_INITIAL", 1.0, minimum=0.0),
+            update_retry_seconds=env_seconds("TWINFER_UPDATE_RETRY_SECONDS", 300.0, minimum=0.1),
+            report_interval=env_seconds("TWINFER_REPORT_INTERVAL", 2.0, minimum=0.0),
             model_output=os.environ.get("TWINFER_MODEL_OUTPUT", "DLModelOutput"),
             max_bundle_bytes=env_int("TWINFER_MAX_BUNDLE_BYTES", 2 * 1024**3, minimum=1),
             max_bundle_files=env_int("TWINFER_MAX_BUNDLE_FILES", 16, minimum=1),

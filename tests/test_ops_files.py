@@ -179,7 +179,7 @@ def test_base_desired_properties_parse_and_fit(manifest, monkeypatch):
 def test_every_env_var_is_a_setting_the_code_reads(twinfer_env):
     sources = "\n".join(path.read_text() for path in SETTINGS_SOURCES)
     for name in twinfer_env:
-        read = re.compile(rf"""\b(?:os\.environ\.get|env_int|env_float|env\.get)\(\s*["']{re.escape(name)}["']""")
+        read = re.compile(rf"""\b(?:os\.environ\.get|env_int|env_seconds|env_bool|env\.get)\(\s*["']{re.escape(name)}["']""")
         assert read.search(sources), f"{name} is not read by {', '.join(p.name for p in SETTINGS_SOURCES)}"
 
 
