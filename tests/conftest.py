@@ -1,9 +1,11 @@
 """Shared fixtures: paths to the real models and photos, and a real running service."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.support.paths import IMAGES, MODELS, PROJECT_ROOT
+from tests.support.paths import DEFAULT_MODEL, IMAGES, MODELS, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess
 
 
@@ -22,6 +24,19 @@ def service(tmp_path_factory):
     """``python -m service`` with 2 gunicorn workers on 127.0.0.1, ready on both workers."""
     with ServiceProcess.start(tmp_path_factory.mktemp("store"), workers=2, extra_env={"TWINFER_MAX_BODY_BYTES": str(4 * 1024 * 1024)}) as proc:
         yield proc
+
+
+@pytest.fixture(scope="module")
+def bootstrapped_store(tmp_path_factory) -> Path:
+    """A store with the bundled model staged and published, as the supervisor leaves it at start."""
+    from service.bootstrap import ensure_active_model
+    from service.repository import ModelRepository
+
+    store = tmp_path_factory.mktemp("store")
+    repo = ModelRepository(store)
+    repo.prepare()
+    ensure_active_model(repo, DEFAULT_MODEL, "ssd-mobilenetv2-oidv4", "1.0.0")
+    return store
 
 
 __all__ = ["PROJECT_ROOT"]

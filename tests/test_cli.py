@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.paths import DEFAULT_MODEL, MODELS, PROJECT_ROOT
+from tests.support.paths import MODELS, PROJECT_ROOT
 
 COMMANDS = ["run", "validate", "set-model", "bundle", "twin-patch", "delta", "status", "keygen"]
 FACE = MODELS / "blazeface_short_range.tflite"
@@ -211,18 +211,6 @@ def test_status_on_an_empty_store(tmp_path):
     status = json.loads(cli("status", "--json", store=store).stdout)
     assert status["store"] == str(store.resolve()) and status["active"] is None
     assert status["versions"] == [] and status["downloads"] == [] and status["workers"] == [] and status["twin"] is None
-
-
-@pytest.fixture(scope="module")
-def bootstrapped_store(tmp_path_factory) -> Path:
-    from service.bootstrap import ensure_active_model
-    from service.repository import ModelRepository
-
-    store = tmp_path_factory.mktemp("store")
-    repo = ModelRepository(store)
-    repo.prepare()
-    ensure_active_model(repo, DEFAULT_MODEL, "ssd-mobilenetv2-oidv4", "1.0.0")
-    return store
 
 
 def test_status_shows_the_bootstrapped_model_downloads_and_twin_state(bootstrapped_store):

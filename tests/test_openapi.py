@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.paths import DEFAULT_MODEL, IMAGES, PROJECT_ROOT
+from tests.support.paths import IMAGES, PROJECT_ROOT
 
 DOCUMENT = PROJECT_ROOT / "workers" / "openapi.json"
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -150,18 +150,6 @@ def test_detect_is_documented_as_implemented(doc):
 # --- the document against the app ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    from service.bootstrap import ensure_active_model
-    from service.repository import ModelRepository
-
-    store = tmp_path_factory.mktemp("store")
-    repo = ModelRepository(store)
-    repo.prepare()
-    ensure_active_model(repo, DEFAULT_MODEL, "ssd-mobilenetv2-oidv4", "1.0.0")
-    return store
-
-
 def _app(store: Path):
     from workers.app import create_app
     from workers.engines import EngineOptions
@@ -172,10 +160,10 @@ def _app(store: Path):
 
 
 @pytest.fixture(scope="module")
-def client(store):
+def client(bootstrapped_store):
     from falcon import testing
 
-    client = testing.TestClient(_app(store))
+    client = testing.TestClient(_app(bootstrapped_store))
     deadline = time.monotonic() + 60
     while client.simulate_get("/readyz").status_code != 200:
         assert time.monotonic() < deadline, "the model never loaded"
