@@ -161,12 +161,8 @@ def _rich_model(raw: Any) -> DesiredModel:
     if unknown:
         raise DesiredError(f"unknown model keys: {', '.join(sorted(unknown))}")
     url = _url(raw.get("url"), "model.url")
-    sha256 = raw.get("sha256")
-    if sha256 is not None and (not isinstance(sha256, str) or not _SHA256.match(sha256)):
-        raise DesiredError("model.sha256 must be 64 hex digits")
-    size = raw.get("size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
-        raise DesiredError("model.size must be a positive integer (bytes)")
+    sha256 = None if raw.get("sha256") is None else _sha256(raw["sha256"], "model.sha256")
+    size = _size(raw.get("size"), "model.size")
     md5 = _md5(raw.get("md5"), "model.md5")
     if sha256 is None and md5 is None:
         raise DesiredError("model needs sha256 (or at least md5): an unverified download is never staged")
@@ -186,7 +182,7 @@ def _rich_model(raw: Any) -> DesiredModel:
         version=_name_part("version", raw.get("version"), "model.version"),
         url=url,
         file_name=PurePosixPath(urlsplit(url).path).name or "bundle.zip",
-        sha256=sha256.lower() if sha256 else None,
+        sha256=sha256,
         md5=md5,
         size=size,
         signature=signature.strip() if signature else None,
@@ -210,6 +206,12 @@ def _sha256(value: Any, key: str) -> str:
     return value.lower()
 
 
+def _size(value: Any, key: str) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+        raise DesiredError(f"{key} must be a positive integer (bytes)")
+    return value
+
+
 def _delta(raw: Any) -> DesiredDelta | None:
     if raw is None:
         return None
@@ -218,9 +220,6 @@ def _delta(raw: Any) -> DesiredDelta | None:
     unknown = set(raw) - {"base_version", "base_sha256", "url", "sha256", "size", "engine"}
     if unknown:
         raise DesiredError(f"unknown model.delta keys: {', '.join(sorted(unknown))}")
-    size = raw.get("size")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
-        raise DesiredError("model.delta.size must be a positive integer (bytes)")
     engine = raw.get("engine", "zstd")
     if not isinstance(engine, str) or not engine:
         raise DesiredError("model.delta.engine must be a string (e.g. zstd)")
@@ -229,7 +228,7 @@ def _delta(raw: Any) -> DesiredDelta | None:
         base_sha256=_sha256(raw.get("base_sha256"), "model.delta.base_sha256"),
         url=_url(raw.get("url"), "model.delta.url"),
         sha256=_sha256(raw.get("sha256"), "model.delta.sha256"),
-        size=size,
+        size=_size(raw.get("size"), "model.delta.size"),
         engine=engine,
     )
 
