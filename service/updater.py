@@ -126,6 +126,7 @@ class Delivery:
     saved: int  # bundle bytes that did not cross the network (a patch, compression, a resume)
     result: DownloadResult
     fallback: str | None = None  # why the twin's delta was not used
+    digests: tuple[str, str] | None = None  # (sha256, md5) of the bundle, when already checked against the twin
 
     def report(self) -> dict[str, Any]:
         return {
@@ -353,7 +354,8 @@ class ModelUpdater:
         delivery = self._deliver(target, part, state)
         self._report(target, "verifying", download=delivery.report())
         try:
-            sha256, md5 = verify_file(part, target.sha256, target.md5)  # sha256 computed even if only md5 was given
+            # sha256 computed even if only md5 was given; a patched bundle was checked already
+            sha256, md5 = delivery.digests or verify_file(part, target.sha256, target.md5)
         except (VerifyError, ValueError) as exc:
             part.unlink(missing_ok=True)
             raise UpdateFailed("checksum_mismatch", str(exc)) from None
@@ -501,7 +503,7 @@ class ModelUpdater:
                 raise
             raise _DeltaUnusable(f"patch_{exc.reason}", exc.message) from None
         try:
-            size = self._patch(base, patch, patched, target, delta)
+            size, digests = self._patch(base, patch, patched, target, delta)
         except BaseException:
             patched.unlink(missing_ok=True)
             raise
@@ -509,10 +511,13 @@ class ModelUpdater:
             patch.unlink(missing_ok=True)
         os.replace(patched, part)
         Path(str(part) + ".json").unlink(missing_ok=True)  # the sidecar of an earlier full download's bytes
-        return Delivery("delta", size, result.transferred, max(0, size - result.transferred), result)
+        return Delivery("delta", size, result.transferred, max(0, size - result.transferred), result, digests=digests)
 
-    def _patch(self, base: Path, patch: Path, patched: Path, target: DesiredModel, delta: DesiredDelta) -> int:
-        """Check the patch, apply it, check the result: every failure means "use the full bundle"."""
+    def _patch(
+        self, base: Path, patch: Path, patched: Path, target: DesiredModel, delta: DesiredDelta
+    ) -> tuple[int, tuple[str, str]]:
+        """Check the patch, apply it, check the result (its size and digests are returned):
+        every failure means "use the full bundle"."""
         try:
             verify_file(patch, delta.sha256, None)
         except (VerifyError, ValueError) as exc:
@@ -527,10 +532,10 @@ class ModelUpdater:
                 raise UpdateFailed("no_space", f"disk full applying the patch for {target.name} {target.version}")
             raise
         try:
-            verify_file(patched, target.sha256, target.md5)
+            digests = verify_file(patched, target.sha256, target.md5)
         except (VerifyError, ValueError) as exc:
             raise _DeltaUnusable("result_checksum", f"the patched bundle is not the model's: {exc}") from None
-        return size
+        return size, digests
 
     def _fetch(self, target: DesiredModel, url: str, part: Path, size: int | None, state: DesiredState) -> DownloadResult:
         """One download inside the open download window, at its cap; failures as UpdateFailed."""
