@@ -7,15 +7,14 @@ work); resize and colour swap run on uint8 before the one float conversion.
 """
 from __future__ import annotations
 
-import ctypes
 import io
-import os
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from workers import allocator
 from workers.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedMediaType
 from workers.spec import InputSpec
 
@@ -24,31 +23,7 @@ _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 
 # Pillow warns about (and then refuses) huge images itself; our own limit is checked first.
 Image.MAX_IMAGE_PIXELS = None
 
-_M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-DECODE_MMAP_THRESHOLD = 4 * 1024 * 1024
-
-
-def return_big_buffers_to_the_os(threshold: int = DECODE_MMAP_THRESHOLD) -> bool:
-    """Fix glibc's mmap threshold, so decode buffers above it are unmapped when freed.
-
-    glibc raises the threshold to the size of the largest mmapped block freed so far (up
-    to 32 MiB); after one big picture, later buffers up to that size come from the heap,
-    which keeps its high-water mark: a few requests declaring large JPEGs left each worker
-    25-55 MiB bigger for good (``tests/test_fuzz.py``). 4 MiB keeps the buffers of everyday
-    pictures (1080p decodes at 1/2 scale: 1.5 MiB) on the heap, at no cost. Process-wide,
-    once, in every process that decodes (workers, validation); not where the operator set
-    ``MALLOC_MMAP_THRESHOLD_``, nor on a libc without ``mallopt``."""
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return mallopt(_M_MMAP_THRESHOLD, threshold) == 1
-
-
-return_big_buffers_to_the_os()
+allocator.tune_heap()  # once, in every process that decodes (workers/allocator.py)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,6 @@ import falcon
 
 from workers import metrics
 
-_WORKER_HEADER = str(os.getpid())
-
 
 class RequestMetrics:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
