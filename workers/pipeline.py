@@ -74,7 +74,7 @@ class DetectionModel:
         header = imaging.read_header(data, max_pixels)
         content_w, content_h = imaging.content_size(header, self.spec.input, self.input_width, self.input_height)
         reduction = imaging.jpeg_reduction(header, content_w, content_h)
-        image = imaging.decode(data, header, reduction)
+        image = imaging.decode(data, header, reduction, self.spec.input.color)
         pixels, geometry = imaging.to_input(image, header, self.spec.input, self.input_width, self.input_height)
         decoded = time.perf_counter()
         outputs = self._forward(pixels, geometry)
