@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """twinfer side by side with peer model servers: same model, same pictures, same threads, one run.
 
-Every server does the same work per request (decode the JPEG with OpenCV, resize to 300x300
-RGB, normalise to [-1, 1], ONNX Runtime ``session.run`` with intra-op 1 / inter-op 1, SSD
-anchors + sigmoid + NMS, JSON detections): the peers import ``ops/bench/peers/common`` (a port
-of twinfer's request path), so only the serving layer differs. Peers run from their own
+Every server runs the same model with the same threads (ONNX Runtime intra-op 1 / inter-op 1)
+and answers the same JSON detections (SSD anchors + sigmoid + NMS). The peers import
+``ops/bench/peers/common``; ``--peer-pipeline`` picks their preprocessing: ``reference`` (the
+default) is the reference design's (decode the whole JPEG, BGR->RGB, resize to 300x300, then
+float [-1, 1]), what a user porting it writes, so twinfer's own preprocessing changes count;
+``matched`` is twinfer's preprocessing ported step for step, so only the serving layer
+differs. Peers run from their own
 virtual environments under ``--cache`` (created on first use, reused after), never from the
 project's. Each server gets ``workers = cores``; wrk (``-t1``, one Lua POST script per body
 shape) loads it at each concurrency for both pictures; CPU per request is the server's whole
@@ -43,11 +46,12 @@ from typing import Callable
 PEERS_DIR = Path(__file__).resolve().parent
 BENCH_DIR = PEERS_DIR.parent
 PROJECT_ROOT = BENCH_DIR.parents[1]
-for _path in (str(BENCH_DIR), str(PROJECT_ROOT)):  # serving.py and its ``workers`` imports
+for _path in (str(BENCH_DIR), str(PROJECT_ROOT), str(PEERS_DIR)):  # serving.py, ``workers``, ``common``
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
 import serving  # noqa: E402  (ops/bench/serving.py: pictures, wrk parsing, the ceiling, twinfer's env)
+from common.detector import PIPELINES  # noqa: E402  (ops/bench/peers/common)
 from workers.engines.base import EngineOptions  # noqa: E402
 
 SERVERS_DIR = PEERS_DIR / "servers"
@@ -65,7 +69,7 @@ WRK_WARM_UP_S = 2
 MODEL_NAME = "detector"  # the model name on MLServer and Triton
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Same libraries in every environment, where the peer allows it (pytriton needs numpy<2).
-COMMON_REQUIREMENTS = ["numpy", "opencv-python-headless", "onnxruntime==1.32.0"]
+COMMON_REQUIREMENTS = ["numpy", "opencv-python-headless", "simplejpeg", "onnxruntime==1.32.0"]
 
 
 # --- peers ---------------------------------------------------------------------------
@@ -104,7 +108,7 @@ PEERS: dict[str, Peer] = {
         ),
         Peer(
             "pytriton", "NVIDIA PyTriton (bundled Triton server), bind() with 2 instances",
-            ("nvidia-pytriton==0.7.*", "numpy<2", "opencv-python-headless<4.11", "onnxruntime==1.32.0"),
+            ("nvidia-pytriton==0.7.*", "numpy<2", "opencv-python-headless<4.11", "simplejpeg", "onnxruntime==1.32.0"),
             ("nvidia-pytriton", "tritonclient"),
             "triton", f"/v2/models/{MODEL_NAME}/infer", f"/v2/models/{MODEL_NAME}/ready",
             "V2 REST binary tensor extension (raw JPEG after the JSON header); numpy<2, opencv<4.11",
@@ -119,7 +123,7 @@ PEERS: dict[str, Peer] = {
 TWINFER = "twinfer"
 CEILING = "ceiling"
 ALL_NAMES = [CEILING, TWINFER, *PEERS]
-VERSION_PACKAGES = ("numpy", "onnxruntime", "opencv-python-headless")
+VERSION_PACKAGES = ("numpy", "onnxruntime", "opencv-python-headless", "simplejpeg")
 
 
 class PeerFailure(Exception):
@@ -553,11 +557,13 @@ def peer_env(extra: dict[str, str], venv: Path | None = None) -> dict[str, str]:
     return env
 
 
-def launch(peer: Peer, venv: Path, workdir: Path, workers: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+def launch(
+    peer: Peer, venv: Path, workdir: Path, workers: int, pipeline: str, log_path: Path
+) -> tuple[subprocess.Popen, str]:
     """Start the peer on 127.0.0.1; returns the process (a session leader) and its base URL."""
     port = serving.free_port()
     python, bin_dir = venv / "bin" / "python", venv / "bin"
-    env = {"PEER_PORT": str(port), "PEER_WORKERS": str(workers)}
+    env = {"PEER_PORT": str(port), "PEER_WORKERS": str(workers), "PEER_PIPELINE": pipeline}
     cwd = SERVERS_DIR
     if peer.name == "reference":
         env["PEER_SESSION_PER_REQUEST"] = "1"
@@ -635,7 +641,7 @@ def run_peer(
     proc = None
     try:
         for attempt in range(1, START_ATTEMPTS + 1):
-            proc, url = launch(peer, environment.path, workdir, args.workers, log_path)
+            proc, url = launch(peer, environment.path, workdir, args.workers, args.peer_pipeline, log_path)
             try:
                 wait_http_ready(proc, url + peer.ready_path, log_path)
                 break
@@ -757,7 +763,7 @@ def print_report(
     print(
         f"setup: cores={setup['cores']} workers={setup['workers']} ORT intra-op=1 inter-op=1 "
         f"model={setup['model']} duration={setup['duration_s']}s concurrency={setup['concurrency']} "
-        f"wrk -t1 --timeout {WRK_TIMEOUT_S}s"
+        f"wrk -t1 --timeout {WRK_TIMEOUT_S}s peer-pipeline={setup['peer_pipeline']}"
     )
     print("\nenvironments, and the machine's 1-min load average before -> after each server's runs (the")
     print(f"  benchmark alone keeps it near {setup['workers'] + 1}; well above that, other work shared the cores):")
@@ -887,6 +893,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=serving.positive_int, default=os.cpu_count() or 1,
         help="server workers / instances = in-process saturation processes (default: cores)",
     )
+    parser.add_argument(
+        "--peer-pipeline", choices=PIPELINES, default="reference",
+        help="the peers' preprocessing: the reference design's (default) or twinfer's own (matched)",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure as JSON to this path")
     return parser
 
@@ -906,6 +916,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration,
         "concurrency": ",".join(map(str, args.concurrency)),
         "peers": args.peers,
+        "peer_pipeline": args.peer_pipeline,
         "logs": str(log_dir),
     }
     print(f"logs in {log_dir}", flush=True)

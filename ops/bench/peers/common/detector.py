@@ -1,12 +1,24 @@
-"""The per-request work every peer does, ported from twinfer's request path so it is identical.
+"""The per-request work every peer does: the reference design's, or twinfer's own (``PEER_PIPELINE``).
 
 twinfer (``workers.pipeline.DetectionModel.detect`` with ``models/default``) does, per request:
 read the image header, decode the JPEG with OpenCV (at 1/2, 1/4 or 1/8 scale when the 300x300
 input is that much smaller: 1920x1080 is decoded at 1/2), stretch-resize to 300x300, BGR->RGB,
 normalise to [-1, 1], ``InferenceSession.run``, decode the SSD box encodings against the
-MediaPipe anchors, sigmoid, per-class NMS (``cv2.dnn.NMSBoxesBatched``), JSON. This module does
-the same steps with the same constants, and depends only on numpy, opencv and onnxruntime (the
-peers' virtual environments may hold numpy<2, so it does not import twinfer's package).
+MediaPipe anchors, sigmoid, per-class NMS (``cv2.dnn.NMSBoxesBatched``), JSON.
+
+Two pipelines, the same from ``session.run`` on (box decoding, NMS, JSON fields):
+
+* ``reference`` (the default): the preprocessing the reference design (``../shared/seed``)
+  writes, which is what a user porting it to a peer server writes: decode the whole picture
+  (``cv2.imdecode(..., IMREAD_COLOR)``), BGR->RGB on the whole picture, ``cv2.resize`` to
+  300x300, then ``astype(float32) / 127.5 - 1`` for this float model. This is the comparison
+  the issue asks for: twinfer's own changes (reduced-scale decode, uint8 in-place steps)
+  count as twinfer's.
+* ``matched``: twinfer's preprocessing ported step for step, so only the serving layer
+  differs (how much does each server add around the same work?).
+
+It depends only on numpy, opencv, simplejpeg and onnxruntime (the peers' virtual environments may hold
+numpy<2, so it does not import twinfer's package).
 """
 from __future__ import annotations
 
@@ -19,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnxruntime as ort
+import simplejpeg
 
 INPUT_SIZE = 300  # the model's 300x300 RGB input
 SCORE_THRESHOLD = 0.5  # models/default/twinfer.json
@@ -26,7 +39,7 @@ IOU_THRESHOLD = 0.5
 MAX_DETECTIONS = 50
 NMS_CANDIDATES = 1000  # workers.decoders.base.NMS_CANDIDATES
 BOX_SCALES = (10.0, 10.0, 5.0, 5.0)  # y, x, h, w divisors (MediaPipe TensorsToDetections)
-_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+PIPELINES = ("reference", "matched")
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -135,9 +148,16 @@ class Detector:
     """One model: ``detect(bytes) -> dict`` (twinfer's response shape, minus the model block).
 
     ``per_request_session``: build a new ``InferenceSession`` for every call, as the
-    reference design does; otherwise one session made here is reused."""
+    reference design does; otherwise one session made here is reused. ``pipeline``: one of
+    ``PIPELINES`` (default ``PEER_PIPELINE``, else ``reference``)."""
 
-    def __init__(self, directory: Path | None = None, per_request_session: bool = False) -> None:
+    def __init__(
+        self, directory: Path | None = None, per_request_session: bool = False, pipeline: str | None = None
+    ) -> None:
+        pipeline = pipeline or os.environ.get("PEER_PIPELINE") or "reference"
+        if pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {PIPELINES}, got {pipeline!r}")
+        self.preprocess = self.preprocess_reference if pipeline == "reference" else self.preprocess_matched
         directory = Path(directory or model_dir())
         self.model_path = directory / "model.onnx"
         self.labels = [line.strip() for line in (directory / "labels.txt").read_text().splitlines()]
@@ -157,16 +177,36 @@ class Detector:
     def _session(self) -> ort.InferenceSession:
         return new_session(self.model_path) if self.per_request_session else self.session
 
-    def preprocess(self, data: bytes) -> tuple[np.ndarray, int, int]:
-        """Image bytes -> [1,300,300,3] float32 in [-1,1], and the picture's width, height."""
-        size = jpeg_size(data)
-        flags = _REDUCED.get(reduction_for(size), cv2.IMREAD_COLOR)
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    def preprocess_reference(self, data: bytes) -> tuple[np.ndarray, int, int]:
+        """The reference design's steps (seed ``detect_object``), then [-1, 1] floats."""
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags=cv2.IMREAD_COLOR)
         if image is None:
             raise ValueError("body is not a decodable image")
-        width, height = size if size is not None else (image.shape[1], image.shape[0])
-        resized = cv2.resize(image, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
-        cv2.cvtColor(resized, cv2.COLOR_BGR2RGB, dst=resized)
+        height, width = image.shape[:2]
+        rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        rgb = cv2.resize(rgb, (INPUT_SIZE, INPUT_SIZE))
+        tensor = np.expand_dims(rgb, axis=0).astype(np.float32) / 127.5 - 1.0
+        return tensor, width, height
+
+    def preprocess_matched(self, data: bytes) -> tuple[np.ndarray, int, int]:
+        """twinfer's steps: image bytes -> [1,300,300,3] float32 in [-1,1], width, height.
+        JPEGs are decoded by simplejpeg straight to RGB at the reduced scale, anything else
+        by OpenCV (BGR, swapped after resizing)."""
+        size = jpeg_size(data)
+        factor = reduction_for(size)
+        if size is not None:
+            width, height = size
+            rgb = simplejpeg.decode_jpeg(
+                data, colorspace="RGB", min_width=math.ceil(width / factor), min_height=math.ceil(height / factor)
+            )
+            resized = cv2.resize(rgb, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
+        else:
+            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+            if image is None:
+                raise ValueError("body is not a decodable image")
+            height, width = image.shape[:2]
+            resized = cv2.resize(image, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_LINEAR)
+            cv2.cvtColor(resized, cv2.COLOR_BGR2RGB, dst=resized)
         tensor = resized.astype(np.float32)
         tensor -= self._mean
         tensor *= self._inv_std
