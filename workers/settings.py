@@ -149,6 +149,7 @@ def check_server_protection(environ: Mapping[str, str] = os.environ) -> None:
     AuthSettings.from_env(environ)
     env_seconds("TWINFER_BODY_TIMEOUT", 10.0, environ=environ)
     env_seconds("TWINFER_HEADER_TIMEOUT", 10.0, environ=environ)
+    env_seconds("TWINFER_KEEPALIVE_LINGER", 0.005, environ=environ)
     cert = environ.get("TWINFER_TLS_CERT", "").strip()
     key = environ.get("TWINFER_TLS_KEY", "").strip()
     if bool(cert) != bool(key):
