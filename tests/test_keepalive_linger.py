@@ -8,6 +8,7 @@ per request (re-arming the connection in its poller), the linger path does not.
 from __future__ import annotations
 
 import http.client
+import threading
 import time
 from pathlib import Path
 
@@ -68,3 +69,32 @@ def test_a_connection_idle_past_the_linger_goes_back_to_the_poller_and_is_served
     assert _post(conn).status == 200
     assert conn.sock.getsockname() == local
     conn.close()
+
+
+@pytest.fixture(scope="module")
+def two_threads(tmp_path_factory):
+    store = tmp_path_factory.mktemp("linger-fair") / "store"
+    with ServiceProcess.start(store, workers=1, extra_env={"TWINFER_THREADS": "2"}) as service:
+        yield service
+
+
+def test_lingering_threads_do_not_starve_a_waiting_connection(two_threads):
+    """More back-to-back clients than threads: a thread must hand its connection back when
+    another one waits, or the third client here would get nothing until the others stop."""
+    served = [0, 0, 0]
+    stop = time.monotonic() + 4.0
+
+    def client(index: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", two_threads.port, timeout=30)
+        while time.monotonic() < stop:
+            assert _post(conn).status == 200
+            served[index] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(f"requests per client: {served}")
+    assert min(served) >= 0.25 * max(served), served

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import select
+import threading
 import time
 from functools import partial
 
@@ -80,12 +81,27 @@ class ThreadDeadlineWorker(ThreadWorker):
     CPU per 640x480 request at one client per worker (``perf stat``: 20.0-21.4 ms against
     18.2-18.8 ms with the linger, the sync worker's 18.6). A thread waits at most the linger
     (5 ms) for a client that sends its requests back to back; a slower client goes back to
-    the poller as before, and the header deadline applies to every request either way."""
+    the poller as before, and the header deadline applies to every request either way. It
+    stops lingering as soon as another connection is waiting for a thread: more busy clients
+    than threads (8 wrk connections on one 6-thread worker) starved two of them for over a
+    second otherwise; gunicorn's round trip through the poller is what keeps them fair."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._waiting = 0  # connections handed to the pool that no thread has taken up yet
+        self._waiting_lock = threading.Lock()
+
+    def enqueue_req(self, conn):
+        with self._waiting_lock:
+            self._waiting += 1
+        super().enqueue_req(conn)
 
     def handle(self, conn):
+        with self._waiting_lock:
+            self._waiting -= 1
         while True:
             keep_alive = self._handle_one(conn)
-            if keep_alive is not True or not self.alive or KEEPALIVE_LINGER <= 0:
+            if keep_alive is not True or not self.alive or KEEPALIVE_LINGER <= 0 or self._waiting > 0:
                 return keep_alive
             read_ahead = conn.parser.unreader.buf.getvalue()  # a drained body read into the next request
             if not read_ahead and not _readable_within(conn.sock, KEEPALIVE_LINGER):
