@@ -40,7 +40,6 @@ MAX_DETECTIONS = 50
 NMS_CANDIDATES = 1000  # workers.decoders.base.NMS_CANDIDATES
 BOX_SCALES = (10.0, 10.0, 5.0, 5.0)  # y, x, h, w divisors (MediaPipe TensorsToDetections)
 PIPELINES = ("reference", "matched")
-_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 def model_dir() -> Path:
@@ -104,29 +103,12 @@ def ssd_anchors() -> np.ndarray:
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's SOF segment without decoding; None if not a JPEG."""
-    if data[:2] != b"\xff\xd8":
+    """(width, height) from a JPEG's header without decoding; None if not a JPEG."""
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
         return None
-    pos, end = 2, len(data)
-    while pos + 9 < end:  # bounded: every step moves forward by >= 2 bytes
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if marker in _SOF_MARKERS:
-            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
-            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
-            return width, height
-        if length < 2:
-            return None
-        pos += 2 + length
-    return None
+    return width, height
 
 
 def reduction_for(size: tuple[int, int] | None) -> int:
