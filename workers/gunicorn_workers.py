@@ -23,7 +23,6 @@ the right connection addressable until the deadline is disarmed.
 """
 from __future__ import annotations
 
-import os
 import select
 import threading
 import time
@@ -33,9 +32,10 @@ from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
 from workers.limits import WATCHDOG
+from workers.settings import env_seconds
 
-HEADER_TIMEOUT = float(os.environ.get("TWINFER_HEADER_TIMEOUT") or 10.0)
-KEEPALIVE_LINGER = float(os.environ.get("TWINFER_KEEPALIVE_LINGER") or 0.005)
+HEADER_TIMEOUT = env_seconds("TWINFER_HEADER_TIMEOUT", 10.0)
+KEEPALIVE_LINGER = env_seconds("TWINFER_KEEPALIVE_LINGER", 0.005)
 
 
 def _arm(sock) -> int | None:
