@@ -124,11 +124,10 @@ def jpeg_reduction(header: ImageHeader, target_width: int, target_height: int) -
     powers of two: libjpeg-turbo's other scales (3/8, 5/8, ...) decode slower than 1/2."""
     if header.format != "JPEG":
         return 1
-    width, height = header.stored_size
-    if header.orientation in _TRANSPOSED:
-        target_width, target_height = target_height, target_width
+    # Shown size against a target in the shown orientation: for a sideways picture this is
+    # the stored grid against the swapped target, the same comparison.
     for factor in (8, 4, 2):
-        if width // factor >= target_width and height // factor >= target_height:
+        if header.width // factor >= target_width and header.height // factor >= target_height:
             return factor
     return 1
 
