@@ -74,6 +74,12 @@ class DesiredModel:
     delta: DesiredDelta | None = None
     compression: str | None = None  # "zstd": ``url`` serves the bundle as a zstd frame; ``size`` is the frame's
 
+    @property
+    def bundle_size(self) -> int | None:
+        """The bundle's own size, when the twin says it: with ``compression``, ``size`` is the
+        frame's, and a patch producing the bundle must not be held to it."""
+        return None if self.compression else self.size
+
 
 @dataclass(frozen=True)
 class DesiredState:

@@ -523,7 +523,7 @@ class ModelUpdater:
         except (VerifyError, ValueError) as exc:
             raise _DeltaUnusable("patch_checksum", str(exc)) from None
         try:
-            size = apply_patch(base, patch, patched, max_output_bytes=target.size or self.config.limits.max_total_bytes,
+            size = apply_patch(base, patch, patched, max_output_bytes=target.bundle_size or self.config.limits.max_total_bytes,
                                engine=delta.engine)
         except DeltaError as exc:
             raise _DeltaUnusable(exc.reason, str(exc)) from None

@@ -224,3 +224,30 @@ def test_a_bundle_served_zstd_compressed_is_unpacked_checked_and_kept_uncompress
         assert (store / "models/face/2/.twinfer-bundle").read_bytes() == bundle.data  # the base of the next delta
         assert saved_metric(service, "compression") == len(bundle.data) - len(frame)
         assert list((store / "staging/downloads").iterdir()) == []
+
+
+def test_a_delta_is_used_when_the_full_bundle_is_served_compressed(tmp_path, face_default):
+    """The runbook's combined rollout: ``model.size`` is the zstd frame's, and the patch's
+    result is the bundle, which is larger; the delta path must still be taken."""
+    from service.delta import compress_bundle
+
+    store = tmp_path / "store"
+    twin = LocalTwinFiles(store)
+    base, bundle = face("2", 0.5), face("3", 0.55)
+    (tmp_path / "face-3.zip").write_bytes(bundle.data)
+    compress_bundle(tmp_path / "face-3.zip", tmp_path / "face-3.zip.zst", level=12)
+    frame = (tmp_path / "face-3.zip.zst").read_bytes()
+    assert len(frame) < len(bundle.data)
+    with FileServer({"/face-2.zip": base.data, "/face-3.zip.zst": frame}) as files, \
+            ServiceProcess.start(store, workers=1, extra_env=face_default):
+        twin.set_desired(model_desired("face", "2", files.url("/face-2.zip"), base))
+        twin.wait_reported(is_active("2"))
+
+        patch = patch_bytes(tmp_path, base, bundle)
+        document = delta_desired("3", files, bundle, "2", base, patch)
+        document["model"].update(url=files.url("/face-3.zip.zst"), compression="zstd", size=len(frame))
+        twin.set_desired(document)
+        download = model_status(twin.wait_reported(is_active("3")))["download"]
+        assert (download["path"], download.get("delta_fallback"), download["bytes"]) == ("delta", None, len(bundle.data))
+        assert requested(files, "/face-3.zip.zst") == 0 and requested(files, "/face-3.zst") == 1
+        assert (store / "models/face/3/.twinfer-bundle").read_bytes() == bundle.data
