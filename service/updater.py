@@ -51,6 +51,7 @@ from service.fetch import DownloadError, DownloadPolicy, DownloadProgress, Downl
 from service.report import Reporter
 from service.signing import NO_TRUSTED_KEY, UNSIGNED, SignatureError, TrustedKey, verify
 from service.repository import ModelRepository
+from service.rollback import RollbackGuard
 from service.rollout import RolloutMonitor
 from service.schedule import DownloadWindow, window_state
 from service.staging import StagingError, ValidatedModel, recorded_verdict, validate_in_subprocess
@@ -61,7 +62,6 @@ from workers.manifest import Manifest, publish, read_manifest, write_atomic
 
 log = logging.getLogger("twinfer.updater")
 STATE_FILE = "updater.json"
-VERSIONS_FILE = "versions.json"  # the highest version ever activated, per model name
 BUNDLE_RECORD = ".twinfer-bundle.json"  # in a version directory: the bundle it came from (sha256, md5)
 BUNDLE_FILE = ".twinfer-bundle"  # in a version directory: that bundle's bytes, the base for deltas
 _NOT_SCHEDULED = {"scheduled_for": None, "waiting_for": None}  # reported properties merge: clear a past wait
@@ -165,25 +165,6 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _numeric_version(version: str) -> tuple[int, ...] | None:
-    parts = version.split(".")
-    if not all(part.isdigit() for part in parts):
-        return None
-    numbers = [int(part) for part in parts]
-    while len(numbers) > 1 and numbers[-1] == 0:  # 1.0 == 1.0.0
-        numbers.pop()
-    return tuple(numbers)
-
-
-def compare_versions(a: str, b: str) -> int:
-    """-1, 0 or 1: numerically by dotted components (``1.10 > 1.9``, ``1.0 == 1.0.0``)
-    when both are dotted numbers, else as strings."""
-    key_a, key_b = _numeric_version(a), _numeric_version(b)
-    if key_a is not None and key_b is not None:
-        return (key_a > key_b) - (key_a < key_b)
-    return (a > b) - (a < b)
-
-
 def fingerprint(document: dict) -> str:
     """The twin's ``$version`` when it has one, else a hash of the content."""
     version = document.get("$version")
@@ -208,11 +189,15 @@ class ModelUpdater:
         self._cond = threading.Condition()
         self._cancel = threading.Event()
         self._working_on: DesiredModel | None = None
-        self._desired_version: int | None = None  # the $version being handled, in every report
         self._state_path = repo.store / STATE_FILE
-        self._handled = self._load_handled()
-        self._versions_path = repo.store / VERSIONS_FILE
-        self._highest = self._load_highest()
+        self._handled, self._outcome = self._load_handled()
+        # What every report says of the latest desired document: its $version, the model it
+        # asks for and why that is not active (None once it is); restored at start-up.
+        self._desired_version: int | None = self._outcome.get("desired_version")
+        self._target: dict | None = self._outcome.get("target")
+        self._last_error: dict | None = self._outcome.get("last_error")
+        self._attempt: str | None = None  # the fingerprint whose handling _last_error belongs to
+        self._rollback = RollbackGuard(repo.store)
         self._thread = threading.Thread(target=self._run, name="model-updater", daemon=True)
 
     # --- inputs -------------------------------------------------------------------
@@ -242,11 +227,10 @@ class ModelUpdater:
         manifest = read_manifest(self.repo.store)
         if manifest is not None:  # the bootstrapped default, or what ran before rollback protection existed
             self._note_activated(manifest.name, manifest.version)
-        self.report_active(manifest)
         if startup_problems:
-            message = "; ".join(startup_problems)
-            self.reporter.update({"model": {"last_error": {"reason": "damaged_model", "message": message,
-                                                           "at": utc_now()}}})
+            self._last_error = _error("damaged_model", "; ".join(startup_problems))
+        metrics.STAGED_VERSIONS.set(len(self.repo.versions()))
+        self.report_active(manifest, state=self._outcome.get("state") or "active")
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -286,16 +270,21 @@ class ModelUpdater:
             return None
         version = document.get("$version")
         self._desired_version = version if isinstance(version, int) else None
+        if mark != self._attempt:  # a new document: an earlier one's error says nothing of it
+            self._attempt, self._last_error = mark, None
         try:
             state = parse_desired(document)
         except DesiredError as exc:
+            self._target = None
             self._report_failure("malformed_desired", str(exc))
-            self._mark_handled(mark)
+            self._mark_handled(mark, "failed")
             return None
         if state.model is None:
+            self._target = None
             self.report_active(read_manifest(self.repo.store))
-            self._mark_handled(mark)
+            self._mark_handled(mark, "active")
             return None
+        self._target = {"name": state.model.name, "version": state.model.version}
         started = time.monotonic()
         with self._cond:
             self._working_on = state.model
@@ -316,13 +305,13 @@ class ModelUpdater:
             self._report_failure(exc.reason, exc.message, "retrying" if exc.retryable else exc.state)
             if exc.retryable:
                 return self.config.retry_seconds
-            self._mark_handled(mark)
+            self._mark_handled(mark, exc.state)
             return None
         finally:
             metrics.DOWNLOAD_RATE.set(0)
             with self._cond:
                 self._working_on = None
-        self._mark_handled(mark)
+        self._mark_handled(mark, "active")
         log.info(
             "%s %s active as generation %d after %.1f s", manifest.name, manifest.version, manifest.generation,
             time.monotonic() - started,
@@ -337,6 +326,7 @@ class ModelUpdater:
             if current.score_threshold != state.score_threshold:
                 current = self._publish(target, current.format, current.decoder, state.score_threshold)
             else:
+                self._last_error = None
                 self.report_active(current)
             return current
         self._check_downgrade(target)
@@ -349,6 +339,9 @@ class ModelUpdater:
                 self._check_signature(target, self._recorded_sha256(directory, target))
             validated = recorded_verdict(directory) or self._validate(directory, target)
             return self._publish(target, validated.format, validated.decoder, state.score_threshold)
+        if target.url is None:
+            raise UpdateFailed("not_in_store", f"{target.name} {target.version} is not in this device's store and the "
+                                               f"twin gives no model.url to download it from")
         part = self.repo.download_path(target.name, target.version)
         self.repo.drop_downloads_except(part)
         delivery = self._deliver(target, part, state)
@@ -412,34 +405,13 @@ class ModelUpdater:
         return value if isinstance(value, str) else None
 
     def _check_downgrade(self, target: DesiredModel) -> None:
-        if target.allow_downgrade or target.version_is_digest:  # pinned on purpose, or no order to compare
-            return
-        highest = self._highest.get(target.name)
-        if highest is not None and compare_versions(target.version, highest) < 0:
-            raise UpdateFailed(
-                "downgrade_refused",
-                f"{target.name} {target.version} is lower than {highest}, the highest version of {target.name} "
-                f"this device has activated; to roll back on purpose set model.allow_downgrade: true",
-            )
-
-    def _load_highest(self) -> dict[str, str]:
-        try:
-            raw = json.loads(self._versions_path.read_text()).get("highest_activated", {})
-        except (FileNotFoundError, ValueError, AttributeError):
-            return {}
-        if not isinstance(raw, dict):
-            return {}
-        return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, str)}
+        refusal = self._rollback.refusal(target.name, target.version, target.allow_downgrade, target.version_is_digest)
+        if refusal is not None:
+            raise UpdateFailed("downgrade_refused", refusal)
 
     def _note_activated(self, name: str, version: str, digest: bool = False) -> None:
-        """Raise the high-water mark of ``name`` (never lower it: an allowed downgrade keeps it)."""
-        if digest:
-            return
-        highest = self._highest.get(name)
-        if highest is not None and compare_versions(version, highest) <= 0:
-            return
-        self._highest = {**self._highest, name: version}
-        write_atomic(self._versions_path, json.dumps({"highest_activated": self._highest}, indent=1).encode())
+        if not digest:
+            self._rollback.note_activated(name, version)
 
     # --- delivery: delta or full bundle, inside the download windows ------------------
 
@@ -622,6 +594,7 @@ class ModelUpdater:
         metrics.LAST_UPDATE.set(time.time())
         metrics.UPDATES.labels("published").inc()
         self.reporter.update({"LatestAIModelFileName": target.file_name})
+        self._last_error = None
         self.report_active(manifest)
         self._announce(manifest)
         return manifest
@@ -645,29 +618,41 @@ class ModelUpdater:
 
     # --- state and reports --------------------------------------------------------
 
-    def _load_handled(self) -> str | None:
+    def _load_handled(self) -> tuple[str | None, dict]:
+        """The last desired document handled, and the outcome reported for it."""
         try:
-            return json.loads(self._state_path.read_text()).get("handled")
+            saved = json.loads(self._state_path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
-            return None
+            return None, {}
+        outcome = saved.get("outcome") if isinstance(saved, dict) else None
+        return (saved.get("handled") if isinstance(saved, dict) else None), (outcome if isinstance(outcome, dict) else {})
 
-    def _mark_handled(self, mark: str) -> None:
+    def _mark_handled(self, mark: str, state: str) -> None:
         self._handled = mark
-        write_atomic(self._state_path, json.dumps({"handled": mark}).encode())
+        self._outcome = {"state": state, "desired_version": self._desired_version, "target": self._target,
+                         "last_error": self._last_error}
+        write_atomic(self._state_path, json.dumps({"handled": mark, "outcome": self._outcome}).encode())
 
-    def _report(self, target: DesiredModel, state: str, **fields: Any) -> None:
+    def _write_status(self, state: str, **fields: Any) -> None:
+        """Every ``model`` report names the state, the desired document, its target and its
+        error together, so no field is left over from an earlier document."""
         self.reporter.update(
             {
                 "model": {
                     "state": state,
                     "desired_version": self._desired_version,
-                    "target": {"name": target.name, "version": target.version},
+                    "target": self._target,
+                    "last_error": self._last_error,
                     "updated_at": utc_now(),
                     **_NOT_SCHEDULED,
                     **fields,
                 }
             }
         )
+
+    def _report(self, target: DesiredModel, state: str, **fields: Any) -> None:
+        self._target = {"name": target.name, "version": target.version}
+        self._write_status(state, **fields)
 
     def report_active(self, manifest: Manifest | None, state: str = "active") -> None:
         active = None
@@ -677,35 +662,18 @@ class ModelUpdater:
                 "format": manifest.format, "decoder": manifest.decoder, "score_threshold": manifest.score_threshold,
                 "since": datetime.fromtimestamp(manifest.published_at, timezone.utc).isoformat(timespec="seconds"),
             }
-        self.reporter.update(
-            {
-                "model": {
-                    "state": state,
-                    "desired_version": self._desired_version,
-                    "active": active,
-                    "progress": None,
-                    "updated_at": utc_now(),
-                    **_NOT_SCHEDULED,
-                }
-            }
-        )
+        self._write_status(state, active=active, progress=None)
 
     def _report_failure(self, reason: str, message: str, state: str = "failed") -> None:
         log.error("model update failed (%s): %s", reason, message)
+        self._last_error = _error(reason, message)
         if state == "rolled_back":
             self.report_active(read_manifest(self.repo.store), state=state)
-        self.reporter.update(
-            {
-                "model": {
-                    "state": state,
-                    "desired_version": self._desired_version,
-                    "last_error": {"reason": reason, "message": message, "at": utc_now()},
-                    "progress": None,
-                    "updated_at": utc_now(),
-                    **_NOT_SCHEDULED,
-                }
-            }
-        )
+        self._write_status(state, progress=None)
+
+
+def _error(reason: str, message: str) -> dict:
+    return {"reason": reason, "message": message, "at": utc_now()}
 
 
 def _progress_fields(p: DownloadProgress) -> dict:

@@ -25,7 +25,8 @@ import requests
 from service import signing
 from service.desired import DesiredError, DesiredModel, parse_desired
 from service.signing import SignatureError
-from service.updater import ModelUpdater, UpdateFailed, UpdaterConfig, compare_versions
+from service.rollback import compare_versions
+from service.updater import ModelUpdater, UpdateFailed, UpdaterConfig
 from tests.support.bundles import Bundle, face_bundle, model_desired
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, failed_with, is_active, model_status
