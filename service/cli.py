@@ -9,9 +9,9 @@ import argparse
 import logging
 import sys
 
-from service.commands import bundle, delta, keygen, run, set_model, status, twin_patch, validate
+from service.commands import apply_patch, bundle, delta, keygen, run, set_model, status, twin_patch, validate
 
-COMMANDS = (run, validate, set_model, bundle, twin_patch, delta, status, keygen)
+COMMANDS = (run, validate, set_model, apply_patch, bundle, twin_patch, delta, status, keygen)
 
 # Kept importable from here (the metrics directory is prepared by the ``run`` command).
 prepare_metrics_dir = run.prepare_metrics_dir

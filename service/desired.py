@@ -6,7 +6,8 @@ Two shapes are accepted:
   base64 form Blob Storage uses); the model name and version come from the file name
   (``tiny-yolov3-11_1.0.zip`` -> ``tiny-yolov3-11`` / ``1.0``);
 * ours: ``model: {name, version, url, sha256, md5, size, signature, allow_downgrade,
-  urgent, delta, compression}``, plus ``inference: {score_threshold}`` and ``download:
+  urgent, delta, compression}`` (``url`` may be left out for a version the device already
+  holds in its store: a rollback by name and version), plus ``inference: {score_threshold}`` and ``download:
   {max_bytes_per_second, windows, range_bytes}``. ``signature`` is the bundle's Ed25519
   signature (base64; ``service.signing``), checked by the updater when the device has
   trusted keys; ``allow_downgrade: true`` lets the updater activate a version lower than
@@ -39,6 +40,10 @@ MAX_DOCUMENT_BYTES = 32 * 1024
 _VERSIONED_FILE = re.compile(r"^(?P<name>.+?)[-_]v?(?P<version>\d+(?:\.\d+)*)$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 MIN_RANGE_BYTES = 64 * 1024
+# Every key of ``model``: each describes the one bundle, so a patch for a new bundle sets
+# those it does not use to null (IoT Hub merges desired patches key by key).
+MODEL_KEYS = ("name", "version", "url", "sha256", "md5", "size", "signature", "allow_downgrade", "urgent", "delta",
+              "compression")
 
 
 class DesiredError(ValueError):
@@ -62,7 +67,7 @@ class DesiredDelta:
 class DesiredModel:
     name: str
     version: str
-    url: str
+    url: str | None  # None: only a version this device already holds (a rollback to a staged version)
     file_name: str
     sha256: str | None
     md5: str | None  # lowercase hex
@@ -161,12 +166,10 @@ def _reference_model(desired: Mapping[str, Any]) -> DesiredModel:
 def _rich_model(raw: Any) -> DesiredModel:
     if not isinstance(raw, Mapping):
         raise DesiredError("model must be an object")
-    known = {"name", "version", "url", "sha256", "md5", "size", "signature", "allow_downgrade", "urgent", "delta",
-             "compression"}
-    unknown = set(raw) - known
+    unknown = set(raw) - set(MODEL_KEYS)
     if unknown:
         raise DesiredError(f"unknown model keys: {', '.join(sorted(unknown))}")
-    url = _url(raw.get("url"), "model.url")
+    url = None if raw.get("url") is None else _url(raw.get("url"), "model.url")
     sha256 = None if raw.get("sha256") is None else _sha256(raw["sha256"], "model.sha256")
     size = _size(raw.get("size"), "model.size")
     md5 = _md5(raw.get("md5"), "model.md5")
@@ -183,11 +186,15 @@ def _rich_model(raw: Any) -> DesiredModel:
     delta = _delta(raw.get("delta"))
     if delta is not None and sha256 is None:
         raise DesiredError("model.delta needs model.sha256: the bundle a patch produces is checked against it")
+    if url is None and (delta is not None or compression is not None):
+        raise DesiredError("model.delta and model.compression need model.url: the full bundle they describe")
+    name = _name_part("name", raw.get("name"), "model.name")
+    version = _name_part("version", raw.get("version"), "model.version")
     return DesiredModel(
-        name=_name_part("name", raw.get("name"), "model.name"),
-        version=_name_part("version", raw.get("version"), "model.version"),
+        name=name,
+        version=version,
         url=url,
-        file_name=PurePosixPath(urlsplit(url).path).name or "bundle.zip",
+        file_name=(PurePosixPath(urlsplit(url).path).name if url else "") or f"{name}_{version}.zip",
         sha256=sha256,
         md5=md5,
         size=size,

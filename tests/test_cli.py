@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.paths import MODELS, PROJECT_ROOT
 
-COMMANDS = ["run", "validate", "set-model", "bundle", "twin-patch", "delta", "status", "keygen"]
+COMMANDS = ["run", "validate", "set-model", "apply-patch", "bundle", "twin-patch", "delta", "status", "keygen"]
 FACE = MODELS / "blazeface_short_range.tflite"
 
 
@@ -109,6 +109,17 @@ def test_bundle_human_output_and_metadata_and_reproducible_bytes(tmp_path, label
     assert hashlib.sha256(again.read_bytes()).hexdigest() == face_bundle[1]["sha256"]
 
 
+def test_bundle_files_are_readable_by_other_users_as_the_umask_allows(tmp_path, labels):
+    """A web server running as another user must be able to serve what ``bundle`` writes."""
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    out = tmp_path / "face.zip"
+    subprocess.run([sys.executable, "-m", "service", "bundle", str(FACE), "--labels", str(labels), "-o", str(out),
+                    "--compressed"], cwd=PROJECT_ROOT, env=env, check=True, capture_output=True,
+                   preexec_fn=lambda: os.umask(0o022), timeout=120)
+    assert {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()} == {
+        "face.zip": 0o644, "face.zip.zst": 0o644}
+
+
 def test_bundle_of_a_garbage_model_fails_clearly_and_writes_nothing(tmp_path):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"this is not a model at all " * 100)
@@ -180,8 +191,9 @@ def test_twin_patch_from_digests_and_az_only(face_bundle):
     assert words[:5] == ["az", "iot", "hub", "module-twin", "update"]
     assert words[words.index("--hub-name") + 1] == "myhub" and words[words.index("--device-id") + 1] == "cam-01"
     patch = json.loads(words[words.index("--desired") + 1])
+    unused = {key: None for key in ("signature", "allow_downgrade", "urgent", "delta", "compression")}
     assert patch == {"model": {"name": "face", "version": "1.0", "url": "https://files.local/face.zip",
-                               "sha256": result["sha256"], "md5": result["md5"], "size": result["size"]}}
+                               "sha256": result["sha256"], "md5": result["md5"], "size": result["size"], **unused}}
     assert parse_desired(patch).model.sha256 == result["sha256"]
 
 
@@ -265,8 +277,11 @@ def test_status_while_the_service_runs(tmp_path):
 
 def test_set_model_writes_the_local_twin(tmp_path):
     from service.desired import parse_desired
+    from workers.manifest import MANIFEST_FILE
 
     store = tmp_path / "store"
+    store.mkdir()
+    (store / MANIFEST_FILE).write_text("{}")  # a service's store (set-model refuses any other directory)
     args = ["set-model", "--name", "face", "--version", "2.0", "--url", "http://files.local/face.zip",
             "--sha256", "b" * 64, "--threshold", "0.4"]
     assert cli(*args, store=store).returncode == 0

@@ -87,5 +87,4 @@ def run(args: argparse.Namespace) -> int:
     except twin_patch.PatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    twin_patch.print_patch(args, patch)
-    return 0
+    return twin_patch.emit_patch(args, patch)

@@ -1,54 +1,69 @@
-"""``python -m service set-model``: the desired model in the local twin (no IoT Hub)."""
+"""``python -m service set-model``: roll out a model on the local twin (no IoT Hub).
+
+The same options as ``twin-patch`` (downgrade permission, compression, delta-free
+windows, rate cap, urgent, signature), applied to the local twin by
+``service.commands.local_apply``; a version already in the store needs only its name and
+version (the runbook's rollback), its SHA-256 read from the store's record of the bundle.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 
+from service.commands import twin_patch
+from service.commands.local_apply import LocalApplyError, apply_and_say, service_store
+
 NAME = "set-model"
 HELP = "set the desired model in the local twin ($TWINFER_STORE/twin/desired.json)"
 DESCRIPTION = (
     "Write the desired model into the local twin's desired.json (the embedded default's stand-in for IoT Hub) "
-    "and bump its $version; a running supervisor picks it up within a second. The document must pass the same "
-    "checks as a twin patch."
+    "and bump its $version; a running supervisor picks it up within a second. Takes every option of "
+    "twin-patch; for a version already in the store --url and --bundle/--sha256 may be left out. Exits 2, "
+    "writing nothing, for what the device would refuse (a malformed document, a downgrade without "
+    "--allow-downgrade) and for a directory that is not a service's store."
 )
 EPILOG = (
-    "example:\n"
+    "examples:\n"
     "  python -m service set-model --name ssd-oidv4 --version 2.0.0 \\\n"
-    "      --url http://files.local/ssd-2.0.0.zip --sha256 <hex> --threshold 0.4"
+    "      --url http://files.local/ssd-2.0.0.zip --bundle ssd-2.0.0.zip --threshold 0.4\n"
+    "  python -m service set-model --name ssd-oidv4 --version 1.0.0 --allow-downgrade   # roll back to a staged version"
 )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--name", required=True, help="model name")
-    parser.add_argument("--version", required=True, help="model version")
-    parser.add_argument("--url", required=True, help="bundle URL (http or https, e.g. a Blob SAS URL)")
-    parser.add_argument("--sha256", help="bundle SHA-256, hex")
-    parser.add_argument("--md5", help="bundle MD5, hex or base64 (when no SHA-256 is known)")
-    parser.add_argument("--size", type=int, help="bundle size in bytes")
-    parser.add_argument("--threshold", type=float, help="inference score threshold override (0..1)")
+    twin_patch.configure(parser, local=True)
+
+
+def _from_store(args: argparse.Namespace) -> None:
+    """No URL: the version must be in the store (the device will not download it); without
+    digests, the SHA-256 and MD5 it recorded for that version's bundle are used."""
+    from service.repository import ModelRepository
+    from service.updater import BUNDLE_RECORD
+
+    store = service_store(args.store)
+    repo = ModelRepository(store)
+    if not repo.has(args.name, args.version):
+        raise LocalApplyError(f"{args.name} {args.version} is not in {store}: give --url and --bundle (or --sha256)")
+    if args.bundle is not None or args.sha256 is not None:
+        return
+    record_path = repo.version_dir(args.name, args.version) / BUNDLE_RECORD
+    try:
+        record = json.loads(record_path.read_text())
+        args.sha256, args.md5 = record["sha256"], record.get("md5")
+    except (OSError, ValueError, KeyError, TypeError):
+        raise LocalApplyError(f"{args.name} {args.version} is in the store but has no record of its bundle "
+                              f"({record_path.name}): give --bundle or --sha256") from None
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.desired import DesiredError, parse_desired
-    from service.settings import ServiceSettings
-    from service.twin.local import DESIRED_FILE, read_json
-    from workers.manifest import write_atomic
-
-    path = ServiceSettings.from_env().store / "twin" / DESIRED_FILE
-    desired = read_json(path)
-    model = {"name": args.name, "version": args.version, "url": args.url}
-    model.update({k: v for k, v in (("sha256", args.sha256), ("md5", args.md5), ("size", args.size)) if v is not None})
-    desired["model"] = model
-    if args.threshold is not None:
-        desired["inference"] = {"score_threshold": args.threshold}
-    desired["$version"] = int(desired.get("$version", 0)) + 1
     try:
-        parse_desired(desired)
-    except DesiredError as exc:
+        if args.url is None:
+            _from_store(args)
+        elif args.bundle is None and args.sha256 is None:
+            raise LocalApplyError("with --url give --bundle or --sha256: an unverified download is never staged")
+        patch = twin_patch.build_patch(args)
+    except (LocalApplyError, twin_patch.PatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(desired, indent=2).encode())
-    print(f"{path}: $version {desired['$version']}")
-    return 0
+    return apply_and_say(args.store, patch)

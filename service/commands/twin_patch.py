@@ -9,6 +9,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from service.commands.local_apply import add_store_option, apply_and_say
+
 NAME = "twin-patch"
 HELP = "print the desired-properties patch (and the az command) that rolls out a bundle"
 DESCRIPTION = (
@@ -17,7 +19,8 @@ DESCRIPTION = (
     "`inference` and `download` (cap, windows, range size) when given and, with --reference, the reference design's "
     "FileName/DownloadUrl/ContentMD5 keys (ContentMD5 in base64, as Blob Storage gives it). The patch is checked "
     "with the device's own parser first. The JSON goes to stdout and a ready `az iot hub module-twin update` "
-    "command to stderr; with --az only the command is printed, on stdout."
+    "command to stderr; with --az only the command is printed, on stdout. With --apply-local the patch is "
+    "applied to the local twin of the embedded default instead (as `apply-patch` does)."
 )
 EPILOG = (
     "examples:\n"
@@ -26,7 +29,9 @@ EPILOG = (
     "  python -m service twin-patch --url https://files.local/ssd-2.0.0.zip --sha256 <hex> --size 9254321 \\\n"
     "      --name ssd-oidv4 --version 2.0.0 --az --hub-name myhub --device-id cam-01\n"
     "  python -m service twin-patch --url <URL> --bundle face_1.0.zip --name face --version 1.0 \\\n"
-    "      --sign keys/private.pem"
+    "      --sign keys/private.pem\n"
+    "  python -m service twin-patch --url <URL> --bundle face_1.0.zip --name face --version 1.0 \\\n"
+    "      --window 01:00-05:00 --apply-local   # the embedded default: no IoT Hub"
 )
 REFERENCE_KEYS = ("FileName", "DownloadUrl", "ContentMD5")
 
@@ -35,10 +40,13 @@ class PatchError(Exception):
     pass
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", required=True,
-                        help="where devices download the bundle (http/https, e.g. a Blob SAS URL)")
-    source = parser.add_mutually_exclusive_group(required=True)
+def configure(parser: argparse.ArgumentParser, local: bool = False) -> None:
+    """The options of a rollout; ``local`` (``set-model``): for the local twin, where a
+    version already in the store needs neither the URL nor the digests."""
+    parser.add_argument("--url", required=not local,
+                        help="where devices download the bundle (http/https, e.g. a Blob SAS URL)"
+                             + ("; not needed for a version already in the store" if local else ""))
+    source = parser.add_mutually_exclusive_group(required=not local)
     source.add_argument("--bundle", type=Path, metavar="OUT.zip",
                         help="the bundle file: SHA-256, MD5 and size are read from it")
     source.add_argument("--sha256", metavar="H", help="the bundle's SHA-256 (hex), when the file is not at hand")
@@ -69,7 +77,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "and model.size (the frame's) are set from it")
     parser.add_argument("--reference", action="store_true",
                         help="add the reference design's FileName/DownloadUrl/ContentMD5 keys (needs the MD5)")
+    add_store_option(parser)
+    if local:
+        return
     parser.add_argument("--az", action="store_true", help="print only the az command, on stdout")
+    parser.add_argument("--apply-local", action="store_true",
+                        help="apply the patch to the local twin ($TWINFER_STORE/twin/desired.json) instead of printing")
     parser.add_argument("--hub-name", default="<HUB>", help="IoT Hub name for the az command (default: <HUB>)")
     parser.add_argument("--device-id", default="<DEVICE>", help="device id for the az command (default: <DEVICE>)")
     parser.add_argument("--module-id", default="twinfer", help="module id for the az command (default: twinfer)")
@@ -150,10 +163,12 @@ def _download_settings(args: argparse.Namespace) -> dict:
 
 def build_patch(args: argparse.Namespace, delta: dict | None = None) -> dict:
     """The desired patch for the bundle (``delta``: a ``model.delta`` object to add)."""
-    from service.desired import DesiredError, parse_desired
+    from service.desired import MODEL_KEYS, DesiredError, parse_desired
 
     sha256, md5, size = _digests(args)
-    model = {"name": args.name, "version": args.version, "url": args.url, "sha256": sha256}
+    model = {"name": args.name, "version": args.version, "sha256": sha256}
+    if args.url is not None:
+        model["url"] = args.url
     if md5 is not None:
         model["md5"] = md5
     if size is not None:
@@ -169,6 +184,10 @@ def build_patch(args: argparse.Namespace, delta: dict | None = None) -> dict:
         model.update(_compressed(args, sha256))
     if delta is not None:
         model["delta"] = delta
+    # Null for every key this bundle does not use: IoT Hub (and the local twin) merge the patch
+    # into the model object, and a delta, compression or permission of the last rollout must
+    # not ride along with this one.
+    model.update({key: None for key in MODEL_KEYS if key not in model})
     patch: dict = {"model": model}
     if args.threshold is not None:
         patch["inference"] = {"score_threshold": args.threshold}
@@ -216,14 +235,18 @@ def az_command(patch: dict, hub: str, device: str, module: str) -> str:
             f"--module-id {_word(module)} --desired {shlex.quote(desired)}")
 
 
-def print_patch(args: argparse.Namespace, patch: dict) -> None:
-    """The JSON on stdout and the az command on stderr, or (``--az``) only the command."""
+def emit_patch(args: argparse.Namespace, patch: dict) -> int:
+    """Applied to the local twin (``--apply-local``), or printed: the JSON on stdout and the
+    az command on stderr, or (``--az``) only the command. Returns the exit code."""
+    if args.apply_local:
+        return apply_and_say(args.store, patch)
     command = az_command(patch, args.hub_name, args.device_id, args.module_id)
     if args.az:
         print(command)
     else:
         print(json.dumps(patch, indent=2))
         print(command, file=sys.stderr)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -232,5 +255,4 @@ def run(args: argparse.Namespace) -> int:
     except PatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print_patch(args, patch)
-    return 0
+    return emit_patch(args, patch)
