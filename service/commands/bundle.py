@@ -186,15 +186,24 @@ def build_and_validate(args: argparse.Namespace, work: Path) -> dict:
 
 
 def _place(source: Path, target: Path) -> None:
-    """Copy next to the target, then rename: the output path holds a whole bundle or nothing new."""
+    """Copy next to the target, then rename: the output path holds a whole bundle or nothing new.
+    The bundle gets the mode any new file gets (``mkstemp``'s 0600 would keep a web server
+    running as another user from serving it)."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix="." + target.name + ".", suffix=".tmp")
     os.close(fd)
     try:
         shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _print_human(result: dict) -> None:
