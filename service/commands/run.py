@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 
+log = logging.getLogger("twinfer.supervisor")
 NAME = "run"
 HELP = "prepare the model store, serve, follow the twin (the default command)"
 DESCRIPTION = (
@@ -32,8 +34,14 @@ def prepare_metrics_dir(settings) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from service.settings import ServiceSettings
+    from service.store_check import EXIT_STORE_UNWRITABLE, report_store_problem, store_problem
 
     settings = ServiceSettings.from_env()
+    problem = store_problem(settings.store)
+    if problem is not None:
+        log.error(problem)
+        report_store_problem(settings.store, problem, os.environ)
+        return EXIT_STORE_UNWRITABLE
     prepare_metrics_dir(settings)
     from service.supervisor import Supervisor  # imports prometheus_client: after the env is set
 
