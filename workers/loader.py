@@ -2,6 +2,10 @@
 
 A directory holds one ``.onnx`` or ``.tflite`` file, optionally a labels ``.txt`` and a
 ``twinfer.json`` metadata file. Missing metadata is detected from the signature.
+
+Precedence, most specific first: ``twinfer.json``, then a labels file, then what the
+model file says about itself (Ultralytics' metadata, a TFLite metadata label file), then
+the signature and ``class_N`` labels.
 """
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from workers.decoders import decoder_by_name, detect_decoder
-from workers.engines import ENGINE_FORMATS, EngineOptions, open_engine
+from workers import ultralytics
+from workers.decoders import Decoder, decoder_by_name, detect_decoder
+from workers.decoders.base import layout_of
+from workers.engines import ENGINE_FORMATS, Engine, EngineOptions, open_engine
 from workers.labels import embedded_tflite_labels, label_offset, read_label_file
 from workers.pipeline import DetectionModel
 from workers.spec import ModelSpec, SpecError, apply_overrides
@@ -31,14 +37,31 @@ def find_model_file(directory: Path) -> Path:
     return candidates[0]
 
 
-def find_labels(directory: Path, model_path: Path) -> list[str]:
+def find_labels(
+    directory: Path, model_path: Path, embedded: ultralytics.UltralyticsMetadata | None, decoder_cls: type[Decoder]
+) -> tuple[list[str], int]:
+    """Labels and the offset of class id 0 in them: a labels file beside the model, else
+    the export's own class names (ids exact, so no background offset), else a .tflite's
+    metadata label file (an Ultralytics export's ZIP holds none), else the decoder's defaults."""
+    labels: list[str] = []
     texts = sorted(p for p in directory.glob("*.txt") if p.is_file())
     if texts:
         preferred = next((p for p in texts if "label" in p.name.lower() or "class" in p.name.lower()), texts[0])
-        return read_label_file(preferred)
-    if model_path.suffix.lower() == ".tflite":
-        return embedded_tflite_labels(model_path) or []
-    return []
+        labels = read_label_file(preferred)
+    if not labels and embedded is not None and embedded.names:
+        return list(embedded.names), 0
+    if not labels and embedded is None and model_path.suffix.lower() == ".tflite":
+        labels = embedded_tflite_labels(model_path) or []
+    labels = labels or list(decoder_cls.default_labels)
+    return labels, label_offset(labels, decoder_cls.counts_background)
+
+
+def embedded_metadata(model_path: Path, engine: Engine) -> ultralytics.UltralyticsMetadata | None:
+    """Ultralytics' description of the export: ONNX metadata_props, or a .tflite's ZIP."""
+    raw = engine.metadata
+    if not raw and engine.format == "tflite":
+        raw = ultralytics.tflite_metadata(model_path)
+    return ultralytics.parse_metadata(raw, model_path.name)
 
 
 def read_metadata(directory: Path) -> dict:
@@ -64,15 +87,26 @@ def load_model(
     except Exception as exc:  # runtimes raise their own types for a bad file
         raise ModelLoadError(f"{model_path.name}: the runtime could not load it: {exc}") from exc
     try:
+        embedded = embedded_metadata(model_path, engine)
         signature = engine.signature
+        if embedded is not None:
+            if embedded.task not in (None, ultralytics.DETECT):
+                raise ModelLoadError(
+                    f"{model_path.name}: an Ultralytics {embedded.task!r} export; only {ultralytics.DETECT!r} models are served"
+                )
+            if embedded.imgsz is not None:
+                signature = ultralytics.fill_input_size(signature, embedded.imgsz, layout_of(signature), model_path.name)
         decoder_cls = decoder_by_name(metadata["decoder"]) if "decoder" in metadata else detect_decoder(signature)
-        defaults = ModelSpec(decoder=decoder_cls.name, input=decoder_cls.default_input(signature))
+        defaults = ModelSpec(
+            decoder=decoder_cls.name,
+            input=decoder_cls.default_input(signature),
+            decoder_options=ultralytics.decoder_options(engine.format, decoder_cls.name) if embedded else {},
+        )
         spec = apply_overrides(defaults, metadata)
         if score_threshold is not None:
             spec = replace(spec, score_threshold=score_threshold)
         decoder = decoder_cls(signature, spec.decoder_options)
     except (SpecError, ValueError) as exc:
         raise ModelLoadError(f"{model_path.name}: {exc}") from exc
-    labels = find_labels(directory, model_path) or list(decoder_cls.default_labels)
-    offset = label_offset(labels, decoder_cls.counts_background)
-    return DetectionModel(name, version, engine, decoder, spec, labels, offset)
+    labels, offset = find_labels(directory, model_path, embedded, decoder_cls)
+    return DetectionModel(name, version, engine, decoder, spec, labels, offset, signature)

@@ -13,6 +13,7 @@ import numpy as np
 from workers import imaging
 from workers.decoders.base import DecodeParams, Decoder, Detections, input_size
 from workers.engines.base import Engine
+from workers.signature import ModelSignature
 from workers.spec import ModelSpec
 
 
@@ -32,10 +33,21 @@ class DetectionResult:
 
 
 class DetectionModel:
-    """Engine + preprocessing + decoder + labels for one model version."""
+    """Engine + preprocessing + decoder + labels for one model version.
+
+    ``signature``: the engine's with a dynamic image size fixed (from an export's
+    metadata); the engine's own by default."""
 
     def __init__(
-        self, name: str, version: str, engine: Engine, decoder: Decoder, spec: ModelSpec, labels: list[str], label_offset: int
+        self,
+        name: str,
+        version: str,
+        engine: Engine,
+        decoder: Decoder,
+        spec: ModelSpec,
+        labels: list[str],
+        label_offset: int,
+        signature: ModelSignature | None = None,
     ) -> None:
         self.name = name
         self.version = version
@@ -44,7 +56,7 @@ class DetectionModel:
         self.spec = spec
         self.labels = labels
         self.label_offset = label_offset
-        self.input_width, self.input_height = input_size(engine.signature, spec.input.layout)
+        self.input_width, self.input_height = input_size(signature or engine.signature, spec.input.layout)
         image_input = engine.signature.image_input
         self._input_name = image_input.name
         self._input_dtype = image_input.dtype

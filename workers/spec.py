@@ -135,5 +135,6 @@ def apply_overrides(defaults: ModelSpec, metadata: Mapping[str, Any]) -> ModelSp
     if "decoder_options" in metadata:
         if not isinstance(metadata["decoder_options"], Mapping):
             raise SpecError("decoder_options must be an object")
-        spec = replace(spec, decoder_options=dict(metadata["decoder_options"]))
+        # Key by key over the defaults an export implies (see ``workers.ultralytics``).
+        spec = replace(spec, decoder_options={**spec.decoder_options, **metadata["decoder_options"]})
     return spec

@@ -40,5 +40,8 @@ class Engine(Protocol):
     format: str
     signature: ModelSignature
     shared_weights: bool  # True when loaded from a host artifact (weights mapped, shared)
+    # Key/value metadata the runtime reports for the model (ONNX metadata_props);
+    # LiteRT reports none (a .tflite's appended ZIP is read from the file).
+    metadata: Mapping[str, str]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...

@@ -201,6 +201,7 @@ class LiteRtEngine:
         if self._runner is None:
             self._runner = _InterpreterRunner(model_path, options)
         self.signature = self._runner.signature
+        self.metadata: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -90,6 +90,7 @@ class OnnxEngine:
             inputs=tuple(_tensor_info(a) for a in self._session.get_inputs()),
             outputs=tuple(_tensor_info(a) for a in self._session.get_outputs()),
         )
+        self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         return self._session.run(None, dict(feeds))
