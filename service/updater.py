@@ -333,7 +333,7 @@ class ModelUpdater:
         if self.repo.has(target.name, target.version):
             # Already staged (e.g. a rollback by twin): no download, and no second
             # validation when the first one's verdict still matches the model file.
-            self._report(target, "staging")
+            self._report(target, "staging", download=None)  # nothing downloaded for this document
             directory = self.repo.version_dir(target.name, target.version)
             if self.config.trusted_keys is not None:
                 self._check_signature(target, self._recorded_sha256(directory, target))
@@ -495,8 +495,8 @@ class ModelUpdater:
         except (VerifyError, ValueError) as exc:
             raise _DeltaUnusable("patch_checksum", str(exc)) from None
         try:
-            size = apply_patch(base, patch, patched, max_output_bytes=target.bundle_size or self.config.limits.max_total_bytes,
-                               engine=delta.engine)
+            limit = target.bundle_size or self.config.limits.max_total_bytes
+            size = apply_patch(base, patch, patched, max_output_bytes=limit, engine=delta.engine)
         except DeltaError as exc:
             raise _DeltaUnusable(exc.reason, str(exc)) from None
         except OSError as exc:
@@ -624,8 +624,10 @@ class ModelUpdater:
             saved = json.loads(self._state_path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None, {}
-        outcome = saved.get("outcome") if isinstance(saved, dict) else None
-        return (saved.get("handled") if isinstance(saved, dict) else None), (outcome if isinstance(outcome, dict) else {})
+        if not isinstance(saved, dict):
+            return None, {}
+        outcome = saved.get("outcome")
+        return saved.get("handled"), (outcome if isinstance(outcome, dict) else {})
 
     def _mark_handled(self, mark: str, state: str) -> None:
         self._handled = mark
