@@ -4,28 +4,49 @@ Serving: ``GET /healthz`` answers on the configured port, over TLS when ``TWINFE
 set (the loopback certificate is not verified: the check is about liveness, not identity;
 ``/healthz`` needs no token). Headless (``TWINFER_SERVE=0``): there is no HTTP, and the
 supervisor being alive (it is what runs this container) is the health.
+
+The check asks the address gunicorn binds (``TWINFER_HTTP_HOST``; a wildcard means
+loopback) with ``http.client``, which reads no proxy variables: an ``http_proxy`` set in
+the container for downloads must not turn a healthy module unhealthy.
 """
 from __future__ import annotations
 
+import http.client
 import os
 import ssl
 import sys
-import urllib.request
 
 from workers.settings import env_bool
+
+WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def probe_host(configured: str) -> str:
+    """Where to ask for TWINFER_HTTP_HOST: a wildcard bind answers on loopback; a specific
+    address (or name) only there, so that is what is asked."""
+    host = configured.strip().removeprefix("[").removesuffix("]")
+    return WILDCARDS.get(host, host)
 
 
 def healthy(timeout: float = 4.0) -> bool:
     if not env_bool("TWINFER_SERVE", True):
         return True
-    tls = bool(os.environ.get("TWINFER_TLS_CERT", "").strip())
-    url = f"{'https' if tls else 'http'}://127.0.0.1:{os.environ.get('TWINFER_HTTP_PORT', '8080')}/healthz"
-    context = ssl._create_unverified_context() if tls else None  # noqa: S323 (loopback liveness only)
+    host = probe_host(os.environ.get("TWINFER_HTTP_HOST", ""))
+    port = int(os.environ.get("TWINFER_HTTP_PORT", "8080"))
+    if os.environ.get("TWINFER_TLS_CERT", "").strip():
+        context = ssl._create_unverified_context()  # liveness of our own listener, not its identity
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, port, timeout=timeout, context=context
+        )
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as answer:
-            return answer.status == 200
-    except OSError:
+        connection.request("GET", "/healthz")
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
         return False
+    finally:
+        connection.close()
 
 
 if __name__ == "__main__":

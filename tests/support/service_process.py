@@ -43,8 +43,8 @@ class ServiceProcess:
             TWINFER_HTTP_HOST="127.0.0.1",
             TWINFER_HTTP_PORT=str(port),
             TWINFER_WORKERS=str(workers),
-            **(extra_env or {}),
         )
+        env.update(extra_env or {})  # may override the defaults above (e.g. TWINFER_HTTP_HOST)
         log_path = store.parent / f"{store.name}-service.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
