@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # twinfer as an IoT Edge module. Multi-arch: no architecture-specific step, so
 #   docker buildx build --platform linux/amd64,linux/arm64 -t <registry>/twinfer:<tag> .
 FROM python:3.11-slim-bookworm AS build

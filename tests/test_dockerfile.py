@@ -310,3 +310,16 @@ def test_final_stage_installs_no_build_tools(final):
                 packages = {w for w in words[2:] if not w.startswith("-")}
                 assert not packages & BUILD_TOOLS, packages & BUILD_TOOLS
     assert "slim" in final.base or "distroless" in final.base, final.base
+
+
+def test_no_parser_directive_pulls_a_frontend_image():
+    """``# syntax=`` makes BuildKit pull that frontend image from a registry before building:
+    an air-gapped or mirror-only builder fails on it. The built-in frontend reads this file."""
+    directives = []
+    for raw in DOCKERFILE.read_text().splitlines():
+        match = re.fullmatch(r"#\s*([a-zA-Z]+)\s*=\s*(.*?)\s*", raw)
+        if not match:
+            break  # parser directives are only recognised before the first other line
+        directives.append(match.group(1).lower())
+    assert "syntax" not in directives, "drop the # syntax= directive"
+    assert not re.search(r"(?im)^#\s*syntax\s*=", DOCKERFILE.read_text())
