@@ -19,9 +19,12 @@ COPY gunicorn.conf.py ./
 COPY service/ service/
 COPY workers/ workers/
 COPY models/ models/
+# ORT_DISABLE_TELEMETRY: ONNX Runtime sends no usage events and keeps no device id
+# (workers/runtime_env.py forces the same in every process the service starts).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     TWINFER_STORE=/iotedge/storage
 USER twinfer
 VOLUME /iotedge/storage

@@ -3,3 +3,5 @@
 It may import ``workers`` (engines, decoders, manifest) to validate models before it
 publishes them; ``workers`` never imports this package.
 """
+
+import workers  # noqa: F401  (first: workers/runtime_env.py, for this process and its children)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.paths import PROJECT_ROOT
+from workers.runtime_env import RUNTIME_ENVIRONMENT
 
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 DOCKERIGNORE = PROJECT_ROOT / ".dockerignore"
@@ -275,6 +276,18 @@ def test_requirements_are_a_closed_lock_of_exact_pins():
             assert requirement.specifier.contains(pins[dependency], prereleases=True), (name, spec, pins[dependency])
 
 
+def final_env(stage: Stage) -> dict[str, str]:
+    """The variables the stage's ENV instructions set (both ENV forms)."""
+    env = {}
+    for instruction in stage.all("ENV"):
+        words = shlex.split(instruction.args)
+        if words and "=" not in words[0]:
+            env[words[0]] = " ".join(words[1:])
+        else:
+            env.update(w.split("=", 1) for w in words)
+    return env
+
+
 def test_final_stage_is_non_root_with_store_volume_and_healthcheck(final):
     user = final.last("USER")
     assert user is not None, "the final stage runs as root"
@@ -291,16 +304,16 @@ def test_final_stage_is_non_root_with_store_volume_and_healthcheck(final):
     chown = next(index for index, i in enumerate(final.instructions)
                  if i.keyword == "RUN" and re.search(rf"chown\s+{re.escape(name)}\S*\s+{re.escape(STORE)}", i.args))
     assert chown < keywords.index("VOLUME")
-    env = {}
-    for instruction in final.all("ENV"):
-        words = shlex.split(instruction.args)
-        if words and "=" not in words[0]:
-            env[words[0]] = " ".join(words[1:])
-        else:
-            env.update(w.split("=", 1) for w in words)
-    assert env.get("TWINFER_STORE") == STORE
+    assert final_env(final).get("TWINFER_STORE") == STORE
     healthcheck = final.last("HEALTHCHECK")
     assert healthcheck is not None and " CMD " in f" {healthcheck.args} " and "service.healthcheck" in healthcheck.args
+
+
+def test_image_sets_the_runtime_environment_for_any_process(final):
+    """ONNX Runtime telemetry off (workers/runtime_env.py) even for a process that imports
+    a runtime without importing ``workers`` first."""
+    env = final_env(final)
+    assert {name: env.get(name) for name in RUNTIME_ENVIRONMENT} == RUNTIME_ENVIRONMENT
 
 
 def test_final_stage_installs_no_build_tools(final):
