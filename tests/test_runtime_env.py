@@ -26,6 +26,8 @@ OPEN_SESSION = (
     "import onnxruntime as ort; "
     f"ort.InferenceSession({str(MODELS / 'blazeface_short_range.onnx')!r}, providers=['CPUExecutionProvider'])"
 )
+# Non-actionable lines LiteRT printed on every load: the vendor NPU plugin lookup.
+PLUGIN_NOISE = ("Failed to load plugin", "libopenvino", "Attempting to load plugin")
 
 
 def _open_session(home: Path, first: str = "") -> None:
@@ -107,3 +109,11 @@ def test_no_process_of_a_running_service_has_telemetry_on(service):
         assert {pid: env.get(name) for pid, env in children.items()} == dict.fromkeys(children, value)
     assert not any(home.iterdir()), sorted(p.relative_to(home) for p in home.rglob("*"))
 
+
+def test_litert_loads_log_no_plugin_lookup_but_a_bad_model_is_still_an_error(service):
+    running, _, _, status = service
+    log = running.log()
+    assert "face 2.0.0" in log and "face 3.0.0" in log  # the LiteRT and the ONNX model were served
+    assert [line for line in log.splitlines() if any(noise in line for noise in PLUGIN_NOISE)] == []
+    error = status["last_error"]["message"]
+    assert error and f"model update failed ({status['last_error']['reason']}): {error}" in log

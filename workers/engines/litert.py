@@ -79,14 +79,21 @@ _environment_lock = threading.Lock()
 
 
 def shared_environment():
-    """One LiteRT environment per process (it loads the accelerator registry once)."""
+    """One LiteRT environment per process (it loads the accelerator registry once).
+
+    Models run on the CPU (XNNPACK) only, so no vendor NPU compiler plugin or dispatch
+    library is wanted. Left empty, both paths are auto-discovered under the wheel's
+    ``vendors/`` and each plugin whose SDK is absent (OpenVINO, ...) logs a failed load
+    that reads like a fault; a directory that does not exist makes LiteRT search none."""
     global _environment
+    import ai_edge_litert
     from ai_edge_litert.compiled_model import CompiledModel  # noqa: F401  (loads the wrappers)
     from ai_edge_litert.environment import Environment
 
+    no_plugins = str(Path(ai_edge_litert.__file__).parent / "vendors" / "none")
     with _environment_lock:
         if _environment is None:
-            _environment = Environment.create()
+            _environment = Environment.create(compiler_plugin_path=no_plugins, dispatch_library_path=no_plugins)
         return _environment
 
 
