@@ -19,8 +19,9 @@ import pytest
 
 from service.desired import MAX_DOCUMENT_BYTES, merge_patch, parse_desired
 from service.settings import ServiceSettings
-from tests.support.paths import PROJECT_ROOT
-from workers.settings import WorkerSettings
+from tests.support.paths import DEFAULT_MODEL, PROJECT_ROOT
+from tests.support.service_process import ServiceProcess
+from workers.settings import WorkerSettings, check_server_protection
 
 OPS = PROJECT_ROOT / "ops"
 TEMPLATE = OPS / "deployment.template.json"
@@ -40,6 +41,9 @@ SETTINGS_SOURCES = (
     PROJECT_ROOT / "gunicorn.conf.py",
 )
 CREATE_OPTIONS_MAX_BYTES = 4 * 1024  # a twin string value; longer options need createOptions01.. chunks
+TOKEN_PLACEHOLDER = re.compile(r"\$\{?TWINFER_API_TOKENS\}?")
+SAMPLE_TOKEN = "sample-token-0123456789abcdef"  # what an operator puts in place of the placeholder
+WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
 
 
 def load_json(path: Path) -> Any:
@@ -173,13 +177,77 @@ def test_base_desired_properties_parse_and_fit(manifest, monkeypatch):
     assert (state.model.name, state.model.version) == (defaults.default_model_name, defaults.default_model_version)
 
 
+def test_the_api_listens_on_loopback_or_a_named_address_only(twinfer_module, twinfer_env):
+    """Docker publishes a port without HostIp on every host interface; the inference API
+    is for the device's own clients (other modules reach it on the Edge network without
+    any port binding)."""
+    bindings = create_options(twinfer_module["settings"])["HostConfig"]["PortBindings"]
+    assert bindings
+    for port, entries in bindings.items():
+        for entry in entries:
+            assert entry.get("HostIp", "") not in WILDCARD_HOSTS, f"{port} is published on every host interface"
+    assert twinfer_env.get("TWINFER_HTTP_HOST", "0.0.0.0") in WILDCARD_HOSTS, (
+        "inside the container the API must listen on the container's interface, or the binding reaches nothing"
+    )
+
+
+def test_the_api_token_is_a_placeholder_the_operator_fills(twinfer_env):
+    """A token in the repository would be a shared secret; no token would leave the API open."""
+    assert TOKEN_PLACEHOLDER.fullmatch(twinfer_env["TWINFER_API_TOKENS"])
+    check_server_protection({"TWINFER_API_TOKENS": SAMPLE_TOKEN})  # what the filled-in value must look like
+
+
+def test_the_template_env_as_is_stops_the_service_naming_the_token(twinfer_env, tmp_path):
+    """Deployed with the placeholder left in, the module refuses to start (fails closed)
+    instead of serving without a token."""
+    env = {name: value for name, value in twinfer_env.items() if name not in ("TWINFER_STORE", "TWINFER_HTTP_PORT")}
+    with ServiceProcess.start(tmp_path / "store", workers=1, extra_env=env, wait_ready=False) as service:
+        code = service.proc.wait(timeout=60)
+        log = service.log()
+    assert code != 0, log
+    assert "TWINFER_API_TOKENS" in log and "bearer token" in log, log
+
+
+def test_the_root_filesystem_is_read_only_with_a_writable_place_for_each_write(twinfer_module, twinfer_env):
+    """What the running service writes (traced with strace -f: the store, and gunicorn's
+    worker heartbeat files in worker_tmp_dir) lands on a writable mount; /tmp is a tmpfs for
+    tempfile users (the operator commands run with docker exec)."""
+    host = create_options(twinfer_module["settings"])["HostConfig"]
+    assert host["ReadonlyRootfs"] is True
+    tmpfs = host["Tmpfs"]
+    assert "/tmp" in tmpfs and "noexec" in tmpfs["/tmp"].split(",")
+    writable = {bind.split(":")[1] for bind in host["Binds"]} | set(tmpfs) | {"/dev/shm"}  # Docker's own tmpfs
+    gunicorn_conf = (PROJECT_ROOT / "gunicorn.conf.py").read_text()
+    worker_tmp_dir = re.search(r'^worker_tmp_dir\s*=\s*"([^"]+)"', gunicorn_conf, re.M).group(1)
+    for path in (twinfer_env["TWINFER_STORE"], worker_tmp_dir):
+        assert any(path == place or path.startswith(place.rstrip("/") + "/") for place in writable), path
+
+
+def test_the_sample_desired_model_is_the_bundled_model_as_a_bundle(manifest, tmp_path):
+    """The base's ``model`` is the bundle ``python -m service bundle`` makes of models/default
+    (fixed timestamps, the model stored: the same files give the same bytes), so an
+    operator who uploads that bundle to the sample's URL gets a true entry."""
+    model = manifest["twinfer"]["properties.desired"]["model"]
+    out = tmp_path / "bundle.zip"
+    command = [
+        sys.executable, "-m", "service", "bundle", str(DEFAULT_MODEL / "model.onnx"),
+        "--labels", str(DEFAULT_MODEL / "labels.txt"), "--metadata", str(DEFAULT_MODEL / "twinfer.json"),
+        "--name", model["name"], "--version", model["version"], "-o", str(out), "--json",
+    ]
+    result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    built = json.loads(result.stdout)
+    assert (model["sha256"], model["size"]) == (built["sha256"], built["size"])
+    assert model["url"].endswith(f"/{model['name']}-{model['version']}.zip")
+
+
 # --- environment variables -------------------------------------------------------------
 
 
 def test_every_env_var_is_a_setting_the_code_reads(twinfer_env):
     sources = "\n".join(path.read_text() for path in SETTINGS_SOURCES)
     for name in twinfer_env:
-        read = re.compile(rf"""\b(?:os\.environ\.get|env_int|env_seconds|env_bool|env\.get)\(\s*["']{re.escape(name)}["']""")
+        read = re.compile(rf"""\b(?:environ\.get|env_int|env_seconds|env_bool|env\.get)\(\s*["']{re.escape(name)}["']""")
         assert read.search(sources), f"{name} is not read by {', '.join(p.name for p in SETTINGS_SOURCES)}"
 
 
@@ -188,7 +256,7 @@ def test_the_settings_loaders_accept_the_env_values(twinfer_env, monkeypatch):
         monkeypatch.delenv(name)
     for name, value in twinfer_env.items():
         assert isinstance(value, str), f"{name}: IoT Edge env values are strings"
-        monkeypatch.setenv(name, value)
+        monkeypatch.setenv(name, TOKEN_PLACEHOLDER.sub(SAMPLE_TOKEN, value))
     service = ServiceSettings.from_env()
     WorkerSettings.from_env()
     assert service.store == Path("/iotedge/storage") and service.http_port == 8080
@@ -321,7 +389,7 @@ def test_readme_recipe_turns_the_template_into_a_manifest():
     env = {
         **os.environ, "MODULE_IMAGE": "example.azurecr.io/twinfer:9.9.9",
         "CONTAINER_REGISTRY_ADDRESS": "example.azurecr.io", "CONTAINER_REGISTRY_USERNAME": "user",
-        "CONTAINER_REGISTRY_PASSWORD": 'p"a\\ss+/=',
+        "CONTAINER_REGISTRY_PASSWORD": 'p"a\\ss+/=', "TWINFER_API_TOKENS": SAMPLE_TOKEN,
     }
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60
@@ -332,6 +400,7 @@ def test_readme_recipe_turns_the_template_into_a_manifest():
     agent = generated["$edgeAgent"]["properties.desired"]
     assert agent["modules"]["twinfer"]["settings"]["image"] == "example.azurecr.io/twinfer:9.9.9"
     assert agent["runtime"]["settings"]["registryCredentials"]["twinferregistry"]["password"] == 'p"a\\ss+/='
+    assert agent["modules"]["twinfer"]["env"]["TWINFER_API_TOKENS"] == {"value": SAMPLE_TOKEN}
     template_agent = template["$edgeAgent"]["properties.desired"]
     for group in ("systemModules", "modules"):
         for name, module in agent[group].items():
