@@ -351,7 +351,9 @@ def test_desired_parser_returns_or_raises_desired_error(document, patch):
     PARSED["accepted"] += 1
     assert isinstance(state, DesiredState)
     if state.model is not None:
-        assert state.model.url.startswith(("http://", "https://"))
+        # url may be absent (a version in the store), never anything but http(s)
+        assert state.model.url is None or state.model.url.startswith(("http://", "https://"))
+        assert state.model.url is not None or (state.model.delta is None and state.model.compression is None)
         for part in (state.model.name, state.model.version):
             assert "/" not in part and "\\" not in part and ".." not in part and part
     assert state.score_threshold is None or 0.0 <= state.score_threshold <= 1.0
