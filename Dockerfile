@@ -6,6 +6,19 @@ COPY requirements.txt /tmp/requirements.txt
 # the venv's bundled pip installs these wheels, and the build stays reproducible).
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+# What the service never loads (tests/test_image_trim.py runs the service's imports, both
+# engines and a delta without it): LiteRT's WebGPU accelerator, C API library, NPU vendor
+# plugins and AOT tool (inference runs on the CPU through the Python wrappers' own runtime),
+# zstandard's CFFI backend (the C one is used), numpy's test suites, ONNX Runtime's offline
+# tooling, and pip and setuptools (nothing installs at run time). Measured on linux/x86_64
+# (du of a venv built this way): 474 MiB before, 374 MiB after.
+RUN cd /opt/venv/lib/python3.11/site-packages \
+ && rm -rf ai_edge_litert/libLiteRtWebGpuAccelerator.so ai_edge_litert/libLiteRt.so ai_edge_litert/vendors \
+      ai_edge_litert/tools/apply_plugin_main \
+      zstandard/_cffi.*.so numpy/tests numpy/*/tests \
+      onnxruntime/transformers onnxruntime/quantization onnxruntime/tools \
+      pip pip-*.dist-info setuptools setuptools-*.dist-info pkg_resources _distutils_hack distutils-precedence.pth \
+ && rm -f /opt/venv/bin/pip /opt/venv/bin/pip3 /opt/venv/bin/pip3.11
 
 FROM python:3.11-slim-bookworm
 RUN apt-get update \
