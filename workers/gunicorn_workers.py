@@ -17,6 +17,12 @@ They also let the app close a connection after its answer with ``Connection: clo
 The gthread worker also serves a kept-alive connection's next request in the same thread
 when it arrives within TWINFER_KEEPALIVE_LINGER (``ThreadDeadlineWorker``).
 
+When told to stop, both close their listeners at the start of the drain, after taking the
+connections the kernel had already queued on them (closing a listener resets those): a
+client that reconnects after its ``Connection: close`` is refused instead of being queued
+on a listener nobody accepts from any more and reset when the worker exits (``hey -c 2``
+saw one reset per connection at every stop, with either class).
+
 The watchdog gets a ``dup()`` of the socket: a TLS connection is wrapped (and the
 original socket object detached) after the deadline is armed, and the duplicate keeps
 the right connection addressable until the deadline is disarmed.
@@ -24,14 +30,17 @@ the right connection addressable until the deadline is disarmed.
 from __future__ import annotations
 
 import select
+import socket
 import threading
 import time
 from functools import partial
+from typing import Any
 
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn import util
+from gunicorn.workers.gthread import TConn, ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
-from workers.limits import WATCHDOG
+from workers.limits import WATCHDOG, close_connection
 from workers.settings import env_seconds
 
 HEADER_TIMEOUT = env_seconds("TWINFER_HEADER_TIMEOUT", 10.0)
@@ -70,6 +79,32 @@ def _readable_within(sock, seconds: float) -> bool:
     return bool(poller.poll(seconds * 1000))
 
 
+def _take_queued(listener, limit: int) -> list[tuple[socket.socket, Any]]:
+    """The connections the kernel already completed on ``listener`` (at most ``limit``, a
+    full backlog): taken before it is closed, which would reset them."""
+    listener.setblocking(False)
+    taken = []
+    while len(taken) < limit:
+        try:
+            taken.append(listener.accept())
+        except ConnectionAbortedError:
+            continue
+        except BlockingIOError:
+            break
+    return taken
+
+
+class _ClosedListener:
+    """A listener closed at the stop, for the connections taken from its queue: gunicorn's
+    sync worker only asks it for its address."""
+
+    def __init__(self, address) -> None:
+        self._address = address
+
+    def getsockname(self):
+        return self._address
+
+
 class ThreadDeadlineWorker(ThreadWorker):
     """gthread: each request's header block must arrive within TWINFER_HEADER_TIMEOUT, and a
     kept-alive connection whose next request comes within TWINFER_KEEPALIVE_LINGER is served
@@ -90,6 +125,7 @@ class ThreadDeadlineWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self._waiting = 0  # connections handed to the pool that no thread has taken up yet
         self._waiting_lock = threading.Lock()
+        self._refusing = False  # the listeners are closed: the worker is stopping
 
     def enqueue_req(self, conn):
         with self._waiting_lock:
@@ -121,12 +157,83 @@ class ThreadDeadlineWorker(ThreadWorker):
         _offer_close(req)
         return super().handle_request(req, conn)
 
+    def load_wsgi(self):
+        super().load_wsgi()
+        app = self.wsgi
+
+        def close_once_refusing(environ, start_response):
+            answer = app(environ, start_response)
+            if self._refusing:  # gunicorn writes the headers after this, in this thread
+                close_connection(environ["wsgi.input"])
+            return answer
+
+        self.wsgi = close_once_refusing
+
+    def set_accept_enabled(self, enabled):
+        """gunicorn calls this with False as its main loop ends, which is where the drain
+        starts once the worker is told to stop."""
+        if not self.alive and not self._refusing:
+            self._stop_listening()
+        if not self._refusing:
+            super().set_accept_enabled(enabled)
+
+    def _stop_listening(self) -> None:
+        """Serve what is queued on the listeners and close them; from then on every answer
+        whose headers are still to be written says ``Connection: close``. In this order, no
+        client is told to reconnect while a listener still takes connections that nobody
+        will accept. (An answer whose headers went out before says keep-alive, and its
+        connection's next request is answered with ``Connection: close``, by gunicorn.)"""
+        super().set_accept_enabled(False)
+        for listener in self.sockets:
+            address = listener.getsockname()
+            for client, peer in _take_queued(listener, self.cfg.backlog):
+                self.nr_conns += 1
+                client.setblocking(True)
+                self.enqueue_req(TConn(self.cfg, client, peer, address))
+            listener.close()
+        self._refusing = True
+
 
 class SyncDeadlineWorker(SyncWorker):
     """sync: the header block must arrive within TWINFER_HEADER_TIMEOUT (instead of holding
-    the worker until the arbiter kills it after TWINFER_WORKER_TIMEOUT)."""
+    the worker until the arbiter kills it after TWINFER_WORKER_TIMEOUT).
+
+    Every sync answer says ``Connection: close``, so its client reconnects at once: a stop
+    that arrives during a request closes the listeners when the app has answered, before
+    gunicorn writes that answer, and the connections queued meanwhile are served after it."""
 
     _header_ticket: int | None = None
+    _queued: list | None = None  # (listener address, socket, peer) taken at the stop
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        app = self.wsgi
+
+        def stop_listening_before_the_answer(environ, start_response):
+            answer = app(environ, start_response)
+            if not self.alive:
+                self._stop_listening()
+            return answer
+
+        self.wsgi = stop_listening_before_the_answer
+
+    def run(self):
+        super().run()
+        self._stop_listening()
+        for address, client, peer in self._queued:
+            self.handle(_ClosedListener(address), client, peer)
+
+    def _stop_listening(self) -> None:
+        if self._queued is not None:
+            return
+        self._queued = []
+        for listener in self.sockets:
+            address = listener.getsockname()
+            for client, peer in _take_queued(listener, self.cfg.backlog):
+                client.setblocking(True)
+                util.close_on_exec(client)
+                self._queued.append((address, client, peer))
+            listener.close()
 
     def handle(self, listener, client, addr):
         self._header_ticket = _arm(client)
