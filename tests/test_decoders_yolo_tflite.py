@@ -11,7 +11,9 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+from tests.support.onnx_models import planted_output_nodes
 
 from workers.decoders.base import DecodeParams
 from workers.decoders.tflite_ssd import TfliteSsdPostprocessDecoder
@@ -234,13 +236,7 @@ def v5_tensor() -> np.ndarray:
 
 def constant_onnx(path: Path, planted: np.ndarray) -> None:
     """A model whose output is ``planted`` whatever the image (the image still feeds it)."""
-    nodes = [
-        helper.make_node("Constant", [], ["planted"], value=numpy_helper.from_array(planted, "planted_value")),
-        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0.0, np.float32), "zero_value")),
-        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
-        helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
-        helper.make_node("Add", ["planted", "nothing"], ["output0"]),
-    ]
+    nodes = planted_output_nodes(planted)
     graph = helper.make_graph(
         nodes,
         "planted_yolo",

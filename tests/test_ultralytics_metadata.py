@@ -13,7 +13,9 @@ import cv2
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
+
+from tests.support.onnx_models import planted_output_nodes
 
 from tests.support.tflite_models import constant_output_tflite
 from workers.engines import EngineOptions
@@ -58,13 +60,7 @@ def yolo_onnx(path: Path, metadata: dict | None, height: int | str = SIZE, width
     """A YOLOv8-shaped ONNX model with the planted output; ``metadata`` as the exporter
     stores it (``meta.key, meta.value = k, str(v)``). A str side is a dynamic dim."""
     planted = planted_v8()
-    nodes = [
-        helper.make_node("Constant", [], ["planted"], value=numpy_helper.from_array(planted, "planted_value")),
-        helper.make_node("Constant", [], ["zero"], value=numpy_helper.from_array(np.array(0.0, np.float32), "zero_value")),
-        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
-        helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
-        helper.make_node("Add", ["planted", "nothing"], ["output0"]),
-    ]
+    nodes = planted_output_nodes(planted)
     graph = helper.make_graph(
         nodes, "main_graph",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, height, width])],
