@@ -209,13 +209,13 @@ class ModelUpdater:
             if "$version" in document:
                 self._desired["$version"] = document["$version"]
             self._inputs += 1
-            if self._working_on is not None and self._target(self._desired) != self._working_on:
+            if self._working_on is not None and self._model_of(self._desired) != self._working_on:
                 log.info("desired model changed during an update; cancelling it")
                 self._cancel.set()
             self._cond.notify_all()
 
     @staticmethod
-    def _target(document: dict) -> DesiredModel | None:
+    def _model_of(document: dict) -> DesiredModel | None:
         try:
             return parse_desired(document).model
         except DesiredError:

@@ -76,3 +76,22 @@ def test_status_follows_the_latest_desired_document_across_successes_refusals_an
             status = model_status(twin.wait_reported(lambda r: model_status(r)["desired_version"] == twin.version
                                                      and model_status(r)["state"] == "active"))
             assert "last_error" not in status and status["target"] == {"name": "face", "version": "3"}
+
+
+def test_a_newer_document_during_a_download_cancels_it_and_is_followed(tmp_path, face_env):
+    """The twin delivers documents while an update runs; the newer one wins, and the twin
+    keeps being followed (a crash in its callback would stop every later update)."""
+    store = tmp_path / "store"
+    twin = LocalTwinFiles(store)
+    bundles = {version: face_bundle() for version in ("2", "3")}
+    with FileServer({f"/face-{v}.zip": b.data for v, b in bundles.items()}) as files, \
+            ServiceProcess.start(store, workers=1, extra_env={**face_env, "TWINFER_DOWNLOAD_RANGE_BYTES": "0"}):
+        slow = model_desired("face", "2", files.url("/face-2.zip"), bundles["2"],
+                             download={"max_bytes_per_second": 1024})  # ~4 minutes for this bundle
+        twin.set_desired(slow)
+        twin.wait_reported(lambda r: model_status(r)["state"] == "downloading")
+        twin.set_desired(model_desired("face", "3", files.url("/face-3.zip"), bundles["3"]))
+        status = model_status(twin.wait_reported(is_active("3")))
+        assert status["target"] == {"name": "face", "version": "3"} and "last_error" not in status
+        twin.set_desired(model_desired("face", "2", files.url("/face-2.zip"), bundles["2"]))
+        twin.wait_reported(failed_with("downgrade_refused", twin.version))  # still followed
