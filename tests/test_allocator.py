@@ -21,16 +21,19 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # the buffers a 640x480 request frees when it answers (decoded picture, resized copy, float
 # input, the SSD model's 1917x601 float output), then free them; count page faults per
 # round after a warm-up, and the RSS that two 20 MB pictures, one after the other, leave
-# behind once freed (glibc left adaptive keeps the second on the heap).
+# behind once freed (glibc left adaptive keeps the second on the heap). Transparent huge
+# pages are off in the probe (numpy asks for them on big arrays): whether the kernel has
+# a free 2 MiB page depends on the machine's load, and each one would hide 511 faults.
 PROBE = r"""
-import json, resource, sys, threading
+import ctypes, json, resource, sys, threading
+PR_SET_THP_DISABLE = 41
+assert ctypes.CDLL(None).prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
 import numpy as np
 setup = sys.argv[1]
 if setup == "tuned":
     from workers import allocator
     assert allocator.tune_heap(), "mallopt refused"
 elif setup == "mmap-only":  # the previous setting: trim threshold stays at 128 KiB
-    import ctypes
     ctypes.CDLL(None).mallopt(-3, 4 * 1024 * 1024)
 
 def rss():

@@ -1,9 +1,9 @@
 """No ONNX Runtime telemetry in any process, and no runtime noise that reads like a fault.
 
-ONNX Runtime's telemetry is observed by what it leaves behind: at initialisation it
-creates a device id under ``$HOME/.cache/Microsoft/DeveloperTools/.onnxruntime`` (and its
-uploader then looks up ``mobile.events.data.microsoft.com``). Every process here gets a
-HOME of its own, so a file there means some process had telemetry on.
+ONNX Runtime reads ``ORT_DISABLE_TELEMETRY`` when it initialises; with telemetry on, its
+official builds may create a device id under ``$HOME/.cache`` (and its uploader looks up
+``mobile.events.data.microsoft.com``). Every process here gets a HOME of its own, so the
+tests check both the switch each process carries and that nothing was written there.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from tests.support.paths import MODELS, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess
 from workers.runtime_env import RUNTIME_ENVIRONMENT
 
-TELEMETRY_DIR = Path(".cache", "Microsoft", "DeveloperTools", ".onnxruntime")
 OPEN_SESSION = (
     "import onnxruntime as ort; "
     f"ort.InferenceSession({str(MODELS / 'blazeface_short_range.onnx')!r}, providers=['CPUExecutionProvider'])"
@@ -30,20 +29,24 @@ OPEN_SESSION = (
 PLUGIN_NOISE = ("Failed to load plugin", "libopenvino", "Attempting to load plugin")
 
 
-def _open_session(home: Path, first: str = "") -> None:
-    """A fresh interpreter that opens an ONNX session, optionally after ``first``."""
+def _open_session_after_importing_workers(home: Path) -> str:
+    """A fresh interpreter that imports ``workers`` then opens an ONNX session; returns the
+    telemetry switch as the runtime saw it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORT_", "XDG_"))}
     env.update(HOME=str(home), ORT_DISABLE_TELEMETRY="0")  # an inherited "0" must not turn it on
-    subprocess.run([sys.executable, "-c", first + OPEN_SESSION], cwd=PROJECT_ROOT, env=env, check=True, timeout=60)
+    code = "import workers; " + OPEN_SESSION + "; import os; print(os.environ['ORT_DISABLE_TELEMETRY'])"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, env=env, check=True, timeout=60, capture_output=True, text=True
+    )
+    return done.stdout.strip()
 
 
-def test_onnx_runtime_telemetry_is_observable_here_and_off_after_importing_workers(tmp_path):
-    plain, ours = tmp_path / "plain", tmp_path / "ours"
-    plain.mkdir(), ours.mkdir()
-    _open_session(plain)
-    assert (plain / TELEMETRY_DIR / "deviceid").is_file(), "telemetry on: ORT keeps a device id"
-    _open_session(ours, first="import workers; ")
-    assert not any(ours.iterdir()), sorted(p.relative_to(ours) for p in ours.rglob("*"))
+def test_importing_workers_turns_onnx_runtime_telemetry_off_before_a_session_opens(tmp_path):
+    """Whether ORT writes its device id with telemetry on depends on the build and the
+    machine (it did on the development machine, not on CI), so the proof is the switch the
+    runtime read plus an untouched HOME, not a comparison with a run that has it on."""
+    assert _open_session_after_importing_workers(tmp_path) == "1"
+    assert not any(tmp_path.iterdir()), sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
 
 
 def _descendants(pid: int) -> list[int]:
