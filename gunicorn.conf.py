@@ -52,6 +52,22 @@ def child_exit(server, worker):
     remove_state(Path(os.environ.get("TWINFER_STORE", "var")).resolve(), worker.pid)
 
 
+def worker_exit(server, worker):
+    """A worker that has finished ends as a forked ``multiprocessing`` child does, with
+    ``os._exit`` and its exit code: nothing in interpreter shutdown is needed (the master
+    drops its metrics in ``child_exit``), and LiteRT's process-wide state would print a
+    line per accelerator from its destructors at every exit (workers/native_stderr.py)."""
+    import logging
+    import sys
+
+    ending = sys.exc_info()[1]  # gunicorn calls this while the worker's SystemExit unwinds
+    if isinstance(ending, SystemExit) and isinstance(ending.code, (int, type(None))):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(ending.code or 0)
+
+
 def ssl_context(conf, default_ssl_context_factory):
     """TLS as gunicorn sets it up, plus: an end of stream without close_notify is an end of
     input, not a fatal error. The body deadline (workers/limits.py) ends a stalled upload by

@@ -53,6 +53,7 @@ from workers.engines.artifacts import (
     write_ready_marker,
 )
 from workers.engines.base import EngineOptions
+from workers.native_stderr import actionable_tail
 
 log = logging.getLogger("twinfer.optimize")
 
@@ -120,7 +121,7 @@ def _prepare_in_child(model_dir: Path, timeout: float) -> PreparedArtifacts:
         lines = [l for l in done.stdout.decode(errors="replace").splitlines() if l.startswith("{")]
         result = PreparedArtifacts(**json.loads(lines[-1])) if lines else None
         if result is None or done.returncode != 0:
-            tail = " | ".join(done.stderr.decode(errors="replace").strip().splitlines()[-3:])
+            tail = " | ".join(actionable_tail(done.stderr))
             result = _failed(model_dir, started, f"preparation crashed (exit {done.returncode}): {tail}")
     except subprocess.TimeoutExpired:
         result = _failed(model_dir, started, f"preparation did not finish in {timeout:.0f} s")
@@ -271,13 +272,10 @@ class _Reference:
             self.engine = OnnxEngine(model_path, _REFERENCE_OPTIONS)
             self.record = None
         else:
-            from ai_edge_litert.interpreter import Interpreter
-
-            from workers.engines.litert import LiteRtEngine, describe_interpreter
+            from workers.engines.litert import LiteRtEngine, describe_interpreter, open_interpreter
 
             self.engine = LiteRtEngine(model_path, _REFERENCE_OPTIONS)
-            interpreter = Interpreter(model_path=str(model_path), num_threads=1)
-            interpreter.allocate_tensors()
+            interpreter = open_interpreter(model_path, num_threads=1)
             self.record = describe_interpreter(interpreter)
             del interpreter
         self.signature = self.engine.signature
@@ -356,27 +354,15 @@ def _build_onnx(model_path: Path, into: Path) -> None:
 def _build_litert(model_path: Path, into: Path) -> None:
     """Compiling the model with a cache path that does not exist yet makes XNNPACK pack
     the weights into that file (workers only ever open an existing, checked one)."""
+    from workers.engines.litert import compile_on_cpu
+
     cache = into / XNNPACK_CACHE_FILE
-    builder = _compile_with_cache(model_path, cache)
+    builder = compile_on_cpu(model_path, 1, cache)
     del builder
     gc.collect()
     if not cache.is_file() or cache.stat().st_size == 0:
         raise PrepareError("XNNPACK wrote no weight cache (no operator delegated to XNNPACK?)")
     _fsync(cache)
-
-
-def _compile_with_cache(model_path: Path, cache: Path):
-    from ai_edge_litert.compiled_model import CompiledModel
-    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
-    from ai_edge_litert.options import CpuOptions, Options
-
-    from workers.engines.litert import shared_environment
-
-    options = Options(
-        hardware_accelerators=HardwareAccelerator.CPU,
-        cpu_options=CpuOptions(num_threads=1, xnnpack_weight_cache_path=str(cache)),
-    )
-    return CompiledModel.from_file(str(model_path), environment=shared_environment(), options=options)
 
 
 def _check_candidate(

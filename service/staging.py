@@ -21,6 +21,7 @@ from pathlib import Path
 from workers.engines import ENGINE_FORMATS, EngineOptions
 from workers.loader import ModelLoadError, find_model_file, load_model
 from workers.manifest import write_atomic
+from workers.native_stderr import actionable_tail
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def validate_in_subprocess(directory: Path, name: str, version: str, timeout: fl
     try:
         verdict = json.loads(done.stdout.decode().strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        tail = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        tail = actionable_tail(done.stderr)
         raise StagingError(f"validation crashed (exit {done.returncode}): {' | '.join(tail)}") from None
     if done.returncode != 0 or "error" in verdict:
         raise StagingError(verdict.get("error", f"validation failed (exit {done.returncode})"))

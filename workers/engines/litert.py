@@ -13,6 +13,7 @@ Names, order, shapes and dtypes of the signature are the interpreter's in both c
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from pathlib import Path
@@ -23,6 +24,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from workers.engines.artifacts import HostArtifact, find_host_artifact
 from workers.engines.base import EngineOptions
+from workers.native_stderr import sorted_native_stderr
 from workers.signature import ModelSignature, TensorInfo
 
 log = logging.getLogger("twinfer.engines")
@@ -52,12 +54,19 @@ def _signature_from_record(record: dict) -> ModelSignature:
     return ModelSignature(inputs=infos(record["inputs"]), outputs=infos(record["outputs"]))
 
 
+def open_interpreter(model_path: Path, num_threads: int) -> Interpreter:
+    """An ``Interpreter`` with its tensors allocated (its stderr lines sorted)."""
+    with sorted_native_stderr("litert"):
+        interpreter = Interpreter(model_path=str(model_path), num_threads=num_threads)
+        interpreter.allocate_tensors()
+    return interpreter
+
+
 class _InterpreterRunner:
     """The original model through ``Interpreter`` (weights packed privately)."""
 
     def __init__(self, model_path: Path, options: EngineOptions) -> None:
-        self._interpreter = Interpreter(model_path=str(model_path), num_threads=options.intra_op_threads)
-        self._interpreter.allocate_tensors()
+        self._interpreter = open_interpreter(model_path, options.intra_op_threads)
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         self._input_index = {d["name"]: d["index"] for d in inputs}
@@ -84,7 +93,11 @@ def shared_environment():
     Models run on the CPU (XNNPACK) only, so no vendor NPU compiler plugin or dispatch
     library is wanted. Left empty, both paths are auto-discovered under the wheel's
     ``vendors/`` and each plugin whose SDK is absent (OpenVINO, ...) logs a failed load
-    that reads like a fault; a directory that does not exist makes LiteRT search none."""
+    that reads like a fault; a directory that does not exist makes LiteRT search none.
+
+    The environment lives as long as the process: destroying it prints a line per
+    accelerator at every exit, and a compiled model still alive during interpreter
+    shutdown may use it. The operating system reclaims it with the process."""
     global _environment
     import ai_edge_litert
     from ai_edge_litert.compiled_model import CompiledModel  # noqa: F401  (loads the wrappers)
@@ -93,8 +106,26 @@ def shared_environment():
     no_plugins = str(Path(ai_edge_litert.__file__).parent / "vendors" / "none")
     with _environment_lock:
         if _environment is None:
-            _environment = Environment.create(compiler_plugin_path=no_plugins, dispatch_library_path=no_plugins)
+            with sorted_native_stderr("litert"):
+                _environment = Environment.create(compiler_plugin_path=no_plugins, dispatch_library_path=no_plugins)
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(_environment))  # never released, see above
         return _environment
+
+
+def compile_on_cpu(model_path: Path, num_threads: int, weight_cache: Path):
+    """A ``CompiledModel`` on XNNPACK with its packed weights in ``weight_cache``: read
+    from it when the file is complete, written to it when it is empty."""
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+    from ai_edge_litert.options import CpuOptions, Options
+
+    options = Options(
+        hardware_accelerators=HardwareAccelerator.CPU,
+        cpu_options=CpuOptions(num_threads=num_threads, xnnpack_weight_cache_path=str(weight_cache)),
+    )
+    environment = shared_environment()
+    with sorted_native_stderr("litert"):
+        return CompiledModel.from_file(str(model_path), environment=environment, options=options)
 
 
 class _Slot:
@@ -112,17 +143,14 @@ class _CompiledRunner:
     """The model through ``CompiledModel`` with the XNNPACK weight cache (weights mapped)."""
 
     def __init__(self, model_path: Path, options: EngineOptions, cache_path: Path, record: dict) -> None:
-        from ai_edge_litert.compiled_model import CompiledModel
-        from ai_edge_litert.hardware_accelerator import HardwareAccelerator
-        from ai_edge_litert.options import CpuOptions, Options
+        # The first buffer a process asks for sets a LiteRT environment of its own up, which logs.
+        with sorted_native_stderr("litert"):
+            self._open(model_path, options, cache_path, record)
 
+    def _open(self, model_path: Path, options: EngineOptions, cache_path: Path, record: dict) -> None:
         if not cache_path.is_file():
             raise FileNotFoundError(f"XNNPACK weight cache {cache_path} is missing")
-        model_options = Options(
-            hardware_accelerators=HardwareAccelerator.CPU,
-            cpu_options=CpuOptions(num_threads=options.intra_op_threads, xnnpack_weight_cache_path=str(cache_path)),
-        )
-        self._model = CompiledModel.from_file(str(model_path), environment=shared_environment(), options=model_options)
+        self._model = compile_on_cpu(model_path, options.intra_op_threads, cache_path)
         if self._model.get_num_signatures() < 1:
             raise ValueError("model has no signature")
         key = self._model.get_signature_by_index(0)["key"]
