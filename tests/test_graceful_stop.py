@@ -67,14 +67,18 @@ class Client:
                 return
 
 
-@pytest.fixture(params=["gthread", "sync"])
+@pytest.fixture(params=[("gthread", 1), ("gthread", 2), ("sync", 2)], ids=["gthread-1", "gthread-2", "sync-2"])
 def service(request, tmp_path):
-    with ServiceProcess.start(tmp_path / "store", workers=2, extra_env={"TWINFER_WORKER_CLASS": request.param}) as running:
-        yield request.param, running
+    """One gthread worker keeps every connection alive; two end them while the other
+    clients wait, so that both share them (workers.gunicorn_workers)."""
+    worker_class, workers = request.param
+    env = {"TWINFER_WORKER_CLASS": worker_class}
+    with ServiceProcess.start(tmp_path / "store", workers=workers, extra_env=env) as running:
+        yield worker_class, workers, running
 
 
 def test_sigterm_answers_every_request_sent_and_resets_no_connection(service):
-    worker_class, running = service
+    worker_class, workers, running = service
     clients = [Client() for _ in range(CLIENTS)]
     threads = [threading.Thread(target=client.run, args=(running.port,)) for client in clients]
     for thread in threads:
@@ -92,5 +96,5 @@ def test_sigterm_answers_every_request_sent_and_resets_no_connection(service):
     # Every connection ended with an answer that said so: the client was never cut off.
     assert all(header == "close" for c in clients for header in c.last_connection_header)
     assert all(len(c.per_connection) >= 1 for c in clients)
-    if worker_class == "gthread":  # the sync worker closes after every answer
+    if worker_class == "gthread" and workers == 1:  # sync closes after every answer
         assert max(n for c in clients for n in c.per_connection) > 1, "keep-alive was not exercised"

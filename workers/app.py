@@ -6,17 +6,18 @@ import logging
 import falcon
 import orjson
 
-from workers import metrics
+from workers import inference_slots, metrics
 from workers.auth import Unauthorized, create_auth, handle_unauthorized
 from workers.errors import RequestError
 from workers.holder import ModelHolder
+from workers.inference_slots import InferenceSlots, slots_per_worker
 from workers.kserve import resources as kserve
 from workers.limits import create_body_deadline
 from workers.middleware import RequestMetrics
 from workers.resources.detect import DetectResource
 from workers.resources.openapi import OpenApiResource
 from workers.resources.status import HealthResource, MetricsResource, ModelsResource, ReadyResource
-from workers.settings import WorkerSettings
+from workers.settings import WorkerSettings, worker_count
 
 log = logging.getLogger("twinfer.worker")
 
@@ -42,7 +43,8 @@ def create_app(settings: WorkerSettings | None = None) -> falcon.App:
     """Build the app and start loading the published model in the background."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings or WorkerSettings.from_env()
-    holder = ModelHolder(settings.store, settings.engine)
+    slots = inference_slots.install(InferenceSlots(slots_per_worker(worker_count(), settings.engine.intra_op_threads)))
+    holder = ModelHolder(settings.store, settings.engine, slots)
     holder.start()
     metrics.WORKERS.set(1)
     # RequestMetrics first: its process_response also records the 401s and 408s of the

@@ -15,7 +15,11 @@ They also let the app close a connection after its answer with ``Connection: clo
 (``workers.limits.close_connection``), which gunicorn otherwise offers no way to do.
 
 The gthread worker also serves a kept-alive connection's next request in the same thread
-when it arrives within TWINFER_KEEPALIVE_LINGER (``ThreadDeadlineWorker``).
+when it arrives within TWINFER_KEEPALIVE_LINGER (``ThreadDeadlineWorker``). With several
+workers it shares busy clients with the others the way sync workers do: it accepts a
+client only when it would start that client's request at once, and while clients wait
+(for its inference slot, ``workers.inference_slots``, or in the kernel's accept queue)
+it ends connections after their answer, so they queue where every worker takes from.
 
 When told to stop, both close their listeners at the start of the drain, after taking the
 connections the kernel had already queued on them (closing a listener resets those): a
@@ -40,11 +44,19 @@ from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
+from workers import inference_slots
+from workers.inference_slots import InferenceSlots
 from workers.limits import WATCHDOG, close_connection
 from workers.settings import env_seconds
 
 HEADER_TIMEOUT = env_seconds("TWINFER_HEADER_TIMEOUT", 10.0)
 KEEPALIVE_LINGER = env_seconds("TWINFER_KEEPALIVE_LINGER", 0.005)
+# Sharing clients between several gthread workers (ThreadDeadlineWorker.accept): how long
+# a worker holds back from the next client while the last one's request is not in yet (a
+# client that sends nothing cannot keep it from accepting for longer), and for how long
+# after it last saw clients wait it keeps ending connections after each answer.
+ACCEPT_PROMISE = 0.02
+CONTENTION_MEMORY = 1.0
 
 
 def _arm(sock) -> int | None:
@@ -77,6 +89,14 @@ def _readable_within(sock, seconds: float) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(seconds * 1000))
+
+
+def _connection_queued(listeners) -> bool:
+    """Whether a client waits in the kernel's accept queue of one of ``listeners``."""
+    poller = select.poll()
+    for listener in listeners:
+        poller.register(listener, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _take_queued(listener, limit: int) -> list[tuple[socket.socket, Any]]:
@@ -126,6 +146,62 @@ class ThreadDeadlineWorker(ThreadWorker):
         self._waiting = 0  # connections handed to the pool that no thread has taken up yet
         self._waiting_lock = threading.Lock()
         self._refusing = False  # the listeners are closed: the worker is stopping
+        self._slots: InferenceSlots | None = None  # set when several workers share clients
+        self._promised: TConn | None = None  # the last accepted connection, until its request is in
+        self._promise_ends = 0.0
+        self._contended_at = -CONTENTION_MEMORY
+
+    # -- sharing clients with the other workers (workers.inference_slots) -------------
+    # Main thread only, like the poller: pool threads ask for it through method_queue.
+
+    def accept(self, listener):
+        """Take a client only when this worker would start its request at once: no slot
+        taken, and the previous client's request in (or ACCEPT_PROMISE passed). Otherwise
+        the client stays in the kernel's queue, which every worker accepts from, for the
+        first one that is free: the way sync workers share clients."""
+        if self._slots is None:
+            return super().accept(listener)
+        if not self._free_to_accept():
+            if self._slots.full:  # a client came while this worker had no slot for it
+                self._contended_at = time.monotonic()
+            super().set_accept_enabled(False)
+            return
+        try:
+            client, address = listener.accept()
+        except (BlockingIOError, ConnectionAbortedError, InterruptedError):
+            return
+        self.nr_conns += 1
+        client.setblocking(True)
+        conn = TConn(self.cfg, client, address, listener.getsockname())
+        self._promised, self._promise_ends = conn, time.monotonic() + ACCEPT_PROMISE
+        super().set_accept_enabled(False)
+        self.enqueue_req(conn)
+
+    def _free_to_accept(self) -> bool:
+        if self._promised is not None and time.monotonic() >= self._promise_ends:
+            self._promised = None
+        return self._promised is None and not self._slots.full
+
+    def _resume_accepting(self) -> None:
+        if self.alive and not self._refusing and self._free_to_accept():
+            super().set_accept_enabled(True)
+
+    def _request_in(self, conn) -> None:
+        if self._promised is conn:
+            self._promised = None
+            self._resume_accepting()
+
+    def wait_for_and_dispatch_events(self, timeout):
+        if self._promised is not None:  # wake up when the promise runs out
+            timeout = max(0.0, min(timeout, self._promise_ends - time.monotonic()))
+        super().wait_for_and_dispatch_events(timeout)
+        if self._slots is not None and not self._accepting:
+            self._resume_accepting()
+
+    def _slot_freed(self) -> None:
+        """Called by the thread that freed the worker's last taken slot."""
+        if not self._accepting:
+            self.method_queue.defer(self._resume_accepting)
 
     def enqueue_req(self, conn):
         with self._waiting_lock:
@@ -154,26 +230,45 @@ class ThreadDeadlineWorker(ThreadWorker):
     def handle_request(self, req, conn):
         _disarm(conn.twinfer_header_ticket)  # the headers are in
         conn.twinfer_header_ticket = None
+        if self._promised is conn:
+            self.method_queue.defer(self._request_in, conn)
         _offer_close(req)
         return super().handle_request(req, conn)
 
     def load_wsgi(self):
         super().load_wsgi()
         app = self.wsgi
+        slots = inference_slots.installed()
+        if slots is not None and self.cfg.workers > 1:
+            self._slots = slots
+            slots.on_free = self._slot_freed
 
-        def close_once_refusing(environ, start_response):
+        def close_when_refusing_or_others_wait(environ, start_response):
             answer = app(environ, start_response)
-            if self._refusing:  # gunicorn writes the headers after this, in this thread
+            # gunicorn writes the headers after this, in this thread
+            if self._refusing or (self._slots is not None and self._others_wait()):
                 close_connection(environ["wsgi.input"])
             return answer
 
-        self.wsgi = close_once_refusing
+        self.wsgi = close_when_refusing_or_others_wait
+
+    def _others_wait(self) -> bool:
+        """Requests of this worker wait for a slot, or clients for a worker (now or less
+        than CONTENTION_MEMORY ago): a kept-alive client would go before them, so its
+        connection ends and it queues as they do. A lone client keeps its connection."""
+        now = time.monotonic()
+        if self._slots.waiting or _connection_queued(self.sockets):
+            self._contended_at = now
+        return now - self._contended_at < CONTENTION_MEMORY
 
     def set_accept_enabled(self, enabled):
         """gunicorn calls this with False as its main loop ends, which is where the drain
-        starts once the worker is told to stop."""
+        starts once the worker is told to stop; with True on every turn of its loop while
+        it has room for connections, which waits here until this worker is free to accept."""
         if not self.alive and not self._refusing:
             self._stop_listening()
+        if enabled and self._slots is not None and not self._free_to_accept():
+            return
         if not self._refusing:
             super().set_accept_enabled(enabled)
 

@@ -23,6 +23,7 @@ from filelock import FileLock, Timeout
 
 from workers import metrics
 from workers.engines.base import EngineOptions
+from workers.inference_slots import InferenceSlots, slots_per_worker
 from workers.loader import load_model
 from workers.manifest import Manifest, manifest_path, read_manifest
 from workers.pipeline import DetectionModel
@@ -62,9 +63,10 @@ class ServingModel:
 
 
 class ModelHolder:
-    def __init__(self, store: Path, options: EngineOptions) -> None:
+    def __init__(self, store: Path, options: EngineOptions, slots: InferenceSlots | None = None) -> None:
         self.store = store
         self.options = options
+        self.slots = slots or InferenceSlots(slots_per_worker(1, options.intra_op_threads))
         self.current: ServingModel | None = None
         self.state = WorkerState(pid=os.getpid())
         self._failed_generation: int | None = None
@@ -77,13 +79,15 @@ class ModelHolder:
 
     @contextmanager
     def serving(self) -> Iterator[ServingModel | None]:
-        """The model for one request; a swap meanwhile waits for the request to finish."""
-        current = self.current
-        if current is None:
-            yield None
-            return
-        with current.in_use():
-            yield current
+        """The model for one request, used in one of the worker's inference slots
+        (``workers.inference_slots``); a swap meanwhile waits for the request to finish."""
+        with self.slots.hold():
+            current = self.current
+            if current is None:
+                yield None
+                return
+            with current.in_use():
+                yield current
 
     def start(self) -> threading.Thread:
         """Load the published model before returning, so a worker (re)spawned by gunicorn
