@@ -30,7 +30,9 @@ import argparse
 import base64
 import json
 import os
+import re
 import shutil
+import statistics
 import signal
 import struct
 import subprocess
@@ -460,13 +462,52 @@ def lua_script(directory: Path, name: str, request: Request) -> Path:
     return script
 
 
+# Appended to every script: which worker answered, from the header a server names its
+# worker process in (twinfer's X-Twinfer-Worker; X-Worker from the Flask peer), printed
+# by wrk at the end as "worker <pid> <answers>".
+WORKER_COUNTS_LUA = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) counts = {} end
+function response(status, headers, body)
+  local worker = headers["X-Twinfer-Worker"] or headers["X-Worker"]
+  if worker then counts[worker] = (counts[worker] or 0) + 1 end
+end
+function done(summary, latency, requests)
+  for _, thread in ipairs(threads) do
+    for worker, n in pairs(thread:get("counts")) do io.write("worker ", worker, " ", n, "\\n") end
+  end
+end
+"""
+
+
+def with_worker_counts(script: Path) -> Path:
+    script.write_text(script.read_text() + WORKER_COUNTS_LUA)
+    return script
+
+
 def scripts_for(kind: str, workdir: Path, pictures: dict[str, Path]) -> dict[str, Path]:
-    if kind == "raw":  # exactly the Lua script ops/bench/serving.py uses for twinfer
-        return {name: serving.wrk_script(workdir, path) for name, path in pictures.items()}
+    if kind == "raw":  # the Lua script ops/bench/serving.py uses for twinfer, plus the counts
+        return {name: with_worker_counts(serving.wrk_script(workdir, path)) for name, path in pictures.items()}
     return {
-        name: lua_script(workdir, f"{kind}-{name}", make_request(kind, path.read_bytes(), "image/jpeg"))
+        name: with_worker_counts(lua_script(workdir, f"{kind}-{name}", make_request(kind, path.read_bytes(), "image/jpeg")))
         for name, path in pictures.items()
     }
+
+
+def worker_answers(wrk_output: str) -> dict[str, int]:
+    """The "worker <pid> <answers>" lines of WORKER_COUNTS_LUA."""
+    found = re.findall(r"^worker (\S+) (\d+)$", wrk_output, flags=re.MULTILINE)
+    return {worker: int(n) for worker, n in found}
+
+
+def spread_text(answers: dict[str, int]) -> str:
+    """Each worker's share of the answers, busiest first ("52/48"); "-" when the server
+    does not say which worker answered."""
+    total = sum(answers.values())
+    if not total:
+        return "-"
+    return "/".join(f"{100 * n / total:.0f}" for n in sorted(answers.values(), reverse=True))
 
 
 # --- measuring -----------------------------------------------------------------------
@@ -482,15 +523,16 @@ class Row:
     cpu_ms_per_request: float | None
     requests: int
     errors: int
+    workers: dict[str, int] = field(default_factory=dict)  # answers per worker process
 
 
-def run_wrk(url: str, script: Path, concurrency: int, duration: int) -> serving.WrkResult:
+def run_wrk(url: str, script: Path, concurrency: int, duration: int) -> tuple[serving.WrkResult, dict[str, int]]:
     command = [
         "wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", f"{WRK_TIMEOUT_S}s",
         "--latency", "-s", str(script), url,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + WRK_TIMEOUT_S + 60, check=True)
-    return serving.parse_wrk(done.stdout)
+    return serving.parse_wrk(done.stdout), worker_answers(done.stdout)
 
 
 def measure(
@@ -501,7 +543,7 @@ def measure(
         run_wrk(url, script, workers, WRK_WARM_UP_S)
         for c in concurrencies:
             cpu_before = tree_cpu_seconds(root_pid)
-            result = run_wrk(url, script, c, duration)
+            result, answers = run_wrk(url, script, c, duration)
             cpu = tree_cpu_seconds(root_pid) - cpu_before
             rows.append(
                 Row(
@@ -513,11 +555,13 @@ def measure(
                     cpu_ms_per_request=cpu * 1e3 / result.requests if result.requests else None,
                     requests=result.requests,
                     errors=result.non_2xx + result.socket_errors,
+                    workers=answers,
                 )
             )
             print(
                 f"    {image:<10} c={c:<3} {result.rps:8.1f} rps  p50 {result.p50_ms:8.1f} ms  "
-                f"p99 {result.p99_ms:8.1f} ms  {rows[-1].cpu_ms_per_request or 0:7.1f} CPU ms/req",
+                f"p99 {result.p99_ms:8.1f} ms  {rows[-1].cpu_ms_per_request or 0:7.1f} CPU ms/req  "
+                f"spread {spread_text(answers)}",
                 flush=True,
             )
     return rows
@@ -536,7 +580,7 @@ class Outcome:
     install_s: float | None = None
     installed_now: bool = False
     notes: list[str] = field(default_factory=list)
-    load: tuple[float, float] | None = None  # 1-min load average before/after the measurements
+    loads: list[tuple[float, float]] = field(default_factory=list)  # 1-min load average before/after, per round
     rows: list[Row] = field(default_factory=list)
 
 
@@ -660,7 +704,7 @@ def run_peer(
         scripts = scripts_for(peer.body, workdir, pictures)
         load_before = os.getloadavg()[0]
         outcome.rows = measure(proc.pid, url + peer.infer_path, scripts, args.concurrency, args.workers, args.duration)
-        outcome.load = (load_before, os.getloadavg()[0])
+        outcome.loads = [(load_before, os.getloadavg()[0])]
         outcome.status = "ok"
     except PeerFailure as exc:
         outcome.status, outcome.reason = f"{exc.stage} failed", exc.reason
@@ -709,7 +753,7 @@ def run_twinfer(workdir: Path, log_dir: Path, pictures: dict[str, Path], args: a
         scripts = scripts_for("raw", workdir, pictures)
         load_before = os.getloadavg()[0]
         outcome.rows = measure(proc.pid, url + "/detect", scripts, args.concurrency, args.workers, args.duration)
-        outcome.load = (load_before, os.getloadavg()[0])
+        outcome.loads = [(load_before, os.getloadavg()[0])]
         outcome.status = "ok"
     except PeerFailure as exc:
         outcome.status, outcome.reason = f"{exc.stage} failed", exc.reason
@@ -748,6 +792,52 @@ def run_ceiling(pictures: dict[str, Path], args: argparse.Namespace) -> dict[str
     return result
 
 
+# --- rounds --------------------------------------------------------------------------
+
+
+def median_outcome(runs: list[Outcome]) -> Outcome:
+    """One server over the rounds: per picture and concurrency the median rps, p50, p99
+    and CPU per request (each on its own), errors summed, the spread of the median-rps run.
+    A server that failed in any round is reported as that failure."""
+    failed = next((o for o in runs if o.status != "ok"), None)
+    if failed is not None:
+        return failed
+    merged = Outcome(**{**asdict(runs[0]), "rows": [], "loads": [load for o in runs for load in o.loads]})
+    merged.notes = [note for o in runs for note in o.notes]
+    for key in [(r.image, r.concurrency) for r in runs[0].rows]:
+        rows = [r for o in runs for r in o.rows if (r.image, r.concurrency) == key]
+        by_rps = sorted(rows, key=lambda r: r.rps)
+        cpus = [r.cpu_ms_per_request for r in rows if r.cpu_ms_per_request is not None]
+        merged.rows.append(
+            Row(
+                image=key[0],
+                concurrency=key[1],
+                rps=statistics.median(r.rps for r in rows),
+                p50_ms=statistics.median(r.p50_ms for r in rows),
+                p99_ms=statistics.median(r.p99_ms for r in rows),
+                cpu_ms_per_request=statistics.median(cpus) if cpus else None,
+                requests=sum(r.requests for r in rows),
+                errors=sum(r.errors for r in rows),
+                workers=by_rps[len(by_rps) // 2].workers,
+            )
+        )
+    return merged
+
+
+def median_ceiling(runs: list[dict[str, serving.InProcess]]) -> dict[str, serving.InProcess]:
+    return {
+        image: serving.InProcess(
+            **{
+                name: statistics.median(getattr(run[image], name) for run in runs)
+                for name in asdict(runs[0][image])
+                if name != "saturation_processes"
+            },
+            saturation_processes=runs[0][image].saturation_processes,
+        )
+        for image in runs[0]
+    }
+
+
 # --- report --------------------------------------------------------------------------
 
 
@@ -768,7 +858,7 @@ def print_report(
     print("\nenvironments, and the machine's 1-min load average before -> after each server's runs (the")
     print(f"  benchmark alone keeps it near {setup['workers'] + 1}; well above that, other work shared the cores):")
     for o in outcomes:
-        load = f"load {o.load[0]:.1f} -> {o.load[1]:.1f}" if o.load else ""
+        load = "load " + ", ".join(f"{before:.1f} -> {after:.1f}" for before, after in o.loads) if o.loads else ""
         if o.name == TWINFER:
             print(f"  {o.name:<19} project .venv (twinfer {o.version})  {load}")
             continue
@@ -779,7 +869,7 @@ def print_report(
         print(f"  {o.name:<19} {size:>8}  install {install:<16} {load}  {versions}")
     header = (
         f"{'peer':<19} {'version':<9} {'image':<10} {'c':>3} {'rps':>8} {'p50 ms':>9} {'p99 ms':>9} "
-        f"{'cpu-ms/req':>10} {'errors':>6}"
+        f"{'cpu-ms/req':>10} {'errors':>6}  spread"
     )
     print("\n" + header)
     print("-" * len(header))
@@ -790,7 +880,7 @@ def print_report(
             cpu = f"{r.cpu_ms_per_request:.1f}" if r.cpu_ms_per_request is not None else "-"
             print(
                 f"{o.name:<19} {o.version:<9} {r.image:<10} {r.concurrency:>3} {r.rps:>8.1f} {r.p50_ms:>9.1f} "
-                f"{r.p99_ms:>9.1f} {cpu:>10} {r.errors:>6}"
+                f"{r.p99_ms:>9.1f} {cpu:>10} {r.errors:>6}  {spread_text(r.workers)}"
             )
     if isinstance(ceiling, dict):
         for image, c in ceiling.items():
@@ -803,6 +893,7 @@ def print_report(
                 f"{c.saturation_rps:>8.1f} {'-':>9} {'-':>9} {'-':>10} {0:>6}"
             )
         print("  (ceiling 'pN' = N processes looping detect at once: the throughput ceiling)")
+    print("  (spread: each worker's share of the answers in %, busiest first; '-': the server does not say)")
 
     summary: dict = {}
     twinfer = next((o for o in outcomes if o.name == TWINFER and o.status == "ok"), None)
@@ -836,6 +927,25 @@ def print_report(
                 f"({ceiling[image].saturation_processes} processes) = {t_best.rps / sat:.2f}"
             )
         summary[image] = line
+    if twinfer and peers_ok:
+        print("\nratios at each concurrency (twinfer / the best peer at that concurrency; p99 and CPU per request beside):")
+        for image in images:
+            for t_row in (r for r in twinfer.rows if r.image == image):
+                same = [(o, r) for o in peers_ok for r in o.rows if r.image == image and r.concurrency == t_row.concurrency]
+                if not same or not t_row.requests:
+                    continue
+                peer, p_row = max(same, key=lambda pr: pr[1].rps)
+                cpu = (
+                    f"cpu {t_row.cpu_ms_per_request:.1f} vs {p_row.cpu_ms_per_request:.1f} ms"
+                    if t_row.cpu_ms_per_request and p_row.cpu_ms_per_request else ""
+                )
+                print(
+                    f"  {image:<10} c={t_row.concurrency:<3} {t_row.rps / p_row.rps:5.2f} ({peer.name})  "
+                    f"p99 {t_row.p99_ms:.1f} vs {p_row.p99_ms:.1f} ms  {cpu}"
+                )
+                summary.setdefault(image, {}).setdefault("twinfer_over_best_peer_at", {})[t_row.concurrency] = (
+                    t_row.rps / p_row.rps
+                )
     notes = [(o.name, note) for o in outcomes for note in o.notes]
     if notes:
         print("\nnotes:")
@@ -897,6 +1007,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--peer-pipeline", choices=PIPELINES, default="reference",
         help="the peers' preprocessing: the reference design's (default) or twinfer's own (matched)",
     )
+    parser.add_argument(
+        "--rounds", type=serving.positive_int, default=1,
+        help="run every server this many times, interleaved (peer, twinfer, peer, ...), and report medians",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure as JSON to this path")
     return parser
 
@@ -917,22 +1031,37 @@ def main(argv: list[str] | None = None) -> int:
         "concurrency": ",".join(map(str, args.concurrency)),
         "peers": args.peers,
         "peer_pipeline": args.peer_pipeline,
+        "rounds": args.rounds,
         "logs": str(log_dir),
     }
     print(f"logs in {log_dir}", flush=True)
-    outcomes: list[Outcome] = []
     ceiling: dict[str, serving.InProcess] | str | None = None
+    rounds: list[list[Outcome]] = []
+    ceilings: list[dict[str, serving.InProcess]] = []
     with tempfile.TemporaryDirectory(prefix="twinfer-peers-") as tmp:
         workdir = Path(tmp)
         pictures = serving.make_pictures(workdir)
-        for name in args.peers:
-            if name == CEILING:
-                ceiling = run_ceiling(pictures, args)
-            elif name == TWINFER:
-                outcomes.append(run_twinfer(workdir, log_dir, pictures, args))
-            else:
-                outcomes.append(run_peer(PEERS[name], cache, log_dir, workdir, pictures, args))
+        for number in range(1, args.rounds + 1):
+            if args.rounds > 1:
+                print(f"\n===== round {number} of {args.rounds}", flush=True)
+            outcomes = []
+            for name in args.peers:
+                if name == CEILING:
+                    ceiling = run_ceiling(pictures, args)
+                    if isinstance(ceiling, dict):
+                        ceilings.append(ceiling)
+                elif name == TWINFER:
+                    outcomes.append(run_twinfer(workdir, log_dir, pictures, args))
+                else:
+                    outcomes.append(run_peer(PEERS[name], cache, log_dir, workdir, pictures, args))
+            rounds.append(outcomes)
+        if args.rounds > 1:
+            print(f"\n{'=' * 100}\nmedians of {args.rounds} interleaved rounds", flush=True)
+            outcomes = [median_outcome([r[i] for r in rounds]) for i in range(len(rounds[0]))]
+            if ceilings:
+                ceiling = median_ceiling(ceilings)
         figures = print_report(setup, outcomes, ceiling, list(pictures))
+        figures["rounds"] = [[asdict(o) for o in r] for r in rounds]
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
     return 0

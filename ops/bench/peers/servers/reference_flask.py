@@ -23,6 +23,7 @@ from common.detector import Detector  # noqa: E402
 PER_REQUEST_SESSION = os.environ.get("PEER_SESSION_PER_REQUEST") == "1"
 
 app = Flask(__name__)
+WORKER = str(os.getpid())  # the module is imported in each gunicorn worker (no preload)
 detector = Detector(per_request_session=PER_REQUEST_SESSION)
 
 
@@ -38,7 +39,8 @@ def detect() -> Response:
         body = detector.detect_json(data)
     except ValueError as exc:
         return Response(f'{{"error":"{exc}"}}', status=400, mimetype="application/json")
-    return Response(body, mimetype="application/json")
+    # Which worker answered, as twinfer says it in X-Twinfer-Worker: run.py counts both.
+    return Response(body, mimetype="application/json", headers={"X-Worker": WORKER})
 
 
 if __name__ == "__main__":
