@@ -463,15 +463,18 @@ def lua_script(directory: Path, name: str, request: Request) -> Path:
 
 
 # Appended to every script: which worker answered, from the header a server names its
-# worker process in (twinfer's X-Twinfer-Worker; X-Worker from the Flask peer), printed
+# worker process in (twinfer's X-Twinfer-Worker, which Falcon sends in lower case;
+# X-Worker from the Flask peer), printed
 # by wrk at the end as "worker <pid> <answers>".
 WORKER_COUNTS_LUA = """
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 function init(args) counts = {} end
 function response(status, headers, body)
-  local worker = headers["X-Twinfer-Worker"] or headers["X-Worker"]
-  if worker then counts[worker] = (counts[worker] or 0) + 1 end
+  for name, worker in pairs(headers) do
+    local lower = string.lower(name)
+    if lower == "x-twinfer-worker" or lower == "x-worker" then counts[worker] = (counts[worker] or 0) + 1 end
+  end
 end
 function done(summary, latency, requests)
   for _, thread in ipairs(threads) do
