@@ -25,6 +25,7 @@ def test_waiters_are_served_in_arrival_order_and_a_late_thread_cannot_jump_the_q
     holder = slots.hold()
     holder.__enter__()
     assert slots.full and slots.waiting == 0
+    assert slots.last_queued == float("-inf")  # nobody had to wait yet
 
     def use(number: int) -> None:
         with slots.hold():
@@ -36,6 +37,8 @@ def test_waiters_are_served_in_arrival_order_and_a_late_thread_cannot_jump_the_q
         thread.start()
         threads.append(thread)
         _wait_for(lambda: slots.waiting == number + 1)  # queued in this order
+    queued_at = slots.last_queued
+    assert queued_at > float("-inf")
     holder.__exit__(None, None, None)
     late = threading.Thread(target=use, args=(99,))  # arrives while the queue is being served
     late.start()
@@ -43,6 +46,7 @@ def test_waiters_are_served_in_arrival_order_and_a_late_thread_cannot_jump_the_q
         thread.join(10)
     assert order == [0, 1, 2, 3, 4, 99]
     assert not slots.full and slots.waiting == 0
+    assert slots.last_queued >= queued_at  # it stays: the worker remembers contention for a while
 
 
 def test_at_most_count_hold_a_slot_at_once():

@@ -259,7 +259,10 @@ class ThreadDeadlineWorker(ThreadWorker):
         now = time.monotonic()
         if self._slots.waiting or _connection_queued(self.sockets):
             self._contended_at = now
-        return now - self._contended_at < CONTENTION_MEMORY
+        # A request that queued for a slot counts too: with two clients on one slot, the
+        # one waiting has its slot by the time the other's answer is checked here.
+        last = max(self._contended_at, self._slots.last_queued)
+        return now - last < CONTENTION_MEMORY
 
     def set_accept_enabled(self, enabled):
         """gunicorn calls this with False as its main loop ends, which is where the drain

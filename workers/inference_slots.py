@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections import deque
 from typing import Callable, Iterator
 
@@ -27,7 +28,7 @@ from typing import Callable, Iterator
 class InferenceSlots:
     """A counting semaphore that serves its waiters strictly in arrival order (a freed
     slot is handed to the first waiter, never taken by a thread that came later), tells
-    how many wait, and calls ``on_free`` (from the releasing thread) when a slot frees
+    how many wait and when one last had to, and calls ``on_free`` (from the releasing thread) when a slot frees
     while no one waits."""
 
     def __init__(self, count: int) -> None:
@@ -36,6 +37,7 @@ class InferenceSlots:
         self._busy = 0
         self._queue: deque[threading.Lock] = deque()
         self.on_free: Callable[[], None] | None = None
+        self.last_queued = float("-inf")  # time.monotonic() when a thread last had to wait
 
     @property
     def waiting(self) -> int:
@@ -56,6 +58,7 @@ class InferenceSlots:
                 turn = threading.Lock()
                 turn.acquire()
                 self._queue.append(turn)
+                self.last_queued = time.monotonic()
         if turn is not None:
             turn.acquire()  # released by the thread that hands its slot over
         try:
