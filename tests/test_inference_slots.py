@@ -103,3 +103,18 @@ def test_on_free_is_called_when_a_slot_frees_with_no_one_waiting():
 )
 def test_slots_per_worker_use_each_core_once(workers, intra_op, cores, expected):
     assert slots_per_worker(workers, intra_op, cores) == expected
+
+
+def test_on_ask_comes_once_the_thread_holds_a_slot_or_is_in_line():
+    slots = InferenceSlots(1)
+    seen: list[tuple[bool, int]] = []
+    slots.on_ask = lambda: seen.append((slots.full, slots.waiting))
+    first = slots.hold()
+    first.__enter__()
+    assert seen == [(True, 0)]  # the slot is already counted as taken
+    waiter = threading.Thread(target=lambda: slots.hold().__enter__())
+    waiter.start()
+    _wait_for(lambda: len(seen) == 2)
+    assert seen[1] == (True, 1)  # already in line
+    first.__exit__(None, None, None)  # hands the slot to the waiter, which keeps it
+    waiter.join(10)

@@ -27,9 +27,10 @@ from typing import Callable, Iterator
 
 class InferenceSlots:
     """A counting semaphore that serves its waiters strictly in arrival order (a freed
-    slot is handed to the first waiter, never taken by a thread that came later), tells
-    how many wait and when one last had to, and calls ``on_free`` (from the releasing thread) when a slot frees
-    while no one waits."""
+    slot is handed to the first waiter, never taken by a thread that came later). It
+    tells how many wait and when one last had to, and calls ``on_ask`` (in the asking
+    thread, once it holds a slot or is in line for one) and ``on_free`` (in the releasing
+    thread, when a slot frees while no one waits)."""
 
     def __init__(self, count: int) -> None:
         self.count = max(1, count)
@@ -37,6 +38,7 @@ class InferenceSlots:
         self._busy = 0
         self._queue: deque[threading.Lock] = deque()
         self.on_free: Callable[[], None] | None = None
+        self.on_ask: Callable[[], None] | None = None
         self.last_queued = float("-inf")  # time.monotonic() when a thread last had to wait
 
     @property
@@ -59,6 +61,8 @@ class InferenceSlots:
                 turn.acquire()
                 self._queue.append(turn)
                 self.last_queued = time.monotonic()
+        if self.on_ask is not None:  # taken or in line: counted in ``full`` from here on
+            self.on_ask()
         if turn is not None:
             turn.acquire()  # released by the thread that hands its slot over
         try:
