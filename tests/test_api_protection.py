@@ -24,7 +24,7 @@ from tests.support.bundles import face_bundle, model_desired
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, is_active, model_status
 from tests.support.paths import IMAGES, PROJECT_ROOT
-from tests.support.service_process import ServiceProcess
+from tests.support.service_process import ServiceProcess, loaded_workers
 from tests.support.tls import issue_server_cert
 
 # Fresh per run, so a hit in a log can only come from this run.
@@ -61,26 +61,6 @@ def _assert_unauthorized(response: requests.Response, invalid_token: bool = Fals
     challenge = response.headers["WWW-Authenticate"]
     assert challenge.startswith("Bearer "), challenge
     assert ('error="invalid_token"' in challenge) == invalid_token, challenge
-
-
-def _loaded_workers(text: str) -> int:
-    return sum(1 for l in text.splitlines() if l.startswith("twinfer_worker_model_info{") and l.endswith(" 1.0"))
-
-
-def _wait_ready(service: ServiceProcess, url: str, workers: int = 2, timeout: float = 60.0, **kwargs) -> None:
-    """ServiceProcess's own wait reads /metrics without a token over http: not for these."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.proc.poll() is not None:
-            raise RuntimeError(f"service exited with {service.proc.returncode}:\n{service.log()}")
-        try:
-            response = requests.get(url + "/metrics", timeout=2, **kwargs)
-            if response.status_code == 200 and _loaded_workers(response.text) >= workers:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"service not ready in {timeout}s:\n{service.log()}")
 
 
 # --- bearer tokens ---------------------------------------------------------------------------
@@ -293,7 +273,7 @@ def tls(tmp_path_factory):
     with ServiceProcess.start(root / "store", workers=2, extra_env=env, wait_ready=False) as service:
         service.https = f"https://127.0.0.1:{service.port}"
         service.ca = str(certs.ca_file)
-        _wait_ready(service, service.https, headers=_auth(TOKEN_A), verify=service.ca)
+        service.wait_workers_ready(2, url=service.https, headers=_auth(TOKEN_A), verify=service.ca)  # its default reads /metrics without a token over http
         yield service
 
 
@@ -310,7 +290,7 @@ def test_https_with_a_verified_certificate(tls):
 def test_metrics_need_a_token_when_not_public(tls):
     _assert_unauthorized(requests.get(tls.https + "/metrics", verify=tls.ca, timeout=5))
     response = requests.get(tls.https + "/metrics", headers=_auth(TOKEN_A), verify=tls.ca, timeout=5)
-    assert response.status_code == 200 and _loaded_workers(response.text) == 2
+    assert response.status_code == 200 and loaded_workers(response.text) == 2
     assert requests.get(tls.https + "/readyz", verify=tls.ca, timeout=5).status_code == 200
 
 

@@ -15,6 +15,7 @@ from collections import Counter
 
 import pytest
 
+from tests.support.http_client import post_jpeg
 from tests.support.images import encoded
 from tests.support.service_process import ServiceProcess
 
@@ -31,13 +32,6 @@ def service(tmp_path):
         yield running
 
 
-def _post(conn: http.client.HTTPConnection) -> http.client.HTTPResponse:
-    conn.request("POST", "/detect", body=PICTURE, headers={"Content-Type": "image/jpeg"})
-    answer = conn.getresponse()
-    answer.read()
-    return answer
-
-
 def test_busy_kept_alive_clients_are_shared_by_both_workers(service):
     connections = [http.client.HTTPConnection("127.0.0.1", service.port, timeout=60) for _ in range(CLIENTS)]
     for conn in connections:
@@ -48,7 +42,7 @@ def test_busy_kept_alive_clients_are_shared_by_both_workers(service):
 
     def client(conn: http.client.HTTPConnection) -> None:
         for _ in range(REQUESTS_EACH):
-            answer = _post(conn)  # reconnects by itself after a Connection: close
+            answer = post_jpeg(conn, PICTURE)  # reconnects by itself after a Connection: close
             with lock:
                 statuses[answer.status] += 1
                 served[int(answer.getheader("X-Twinfer-Worker"))] += 1
@@ -67,10 +61,10 @@ def test_busy_kept_alive_clients_are_shared_by_both_workers(service):
 
 def test_a_lone_client_keeps_its_connection(service):
     conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
-    assert _post(conn).status == 200
+    assert post_jpeg(conn, PICTURE).status == 200
     local = conn.sock.getsockname()
     for _ in range(20):
-        answer = _post(conn)
+        answer = post_jpeg(conn, PICTURE)
         assert answer.status == 200 and answer.getheader("Connection") != "close"
     assert conn.sock.getsockname() == local
     conn.close()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from tests.support.http_client import post_jpeg
 from tests.support.images import encoded
 from tests.support.service_process import ServiceProcess
 
@@ -54,9 +55,7 @@ class Client:
     def _use(self, conn: http.client.HTTPConnection, deadline: float) -> None:
         served = 0
         while time.monotonic() < deadline:
-            conn.request("POST", "/detect", body=PICTURE, headers={"Content-Type": "image/jpeg"})
-            answer = conn.getresponse()
-            answer.read()
+            answer = post_jpeg(conn, PICTURE)
             self.answers.append(answer.status)
             served += 1
             if len(self.answers) >= WARM_REQUESTS:

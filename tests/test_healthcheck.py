@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -22,20 +21,10 @@ ADDRESS = "127.0.0.2"  # a loopback address that is not 127.0.0.1: only a check 
 PROXY_NAMES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY")
 
 
-def _wait_healthz(url: str, service: ServiceProcess, timeout: float = 60.0) -> None:
+def _wait_healthz(url: str, service: ServiceProcess) -> None:
     session = requests.Session()
     session.trust_env = False  # this wait must not go through a proxy either
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.proc.poll() is not None:
-            raise RuntimeError(f"service exited with {service.proc.returncode}:\n{service.log()}")
-        try:
-            if session.get(url + "/healthz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"/healthz not answering in {timeout}s:\n{service.log()}")
+    service.wait_until(lambda: session.get(url + "/healthz", timeout=2).status_code == 200, "/healthz not answering")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.http_client import post_jpeg
 from tests.support.images import encoded
 from tests.support.service_process import ServiceProcess
 
@@ -33,22 +34,15 @@ def _main_thread_switches(pid: int) -> int:
     return int(fields["voluntary_ctxt_switches"]) + int(fields["nonvoluntary_ctxt_switches"])
 
 
-def _post(conn: http.client.HTTPConnection) -> http.client.HTTPResponse:
-    conn.request("POST", "/detect", body=PICTURE, headers={"Content-Type": "image/jpeg"})
-    answer = conn.getresponse()
-    answer.read()
-    return answer
-
-
 def test_back_to_back_requests_skip_the_poller_thread(one_worker):
     service, linger = one_worker
     conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
-    first = _post(conn)
+    first = post_jpeg(conn, PICTURE)
     assert first.status == 200
     worker, local = int(first.getheader("X-Twinfer-Worker")), conn.sock.getsockname()
     before = _main_thread_switches(worker)
     for _ in range(REQUESTS):
-        answer = _post(conn)
+        answer = post_jpeg(conn, PICTURE)
         assert answer.status == 200 and int(answer.getheader("X-Twinfer-Worker")) == worker
     per_request = (_main_thread_switches(worker) - before) / REQUESTS
     assert conn.sock.getsockname() == local, "the connection was not kept alive"
@@ -63,10 +57,10 @@ def test_back_to_back_requests_skip_the_poller_thread(one_worker):
 def test_a_connection_idle_past_the_linger_goes_back_to_the_poller_and_is_served(one_worker):
     service, linger = one_worker
     conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
-    assert _post(conn).status == 200
+    assert post_jpeg(conn, PICTURE).status == 200
     local = conn.sock.getsockname()
     time.sleep(max(0.2, 20 * linger))
-    assert _post(conn).status == 200
+    assert post_jpeg(conn, PICTURE).status == 200
     assert conn.sock.getsockname() == local
     conn.close()
 
@@ -87,7 +81,7 @@ def test_lingering_threads_do_not_starve_a_waiting_connection(two_threads):
     def client(index: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", two_threads.port, timeout=30)
         while time.monotonic() < stop:
-            assert _post(conn).status == 200
+            assert post_jpeg(conn, PICTURE).status == 200
             served[index] += 1
         conn.close()
 

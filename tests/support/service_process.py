@@ -9,11 +9,16 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import requests
 
 from tests.support.paths import PROJECT_ROOT
+
+
+def loaded_workers(metrics: str) -> int:
+    """Workers whose model is loaded, from the shared metrics' text."""
+    return sum(1 for l in metrics.splitlines() if l.startswith("twinfer_worker_model_info{") and l.endswith(" 1.0"))
 
 
 def free_port() -> int:
@@ -61,21 +66,33 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_workers_ready(self, workers: int, timeout: float = 60.0) -> None:
-        """Ready means every worker reports a loaded model in the shared metrics."""
+    def wait_until(self, answered: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+        """Poll ``answered`` (an HTTP check) until it holds; a request that fails or times
+        out (a loaded machine answers late) is one more try, an exited service an error."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                text = requests.get(self.url + "/metrics", timeout=2).text
-                loaded = [l for l in text.splitlines() if l.startswith("twinfer_worker_model_info{") and l.endswith(" 1.0")]
-                if len(loaded) >= workers:
+                if answered():
                     return
-            except (requests.ConnectionError, requests.Timeout):  # a loaded machine may answer late
+            except requests.RequestException:
                 pass
             time.sleep(0.2)
-        raise TimeoutError(f"service not ready in {timeout}s:\n{self.log()}")
+        raise TimeoutError(f"{what} in {timeout}s:\n{self.log()}")
+
+    def wait_workers_ready(
+        self, workers: int, timeout: float = 60.0, url: str | None = None, **request_options
+    ) -> None:
+        """Ready means every worker reports a loaded model in the shared metrics, read at
+        ``url`` (default: plain HTTP) with ``request_options`` for requests.get (a token,
+        a CA bundle)."""
+
+        def loaded() -> bool:
+            response = requests.get((url or self.url) + "/metrics", timeout=2, **request_options)
+            return response.status_code == 200 and loaded_workers(response.text) >= workers
+
+        self.wait_until(loaded, "service not ready", timeout)
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
