@@ -148,7 +148,7 @@ class ThreadDeadlineWorker(ThreadWorker):
         self._waiting_lock = threading.Lock()
         self._refusing = False  # the listeners are closed: the worker is stopping
         self._slots: InferenceSlots | None = None  # set when several workers share clients
-        self._promised: TConn | None = None  # the last accepted connection, until its request is in
+        self._promised: TConn | None = None  # the last accepted connection, until its request is in line
         self._promise_ends = 0.0
         self._serving = threading.local()  # .conn: the connection this pool thread serves
         self._contended_at = -CONTENTION_MEMORY
@@ -159,9 +159,8 @@ class ThreadDeadlineWorker(ThreadWorker):
     def accept(self, listener):
         """Take a client only when this worker would start its request at once: no slot
         taken, and the previous new client's request in line for one (or ACCEPT_PROMISE
-        passed). Otherwise
-        the client stays in the kernel's queue, which every worker accepts from, for the
-        first one that is free: the way sync workers share clients."""
+        passed). Otherwise the client stays in the kernel's queue, which every worker
+        accepts from, for the first one that is free: the way sync workers share clients."""
         if self._slots is None:
             return super().accept(listener)
         if not self._free_to_accept():
@@ -189,7 +188,7 @@ class ThreadDeadlineWorker(ThreadWorker):
         if self.alive and not self._refusing and self._free_to_accept():
             super().set_accept_enabled(True)
 
-    def _request_in(self, conn) -> None:
+    def _promise_kept(self, conn) -> None:
         if self._promised is conn:
             self._promised = None
             self._resume_accepting()
@@ -253,7 +252,7 @@ class ThreadDeadlineWorker(ThreadWorker):
         more client in the moment before the request took the slot, and that one waited a
         whole inference: 2-6 % of requests at 4 clients, the p99.)"""
         if self._promised is conn:
-            self.method_queue.defer(self._request_in, conn)
+            self.method_queue.defer(self._promise_kept, conn)
 
     def load_wsgi(self):
         super().load_wsgi()

@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 
 from workers import metrics
 from workers.engines.base import EngineOptions
-from workers.inference_slots import InferenceSlots, slots_per_worker
+from workers.inference_slots import InferenceSlots
 from workers.loader import load_model
 from workers.manifest import Manifest, manifest_path, read_manifest
 from workers.pipeline import DetectionModel
@@ -63,10 +63,10 @@ class ServingModel:
 
 
 class ModelHolder:
-    def __init__(self, store: Path, options: EngineOptions, slots: InferenceSlots | None = None) -> None:
+    def __init__(self, store: Path, options: EngineOptions, slots: InferenceSlots) -> None:
         self.store = store
         self.options = options
-        self.slots = slots or InferenceSlots(slots_per_worker(1, options.intra_op_threads))
+        self.slots = slots
         self.current: ServingModel | None = None
         self.state = WorkerState(pid=os.getpid())
         self._failed_generation: int | None = None
