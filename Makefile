@@ -1,6 +1,6 @@
 # Two commands set up everything on a fresh Debian/Ubuntu machine with Python 3.11+:
 #   make run   - serve the bundled model on the embedded default (local store, no Azure)
-#   make test  - install what the tests need (Python packages, mosquitto, promtool, hey) and run them all
+#   make test  - install what the tests need (Python packages, mosquitto, promtool, hey, wrk) and run them all
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
