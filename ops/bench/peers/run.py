@@ -18,7 +18,8 @@ Peers: reference (Flask dev server, a new InferenceSession per request: the floo
 reference-gunicorn (the same Flask app under gunicorn sync workers, one session per worker),
 mlserver (Seldon MLServer 1.7, custom runtime, parallel_workers), pytriton (NVIDIA PyTriton 0.7,
 bundled Triton server, 2 model instances), bentoml (BentoML 1.4, 2 workers); plus twinfer
-(``python -m service``) and the in-process ceiling (``ops/bench/serving.py``'s detect loops).
+(``python -m service`` with its default gthread workers; ``twinfer-sync``: the same under
+TWINFER_WORKER_CLASS=sync, compared with the default, not counted as a peer) and the in-process ceiling (``ops/bench/serving.py``'s detect loops).
 
 Run from the project root, first quickly to prove every peer works, then the full run:
   .venv/bin/python ops/bench/peers/run.py --duration 3
@@ -123,8 +124,11 @@ PEERS: dict[str, Peer] = {
     )
 }
 TWINFER = "twinfer"
+# twinfer itself under each gunicorn worker class it offers (TWINFER_WORKER_CLASS): the
+# default first; the others are measured beside it, never counted as peers.
+TWINFER_WORKER_CLASSES = {TWINFER: "gthread", "twinfer-sync": "sync"}
 CEILING = "ceiling"
-ALL_NAMES = [CEILING, TWINFER, *PEERS]
+ALL_NAMES = [CEILING, *TWINFER_WORKER_CLASSES, *PEERS]
 VERSION_PACKAGES = ("numpy", "onnxruntime", "opencv-python-headless", "simplejpeg")
 
 
@@ -735,14 +739,20 @@ def remove_pytriton_shm(pid: int) -> None:
             pass
 
 
-def run_twinfer(workdir: Path, log_dir: Path, pictures: dict[str, Path], args: argparse.Namespace) -> Outcome:
-    """``python -m service`` exactly as serving.py starts it (workers = cores, intra-op 1)."""
-    outcome = Outcome(TWINFER, "twinfer: python -m service (gunicorn gthread + Falcon)", project_version(), "failed")
-    print(f"\n[{TWINFER}] {outcome.title}", flush=True)
+def run_twinfer(
+    name: str, workdir: Path, log_dir: Path, pictures: dict[str, Path], args: argparse.Namespace
+) -> Outcome:
+    """``python -m service`` exactly as serving.py starts it (workers = cores, intra-op 1),
+    with the worker class ``name`` stands for."""
+    worker_class = TWINFER_WORKER_CLASSES[name]
+    title = f"twinfer: python -m service (gunicorn {worker_class} + Falcon)"
+    outcome = Outcome(name, title, project_version(), "failed")
+    print(f"\n[{name}] {outcome.title}", flush=True)
     port = serving.free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = log_dir / "twinfer-server.log"
-    env = serving.service_env(workdir / "twinfer-store", port, args.workers, 1, MODEL_DIR)
+    log_path = log_dir / f"{name}-server.log"
+    env = serving.service_env(workdir / f"{name}-store", port, args.workers, 1, MODEL_DIR)
+    env["TWINFER_WORKER_CLASS"] = worker_class
     proc = None
     try:
         with open(log_path, "wb") as log:
@@ -862,7 +872,7 @@ def print_report(
     print(f"  benchmark alone keeps it near {setup['workers'] + 1}; well above that, other work shared the cores):")
     for o in outcomes:
         load = "load " + ", ".join(f"{before:.1f} -> {after:.1f}" for before, after in o.loads) if o.loads else ""
-        if o.name == TWINFER:
+        if o.name in TWINFER_WORKER_CLASSES:
             print(f"  {o.name:<19} project .venv (twinfer {o.version})  {load}")
             continue
         size = f"{o.size_mb:.0f} MB" if o.size_mb is not None else "-"
@@ -900,7 +910,8 @@ def print_report(
 
     summary: dict = {}
     twinfer = next((o for o in outcomes if o.name == TWINFER and o.status == "ok"), None)
-    peers_ok = [o for o in outcomes if o.name != TWINFER and o.status == "ok"]
+    variants = [o for o in outcomes if o.name in TWINFER_WORKER_CLASSES and o.name != TWINFER and o.status == "ok"]
+    peers_ok = [o for o in outcomes if o.name not in TWINFER_WORKER_CLASSES and o.status == "ok"]
     print("\nratios (rps at each server's best concurrency):")
     for image in images:
         line: dict = {}
@@ -949,6 +960,20 @@ def print_report(
                 summary.setdefault(image, {}).setdefault("twinfer_over_best_peer_at", {})[t_row.concurrency] = (
                     t_row.rps / p_row.rps
                 )
+    if twinfer and variants:
+        print("\nother worker classes (rps / twinfer's default at the same concurrency; p99 beside):")
+        for variant in variants:
+            for v_row in variant.rows:
+                same = next((r for r in twinfer.rows if (r.image, r.concurrency) == (v_row.image, v_row.concurrency)), None)
+                if same is None or not same.rps:
+                    continue
+                print(
+                    f"  {variant.name:<13} {v_row.image:<10} c={v_row.concurrency:<3} {v_row.rps / same.rps:5.2f}  "
+                    f"p99 {v_row.p99_ms:.1f} vs {same.p99_ms:.1f} ms"
+                )
+                summary.setdefault(v_row.image, {}).setdefault(f"{variant.name}_over_twinfer_at", {})[
+                    v_row.concurrency
+                ] = v_row.rps / same.rps
     notes = [(o.name, note) for o in outcomes for note in o.notes]
     if notes:
         print("\nnotes:")
@@ -1053,8 +1078,8 @@ def main(argv: list[str] | None = None) -> int:
                     ceiling = run_ceiling(pictures, args)
                     if isinstance(ceiling, dict):
                         ceilings.append(ceiling)
-                elif name == TWINFER:
-                    outcomes.append(run_twinfer(workdir, log_dir, pictures, args))
+                elif name in TWINFER_WORKER_CLASSES:
+                    outcomes.append(run_twinfer(name, workdir, log_dir, pictures, args))
                 else:
                     outcomes.append(run_peer(PEERS[name], cache, log_dir, workdir, pictures, args))
             rounds.append(outcomes)
