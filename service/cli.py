@@ -1,4 +1,5 @@
-"""``python -m service [command]``: the supervisor and the operator commands.
+"""``twinfer [command]`` (installed) or ``python -m service [command]``: the supervisor and
+the operator commands.
 
 A thin parser: each command's logic lives in its own module under ``service.commands``.
 Without a command, ``run`` (the supervisor) starts, as in the container's CMD.
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from service.commands import apply_patch, bundle, delta, keygen, run, set_model, status, twin_patch, validate
 
@@ -26,11 +28,16 @@ class _HelpFormatter(argparse.HelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
+def program_name() -> str:
+    """How the user started us: the installed ``twinfer`` script or ``python -m service``."""
+    return "twinfer" if Path(sys.argv[0]).name == "twinfer" else "python -m service"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m service",
+        prog=program_name(),
         description="twinfer: edge inference supervisor and operator commands. Without a command: run.",
-        epilog="`python -m service COMMAND --help` shows each command's options and examples.",
+        epilog=f"`{program_name()} COMMAND --help` shows each command's options and examples.",
     )
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     for module in COMMANDS:

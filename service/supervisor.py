@@ -30,6 +30,7 @@ from service.twin.factory import create_twin_source
 from service.updater import ModelUpdater, UpdaterConfig
 
 log = logging.getLogger("twinfer.supervisor")
+GUNICORN_CONFIG_MODULE = "workers.gunicorn_config"  # by module name: found wherever twinfer is installed
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HEADLESS_POLL_SECONDS = 0.2  # how soon a headless supervisor notices the signal that stops it
 
@@ -109,7 +110,7 @@ class Supervisor:
         for signum in FORWARDED_SIGNALS:
             signal.signal(signum, self._forward)
         if self.serve:
-            command = [sys.executable, "-m", "gunicorn", "-c", str(PROJECT_ROOT / "gunicorn.conf.py")]
+            command = [sys.executable, "-m", "gunicorn", "-c", f"python:{GUNICORN_CONFIG_MODULE}"]
             self._child = subprocess.Popen(command, cwd=PROJECT_ROOT, env=gunicorn_env(self.settings))
             log.info(
                 "gunicorn (pid %d) serving on %s:%d with %d workers",

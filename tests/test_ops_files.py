@@ -38,7 +38,7 @@ SETTINGS_SOURCES = (
     PROJECT_ROOT / "service" / "settings.py",
     PROJECT_ROOT / "workers" / "settings.py",
     PROJECT_ROOT / "service" / "twin" / "factory.py",
-    PROJECT_ROOT / "gunicorn.conf.py",
+    PROJECT_ROOT / "workers" / "gunicorn_config.py",
 )
 CREATE_OPTIONS_MAX_BYTES = 4 * 1024  # a twin string value; longer options need createOptions01.. chunks
 TOKEN_PLACEHOLDER = re.compile(r"\$\{?TWINFER_API_TOKENS\}?")
@@ -135,7 +135,7 @@ def test_twinfer_module_settings(twinfer_module, twinfer_env):
     assert host["PortBindings"][port][0]["HostPort"] == "8080"
     assert isinstance(host["Memory"], int) and host["Memory"] >= 512 * 1024**2
 
-    gunicorn_conf = (PROJECT_ROOT / "gunicorn.conf.py").read_text()
+    gunicorn_conf = (PROJECT_ROOT / "workers" / "gunicorn_config.py").read_text()
     graceful = int(re.search(r"^graceful_timeout\s*=\s*(\d+)", gunicorn_conf, re.M).group(1))
     assert options["StopTimeout"] > graceful, "docker must wait longer than gunicorn's graceful shutdown"
 
@@ -197,6 +197,7 @@ def test_the_api_token_is_a_placeholder_the_operator_fills(twinfer_env):
     check_server_protection({"TWINFER_API_TOKENS": SAMPLE_TOKEN})  # what the filled-in value must look like
 
 
+@pytest.mark.processes
 def test_the_template_env_as_is_stops_the_service_naming_the_token(twinfer_env, tmp_path):
     """Deployed with the placeholder left in, the module refuses to start (fails closed)
     instead of serving without a token."""
@@ -217,12 +218,13 @@ def test_the_root_filesystem_is_read_only_with_a_writable_place_for_each_write(t
     tmpfs = host["Tmpfs"]
     assert "/tmp" in tmpfs and "noexec" in tmpfs["/tmp"].split(",")
     writable = {bind.split(":")[1] for bind in host["Binds"]} | set(tmpfs) | {"/dev/shm"}  # Docker's own tmpfs
-    gunicorn_conf = (PROJECT_ROOT / "gunicorn.conf.py").read_text()
+    gunicorn_conf = (PROJECT_ROOT / "workers" / "gunicorn_config.py").read_text()
     worker_tmp_dir = re.search(r'^worker_tmp_dir\s*=\s*"([^"]+)"', gunicorn_conf, re.M).group(1)
     for path in (twinfer_env["TWINFER_STORE"], worker_tmp_dir):
         assert any(path == place or path.startswith(place.rstrip("/") + "/") for place in writable), path
 
 
+@pytest.mark.processes
 def test_the_sample_desired_model_is_the_bundled_model_as_a_bundle(manifest, tmp_path):
     """The base's ``model`` is the bundle ``python -m service bundle`` makes of models/default
     (fixed timestamps, the model stored: the same files give the same bytes), so an
@@ -381,6 +383,7 @@ def test_merged_ring_deployments_parse_for_every_combination(manifest, plan):
             assert state.max_bytes_per_second == base["download"]["max_bytes_per_second"]
 
 
+@pytest.mark.processes
 def test_readme_recipe_turns_the_template_into_a_manifest():
     """The README's generator: placeholders filled, createOptions serialised, $edgeAgent,
     $edgeHub and $upstream left alone."""
@@ -427,15 +430,18 @@ def run_promtool(promtool: str, *args: str) -> None:
     assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
 
 
+@pytest.mark.processes
 def test_promtool_checks_the_config(promtool):
     assert RULES.name in PROMETHEUS_CONFIG.read_text()
     run_promtool(promtool, "check", "config", str(PROMETHEUS_CONFIG))
 
 
+@pytest.mark.processes
 def test_promtool_checks_the_rules(promtool):
     run_promtool(promtool, "check", "rules", str(RULES))
 
 
+@pytest.mark.processes
 def test_promtool_unit_tests_the_rules(promtool):
     tested = set(re.findall(r"^\s*alertname:\s*(\S+)", RULES_TEST.read_text(), re.M))
     assert {"TwinferModelUpdateFailed", "TwinferDetectLatencyHigh"} <= tested
@@ -540,6 +546,7 @@ print(json.dumps({name: sorted(labels) for name, labels in samples.items()}))
 """
 
 
+@pytest.mark.processes
 def test_derived_names_match_a_real_multiprocess_exposition(tmp_path):
     """Every metric touched once, in prometheus-client multiprocess mode as the module runs."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}

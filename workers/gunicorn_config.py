@@ -1,5 +1,7 @@
-"""gunicorn settings for the twinfer worker pool; the supervisor (``python -m service``)
-runs ``gunicorn -c gunicorn.conf.py`` with the environment it prepared."""
+"""gunicorn settings for the twinfer worker pool; the supervisor (``twinfer run``) starts
+``gunicorn -c python:workers.gunicorn_config`` with the environment it prepared. A module
+of the package, so an installed twinfer finds it from any directory; the project's
+top-level ``gunicorn.conf.py`` re-exports it for ``gunicorn -c gunicorn.conf.py``."""
 import os
 from pathlib import Path
 

@@ -38,8 +38,11 @@ class ServiceProcess:
     @classmethod
     @contextmanager
     def start(
-        cls, store: Path, workers: int = 2, extra_env: dict[str, str] | None = None, wait_ready: bool = True
+        cls, store: Path, workers: int = 2, extra_env: dict[str, str] | None = None, wait_ready: bool = True,
+        command: list[str] | None = None, cwd: Path = PROJECT_ROOT,
     ) -> Iterator["ServiceProcess"]:
+        """``python -m service`` from the checkout, or ``command`` (an installed ``twinfer``)
+        run in ``cwd``."""
         port = free_port()
         env = dict(os.environ)
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -53,7 +56,7 @@ class ServiceProcess:
         log_path = store.parent / f"{store.name}-service.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "service"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                command or [sys.executable, "-m", "service"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
             )
         service = cls(proc, port, store, log_path)
         try:
