@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable
 
 from service.twin.base import TwinError, TwinSource
 
@@ -17,8 +18,14 @@ log = logging.getLogger("twinfer.report")
 
 
 class Reporter:
-    def __init__(self, twin: TwinSource, min_interval: float = 2.0, max_backoff: float = 60.0) -> None:
+    def __init__(
+        self, twin: TwinSource, min_interval: float = 2.0, max_backoff: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``clock`` times the interval and the backoff (tests pass one they move by hand;
+        the thread re-reads it whenever an update wakes it)."""
         self._twin = twin
+        self._clock = clock
         self._min_interval = min_interval
         self._max_backoff = max_backoff
         self._pending: dict = {}
@@ -34,6 +41,12 @@ class Reporter:
         with self._cond:
             self._pending = merge_patch_keep_nulls(self._pending, patch)
             self._cond.notify_all()
+
+    @property
+    def sending(self) -> bool:
+        """A patch is with the twin now (its outcome, and the next send time, not yet known)."""
+        with self._cond:
+            return self._in_flight
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Send what is queued now, and wait until it has gone (shutdown, tests)."""
@@ -58,8 +71,8 @@ class Reporter:
     def _next_patch(self) -> dict | None:
         """Block until a patch may be sent; None once closed with nothing left."""
         with self._cond:
-            while not self._closed and (not self._pending or time.monotonic() < self._not_before):
-                self._cond.wait(None if not self._pending else self._not_before - time.monotonic())
+            while not self._closed and (not self._pending or self._clock() < self._not_before):
+                self._cond.wait(None if not self._pending else max(0.0, self._not_before - self._clock()))
             if not self._pending:
                 return None
             patch, self._pending, self._in_flight = self._pending, {}, True
@@ -79,7 +92,7 @@ class Reporter:
             with self._cond:
                 if failed is not None:
                     self._pending = merge_patch_keep_nulls(failed, self._pending)
-                self._not_before = time.monotonic() + delay
+                self._not_before = self._clock() + delay
                 self._in_flight = False
                 self._cond.notify_all()
                 if failed is not None and self._closed:
