@@ -19,6 +19,8 @@ from tests.support.service_process import ServiceProcess
 from workers.manifest import publish, read_manifest
 from workers.worker_state import read_states
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 ONNX = ("ssd-mobilenetv2-oidv4", "1.0.0")
 TFLITE = ("ssd-tflite", "2.0.0")
 ENV = {"TWINFER_REPORT_INTERVAL": "0.05"}
@@ -129,12 +131,16 @@ def test_ten_swaps_between_onnx_and_litert_under_load_fail_no_request(pool):
 
 
 def test_two_workers_never_reload_at_the_same_time(pool):
-    service, *_ = pool
+    """Its own swaps, under load: each worker reloads once per swap, one after the other."""
+    service, twin, url, bundle = pool
+    since = time.time()  # the reload records' clock
+    swaps = [ONNX, TFLITE, ONNX, TFLITE] if read_manifest(service.store).version == TFLITE[1] else [TFLITE, ONNX] * 2
+    with Load(service.url, threads=2):
+        for target in swaps:
+            _swap_to(twin, target, url, bundle)
     states = read_states(service.store)
-    intervals = sorted(
-        (r["started"], r["finished"], s.pid) for s in states for r in s.reloads if r["started"] > min(x.reloads[0]["finished"] for x in states)
-    )
-    assert len(intervals) >= 20
+    intervals = sorted((r["started"], r["finished"], s.pid) for s in states for r in s.reloads if r["started"] >= since)
+    assert len(intervals) == len(swaps) * len(states) == 8
     for (start_a, end_a, pid_a), (start_b, end_b, pid_b) in zip(intervals, intervals[1:]):
         assert end_a <= start_b, f"worker {pid_a} reloaded {start_a:.3f}-{end_a:.3f} while {pid_b} started at {start_b:.3f}"
 
