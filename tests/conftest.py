@@ -1,12 +1,44 @@
 """Shared fixtures: paths to the real models and photos, and a real running service."""
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from tests.support.paths import DEFAULT_MODEL, IMAGES, MODELS, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess
+
+
+_running: list[pytest.Item | None] = [None]  # the test being set up, run or torn down
+
+
+def _refuse_unmarked(start: Callable) -> Callable:
+    """``start`` (a way to start a process), refused for a test without the ``processes``
+    marker, also inside the fixtures set up for it: the fast lane (``-m "not processes"``)
+    stays fast, and a missing marker fails instead of slowing it down unseen."""
+
+    @functools.wraps(start)
+    def guarded(*args, **kwargs):
+        item = _running[0]
+        if item is not None and item.get_closest_marker("processes") is None:
+            raise AssertionError(f"{item.nodeid} starts a process: mark it with @pytest.mark.processes")
+        return start(*args, **kwargs)
+
+    return guarded
+
+
+def pytest_configure(config):
+    subprocess.Popen._execute_child = _refuse_unmarked(subprocess.Popen._execute_child)
+    os.fork = _refuse_unmarked(os.fork)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    _running[0] = item
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ import pytest
 
 from workers import allocator
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # A gthread request in miniature: in a thread (its own malloc arena), allocate and touch

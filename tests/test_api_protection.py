@@ -27,6 +27,8 @@ from tests.support.paths import IMAGES, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess, loaded_workers
 from tests.support.tls import issue_server_cert
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 # Fresh per run, so a hit in a log can only come from this run.
 TOKEN_A = "tok-a-" + secrets.token_urlsafe(24)
 TOKEN_B = "tok-b-" + secrets.token_urlsafe(24)  # a second token: rotation by environment

@@ -16,6 +16,8 @@ import requests
 
 from tests.support.azurite import Azurite
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 CONTAINER = "models"
 TIMEOUT = 10
 

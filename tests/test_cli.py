@@ -16,6 +16,8 @@ import pytest
 
 from tests.support.paths import MODELS, PROJECT_ROOT
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 COMMANDS = ["run", "validate", "set-model", "apply-patch", "bundle", "twin-patch", "delta", "status", "keygen"]
 FACE = MODELS / "blazeface_short_range.tflite"
 

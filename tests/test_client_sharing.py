@@ -19,6 +19,8 @@ from tests.support.http_client import post_jpeg
 from tests.support.images import encoded
 from tests.support.service_process import ServiceProcess
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 PICTURE = encoded(".jpg", 320, 240, seed=3)
 CLIENTS = 8
 REQUESTS_EACH = 12

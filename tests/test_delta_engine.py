@@ -160,6 +160,7 @@ except OSError as exc:
 """
 
 
+@pytest.mark.processes
 def test_a_write_failure_propagates_as_oserror(bundles, tmp_path):
     """A full disk stands in as a 1 MiB file-size limit: EFBIG, like ENOSPC, is the caller's OSError."""
     done = subprocess.run([sys.executable, "-c", WRITE_CAPPED, str(bundles["base"]), str(bundles["patch"]),

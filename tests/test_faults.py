@@ -48,6 +48,8 @@ from tests.support.paths import IMAGES, MODELS, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess
 from workers.manifest import MANIFEST_FILE, publish, read_manifest
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 MiB = 1024 * 1024
 ENV = {
     "TWINFER_REPORT_INTERVAL": "0.05",

@@ -158,6 +158,7 @@ CHILD = (
 )
 
 
+@pytest.mark.processes
 def test_resume_after_the_process_is_killed(part):
     data = payload(3 * MiB)
     with FileServer({PATH: data}) as server:

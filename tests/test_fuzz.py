@@ -127,6 +127,7 @@ queries = st.one_of(
 )
 
 
+@pytest.mark.processes
 @fuzz(3600)
 @given(body=st.binary(max_size=3000), content_type=st.sampled_from(IMAGE_TYPES), query=queries)
 def test_detect_random_bytes(pool, body, content_type, query):
@@ -148,6 +149,7 @@ def damaged_pictures(draw) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.processes
 @fuzz(1300)
 @given(body=damaged_pictures(), content_type=st.sampled_from(IMAGE_TYPES[:4] + ["application/octet-stream"]))
 def test_detect_truncated_and_corrupted_pictures(pool, body, content_type):
@@ -184,6 +186,7 @@ def huge_headers(draw) -> tuple[bytes, str]:
     return _webp_declaring(max(1, width % 2**24), max(1, height % 2**24)), "image/webp"
 
 
+@pytest.mark.processes
 @fuzz(1300)
 @given(crafted=huge_headers())
 def test_detect_headers_declaring_huge_dimensions(pool, crafted):
@@ -205,6 +208,7 @@ content_types = st.one_of(
 )
 
 
+@pytest.mark.processes
 @fuzz(1500)
 @given(content_type=content_types, body=st.one_of(st.sampled_from(SMALL), st.binary(max_size=512)))
 def test_detect_random_content_types(pool, content_type, body):
@@ -254,6 +258,7 @@ def multipart_bodies(draw) -> tuple[bytes, str]:
     return body, content_type
 
 
+@pytest.mark.processes
 @fuzz(2600)
 @given(crafted=multipart_bodies())
 def test_detect_random_multipart_bodies(pool, crafted):
@@ -261,6 +266,7 @@ def test_detect_random_multipart_bodies(pool, crafted):
     _send(pool, "multipart", body, {"Content-Type": content_type})
 
 
+@pytest.mark.processes
 def test_detect_fuzzing_left_every_worker_alive_and_memory_bounded(pool):
     service, _, baseline = pool
     total = sum(REQUESTS.values())

@@ -50,12 +50,14 @@ def _check(port: int, **env: str) -> int:
     return result.returncode
 
 
+@pytest.mark.processes
 def test_the_check_asks_the_configured_address_and_ignores_the_proxy(on_address):
     assert _check(on_address.port, TWINFER_HTTP_HOST=ADDRESS) == 0
     # 127.0.0.1 is not where this service listens: the same check asked there is unhealthy.
     assert _check(on_address.port, TWINFER_HTTP_HOST="127.0.0.1") != 0
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("host", ["0.0.0.0", ""], ids=["all-interfaces", "unset"])
 def test_a_wildcard_bind_is_checked_on_loopback_without_the_proxy(tmp_path, host):
     with ServiceProcess.start(tmp_path / "store", workers=1, wait_ready=False) as service:  # on 127.0.0.1

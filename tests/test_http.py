@@ -9,10 +9,13 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 from PIL import Image
 
 from tests.support.images import encoded, jpeg_with_declared_size, png_declaring
+
+pytestmark = pytest.mark.processes  # every test here starts processes
 
 
 def _post(service, data: bytes, content_type: str = "image/png", params: dict | None = None) -> requests.Response:

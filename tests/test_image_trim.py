@@ -137,6 +137,7 @@ def _smoke(python: Path, work: Path) -> dict:
     return json.loads(result.stdout.splitlines()[-1])
 
 
+@pytest.mark.processes
 def test_the_trimmed_venv_runs_both_engines_and_deltas_like_the_full_one(trimmed_venv, tmp_path):
     assert not (trimmed_venv / SITE / "pip").exists() and not (trimmed_venv / SITE / "setuptools").exists()
     trimmed = _smoke(trimmed_venv / "bin" / "python", tmp_path / "trimmed")

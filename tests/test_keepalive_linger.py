@@ -18,6 +18,8 @@ from tests.support.http_client import post_jpeg
 from tests.support.images import encoded
 from tests.support.service_process import ServiceProcess
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 PICTURE = encoded(".jpg", 64, 48, seed=7)
 REQUESTS = 40
 

@@ -93,6 +93,7 @@ def _infer_url(service, version: str | None = None) -> str:
 # --- health and metadata ---------------------------------------------------------------------
 
 
+@pytest.mark.processes
 def test_server_live_ready_and_metadata(client):
     assert client.is_server_live() and client.is_server_ready()
     metadata = client.get_server_metadata()
@@ -100,6 +101,7 @@ def test_server_live_ready_and_metadata(client):
     assert metadata == {"name": "twinfer", "version": pyproject["project"]["version"], "extensions": ["binary_tensor_data"]}
 
 
+@pytest.mark.processes
 def test_model_metadata_lists_raw_tensors_and_the_image_way_in(client):
     metadata = client.get_model_metadata(MODEL)
     assert metadata["name"] == MODEL and metadata["versions"] == [VERSION]
@@ -117,6 +119,7 @@ def test_model_metadata_lists_raw_tensors_and_the_image_way_in(client):
 # --- raw tensors -----------------------------------------------------------------------------
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 def test_raw_tensors_match_onnxruntime(client, tensor, reference, binary):
     requested = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in OUTPUTS]
@@ -132,6 +135,7 @@ def test_raw_tensors_match_onnxruntime(client, tensor, reference, binary):
         np.testing.assert_allclose(got, reference[name], **TOLERANCE)
 
 
+@pytest.mark.processes
 def test_raw_tensors_default_outputs_and_one_requested_output(client, tensor, reference):
     # No outputs named: tritonclient sets binary_data_output, every output comes back binary.
     result = client.infer(MODEL, [_raw_input(tensor, True)])
@@ -145,6 +149,7 @@ def test_raw_tensors_default_outputs_and_one_requested_output(client, tensor, re
     np.testing.assert_allclose(one.as_numpy(name), reference[name], **TOLERANCE)
 
 
+@pytest.mark.processes
 def test_gzip_and_deflate_request_bodies(client, tensor, reference):
     for algorithm in ("gzip", "deflate"):
         result = client.infer(MODEL, [_raw_input(tensor, True)], request_compression_algorithm=algorithm)
@@ -152,6 +157,7 @@ def test_gzip_and_deflate_request_bodies(client, tensor, reference):
             np.testing.assert_allclose(result.as_numpy(name), reference[name], **TOLERANCE)
 
 
+@pytest.mark.processes
 def test_nested_json_data_and_mixed_binary_and_json_outputs(service, tensor, reference):
     request = {
         "inputs": [{"name": INPUT, "datatype": "FP32", "shape": SHAPE, "data": tensor.tolist()}],  # nested
@@ -188,6 +194,7 @@ def _assert_same_detections(got: dict, want: dict) -> None:
             assert abs(mine["box"][key] - theirs["box"][key]) <= 1e-5
 
 
+@pytest.mark.processes
 def test_image_as_binary_bytes_equals_detect(client, service, png):
     requested = [httpclient.InferRequestedOutput("detections", binary_data=True)]
     result = client.infer(MODEL, [_image_input(png)], outputs=requested, parameters={"threshold": 0.3})
@@ -200,6 +207,7 @@ def test_image_as_binary_bytes_equals_detect(client, service, png):
     _assert_same_detections(document, _detect(service, png, 0.3))
 
 
+@pytest.mark.processes
 def test_image_on_the_versioned_url_with_json_output(client, png):
     result = client.infer(MODEL, [_image_input(png)], model_version=VERSION,
                           outputs=[httpclient.InferRequestedOutput("detections", binary_data=False)],
@@ -211,6 +219,7 @@ def test_image_on_the_versioned_url_with_json_output(client, png):
     assert [d["label"] for d in document["detections"]] == ["Cat"]
 
 
+@pytest.mark.processes
 def test_image_as_base64_in_json(service, png):
     encoded = base64.b64encode(png).decode("ascii")
     for parameters in ({"content_type": "base64"}, None):
@@ -234,6 +243,7 @@ def test_image_as_base64_in_json(service, png):
 # --- errors ----------------------------------------------------------------------------------
 
 
+@pytest.mark.processes
 def test_unknown_model_and_version_are_404(client, tensor, png):
     assert _status(lambda: client.get_model_metadata("no-such-model"))[0] == "404"
     assert _status(lambda: client.get_model_metadata(MODEL, "9.9.9"))[0] == "404"
@@ -245,6 +255,7 @@ def test_unknown_model_and_version_are_404(client, tensor, png):
     assert _status(lambda: client.get_model_config(MODEL))[0] == "404"
 
 
+@pytest.mark.processes
 def test_bad_tensors_are_400(client, tensor):
     bad_shape = tensor.reshape(1, 300, 900)
     status, message = _status(lambda: client.infer(MODEL, [_raw_input(bad_shape, True)]))
@@ -256,6 +267,7 @@ def test_bad_tensors_are_400(client, tensor):
     assert status == "400" and "nope" in message
 
 
+@pytest.mark.processes
 def test_garbage_image_bytes_are_400(client):
     status, message = _status(lambda: client.infer(MODEL, [_image_input(b"this is not an image")]))
     assert status == "400" and "not a readable image" in message
@@ -263,6 +275,7 @@ def test_garbage_image_bytes_are_400(client):
     assert status == "400"
 
 
+@pytest.mark.processes
 def test_malformed_requests_are_400_in_the_v2_format(service, tensor):
     url = _infer_url(service)
     data = tensor.tobytes()
@@ -297,6 +310,7 @@ def test_malformed_requests_are_400_in_the_v2_format(service, tensor):
     _v2_error(requests.post(url, data=b"{}", headers={"Content-Encoding": "br"}, timeout=30), 415)
 
 
+@pytest.mark.processes
 def test_body_over_the_limit_is_413_from_content_length_without_reading_it(service):
     with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
         sock.sendall(
@@ -313,6 +327,7 @@ def test_body_over_the_limit_is_413_from_content_length_without_reading_it(servi
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.processes
 def test_decompressed_body_over_the_limit_is_413(service):
     bomb = gzip.compress(b"\0" * (LIMIT + 1))
     assert len(bomb) < LIMIT // 100
@@ -320,11 +335,13 @@ def test_decompressed_body_over_the_limit_is_413(service):
     assert "limit" in _v2_error(response, 413)
 
 
+@pytest.mark.processes
 def test_unknown_v2_paths_answer_v2_404(service):
     for path in ("/v2/repository/index", f"/v2/models/{MODEL}/config", "/v2/nope"):
         _v2_error(requests.get(service.url + path, timeout=10), 404)
 
 
+@pytest.mark.processes
 def test_infer_requests_are_measured_by_route_template(client, service, png):
     client.infer(MODEL, [_image_input(png)])
     text = requests.get(service.url + "/metrics", timeout=10).text
@@ -332,6 +349,7 @@ def test_infer_requests_are_measured_by_route_template(client, service, png):
     assert f'twinfer_inference_duration_seconds_count{{model="{MODEL}",version="{VERSION}"}}' in text
 
 
+@pytest.mark.processes
 def test_binary_bytes_framing_of_the_response(service, png):
     """The response framing tritonclient decodes, checked byte by byte."""
     header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],

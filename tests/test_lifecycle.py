@@ -16,6 +16,8 @@ from tests.support.local_twin import LocalTwinFiles, failed_with, is_active, mod
 from tests.support.service_process import ServiceProcess
 from workers.manifest import read_manifest
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 ENV = {"TWINFER_REPORT_INTERVAL": "0.05", "TWINFER_DOWNLOAD_READ_TIMEOUT": "5", "TWINFER_KEEP_VERSIONS": "3"}
 
 

@@ -17,6 +17,8 @@ from tests.support.tls import issue_server_cert
 from tests.support.twin_emulator import TwinEmulator
 from workers.manifest import read_manifest
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 KEY = base64.b64encode(b"twinfer-test-shared-access-key!!").decode()
 CONTAINER = "models"
 

@@ -20,6 +20,8 @@ from tests.support.local_twin import LocalTwinFiles, is_active, model_status
 from tests.support.paths import MODELS, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 FACE = MODELS / "blazeface_short_range.tflite"
 ENV = {"TWINFER_REPORT_INTERVAL": "0.05", "TWINFER_DOWNLOAD_BACKOFF_INITIAL": "0.05"}
 

@@ -9,8 +9,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.support.paths import MODELS, PROJECT_ROOT
 from workers.native_stderr import actionable_tail
+
+pytestmark = pytest.mark.processes  # every test here starts processes
 
 SETUP = """
 import logging, os, sys, threading

@@ -183,6 +183,7 @@ def _routes(app) -> dict[str, object]:
     return found
 
 
+@pytest.mark.processes
 def test_every_route_is_documented_and_every_documented_route_exists(client, doc):
     app = client.app
     routes = _routes(app)
@@ -208,6 +209,7 @@ def _check(doc: dict, route: str, method: str, result) -> None:
         validate(doc, response["content"][content_type]["schema"], result.json)
 
 
+@pytest.mark.processes
 def test_live_detect_response_matches_the_documented_schema(client, doc):
     result = client.simulate_post("/detect", body=(IMAGES / "chelsea.png").read_bytes(),
                                   headers={"Content-Type": "image/png"}, params={"threshold": "0.05"})
@@ -220,6 +222,7 @@ def test_live_detect_response_matches_the_documented_schema(client, doc):
     validate(doc, {"$ref": "#/components/schemas/DetectResponse"}, body)
 
 
+@pytest.mark.processes
 def test_live_multipart_and_errors_match_the_documented_schemas(client, doc):
     boundary = "twinfer-test"
     image = (IMAGES / "grace_hopper.jpg").read_bytes()
@@ -242,6 +245,7 @@ def test_live_multipart_and_errors_match_the_documented_schemas(client, doc):
         _check(doc, "/detect", "post", result)
 
 
+@pytest.mark.processes
 def test_live_status_routes_match_the_documented_schemas(client, doc, monkeypatch, tmp_path):
     for route in ("/healthz", "/readyz", "/models", "/openapi.json"):
         result = client.simulate_get(route)
@@ -277,6 +281,7 @@ def _v2_infer(client, body: bytes, headers: dict | None = None, version: str | N
     return client.simulate_post(path, body=body, headers=headers or {})
 
 
+@pytest.mark.processes
 def test_live_kserve_v2_responses_match_the_documented_schemas(client, doc):
     import base64
     import struct

@@ -7,6 +7,8 @@ import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
 from ops.bench.peers import run
 
 
@@ -29,6 +31,7 @@ class _TwoWorkers(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.processes
 def test_the_wrk_script_counts_the_answers_of_each_worker(tmp_path):
     assert shutil.which("wrk"), "make test installs wrk"
     server = ThreadingHTTPServer(("127.0.0.1", 0), _TwoWorkers)

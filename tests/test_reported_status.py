@@ -19,6 +19,8 @@ from tests.support.local_twin import LocalTwinFiles, failed_with, is_active, mod
 from tests.support.paths import MODELS
 from tests.support.service_process import ServiceProcess
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 ENV = {"TWINFER_REPORT_INTERVAL": "0.05", "TWINFER_DOWNLOAD_BACKOFF_INITIAL": "0.05",
        "TWINFER_DOWNLOAD_MAX_ATTEMPTS": "1"}
 

@@ -21,6 +21,8 @@ from tests.support.paths import MODELS, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess
 from workers.runtime_env import RUNTIME_ENVIRONMENT
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 OPEN_SESSION = (
     "import onnxruntime as ort; "
     f"ort.InferenceSession({str(MODELS / 'blazeface_short_range.onnx')!r}, providers=['CPUExecutionProvider'])"

@@ -30,6 +30,8 @@ from workers.engines.artifacts import (
 )
 from workers.loader import find_model_file, load_model
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "tests" / "fixtures" / "models"
 IMAGES = ROOT / "tests" / "fixtures" / "images"

@@ -295,6 +295,7 @@ def _assert_refused(device, twin, document: dict, reason: str) -> dict:
     return model_status(reported)
 
 
+@pytest.mark.processes
 def test_a_signed_bundle_activates(device, twin, files, face, operator, operator_keys):
     url = _serve(files, "/face_3.zip", face.data)
     twin.set_desired(_desired("face", "3", url, face, key=operator))
@@ -308,6 +309,7 @@ def test_a_signed_bundle_activates(device, twin, files, face, operator, operator
     assert f"signature verified with trusted key {operator_keys[1]}" in log and "SECRETSIG" not in log
 
 
+@pytest.mark.processes
 def test_a_bundle_signed_by_the_rotated_key_activates_too(device, twin, files, rotated):
     bundle = face_bundle()
     url = _serve(files, "/face_3.5.zip", bundle.data)
@@ -315,6 +317,7 @@ def test_a_bundle_signed_by_the_rotated_key_activates_too(device, twin, files, r
     twin.wait_reported(is_active("3.5"))
 
 
+@pytest.mark.processes
 def test_an_unsigned_bundle_is_refused(device, twin, files, face):
     url = _serve(files, "/face_5.zip", face.data)
     status = _assert_refused(device, twin, _desired("face", "5", url, face), "unsigned")
@@ -323,6 +326,7 @@ def test_an_unsigned_bundle_is_refused(device, twin, files, face):
     assert len(files.requests_for("/face_5.zip")) >= 1  # refused after the download and its checksum
 
 
+@pytest.mark.processes
 def test_a_bundle_signed_by_another_key_is_refused(device, twin, files, face, stranger):
     url = _serve(files, "/face_5.zip", face.data)
     status = _assert_refused(device, twin, _desired("face", "5", url, face, key=_private(stranger)),
@@ -331,6 +335,7 @@ def test_a_bundle_signed_by_another_key_is_refused(device, twin, files, face, st
     assert not (device.store / "models/face/5").exists()
 
 
+@pytest.mark.processes
 def test_a_signature_for_version_3_does_not_activate_version_4(device, twin, files, face, operator):
     url = _serve(files, "/face_4.zip", face.data)
     document = _desired("face", "4", url, face, signature=signing.sign(operator, "face", "3", face.sha256))
@@ -338,12 +343,14 @@ def test_a_signature_for_version_3_does_not_activate_version_4(device, twin, fil
     assert not (device.store / "models/face/4").exists()
 
 
+@pytest.mark.processes
 def test_reference_design_keys_carry_no_signature_and_are_refused(device, twin, files, face):
     url = _serve(files, "/face_9.0.zip", face.data)
     _assert_refused(device, twin, {"FileName": "face_9.0.zip", "DownloadUrl": url, "ContentMD5": face.md5_base64},
                     "unsigned")
 
 
+@pytest.mark.processes
 def test_a_downgrade_is_refused_without_allow_downgrade(device, twin, files, operator):
     bundle = face_bundle()
     url = _serve(files, "/face_2.zip", bundle.data)
@@ -353,6 +360,7 @@ def test_a_downgrade_is_refused_without_allow_downgrade(device, twin, files, ope
     assert len(files.requests_for("/face_2.zip")) == before  # refused before downloading a byte
 
 
+@pytest.mark.processes
 def test_a_downgrade_with_allow_downgrade_activates_and_keeps_the_high_water_mark(device, twin, files, operator):
     bundle = face_bundle()
     url = _serve(files, "/face_2.zip", bundle.data)
@@ -361,6 +369,7 @@ def test_a_downgrade_with_allow_downgrade_activates_and_keeps_the_high_water_mar
     assert json.loads((device.store / "versions.json").read_text())["highest_activated"]["face"] == "3.5"
 
 
+@pytest.mark.processes
 def test_a_staged_version_still_needs_a_valid_signature(device, twin, files, face, operator):
     url = _serve(files, "/face_3.zip", face.data)
     requests_before = len(files.requests)
@@ -377,6 +386,7 @@ def test_a_staged_version_still_needs_a_valid_signature(device, twin, files, fac
     assert len(files.requests) == requests_before  # activated from the store, no download
 
 
+@pytest.mark.processes
 def test_the_cli_signs_a_patch_the_device_accepts(device, twin, files, operator_keys, tmp_path):
     keys, key_id = operator_keys
     labels = tmp_path / "labels.txt"
@@ -405,6 +415,7 @@ def test_the_cli_signs_a_patch_the_device_accepts(device, twin, files, operator_
     assert read_manifest(device.store).version == "7.0"
 
 
+@pytest.mark.processes
 def test_cli_refuses_unusable_signing_inputs(tmp_path, operator_keys):
     keys, _ = operator_keys
     out = tmp_path / "x.zip"

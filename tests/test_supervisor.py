@@ -33,6 +33,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.processes
 def test_empty_store_gets_the_bundled_model_and_sigterm_stops_everything(tmp_path):
     store = tmp_path / "store"
     with ServiceProcess.start(store, workers=2) as service:
@@ -53,6 +54,7 @@ def test_empty_store_gets_the_bundled_model_and_sigterm_stops_everything(tmp_pat
         assert requests.get(service.url + "/readyz", timeout=5).status_code == 200
 
 
+@pytest.mark.processes
 def test_supervisor_exits_non_zero_when_gunicorn_dies(tmp_path):
     with ServiceProcess.start(tmp_path / "store", workers=1) as service:
         os.kill(_gunicorn_pid(service), signal.SIGKILL)
@@ -60,6 +62,7 @@ def test_supervisor_exits_non_zero_when_gunicorn_dies(tmp_path):
         assert "gunicorn exited unexpectedly" in service.log()
 
 
+@pytest.mark.processes
 def test_headless_supervisor_updates_the_store_without_gunicorn_and_stops_cleanly(tmp_path):
     """TWINFER_SERVE=0: the twin and the update pipeline run, no pool is started, and a
     published model is active at once (no workers to wait for)."""
@@ -84,6 +87,7 @@ def test_headless_supervisor_updates_the_store_without_gunicorn_and_stops_cleanl
     assert "headless supervisor stopped" in service.log()
 
 
+@pytest.mark.processes
 def test_readyz_is_503_until_a_model_is_published(tmp_path):
     """Workers started before any manifest answer /healthz, say 503 on /readyz, then load it."""
     from falcon import testing
@@ -119,6 +123,7 @@ def test_bad_worker_setting_is_a_clear_startup_error(monkeypatch, bad):
         ServiceSettings.from_env()
 
 
+@pytest.mark.processes
 def test_dead_workers_series_are_removed_and_the_respawned_worker_serves(tmp_path, images):
     import re
 

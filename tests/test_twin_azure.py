@@ -105,6 +105,7 @@ def deliveries() -> Deliveries:
     return Deliveries()
 
 
+@pytest.mark.processes
 def test_start_delivers_the_whole_desired_document(twin: AzureTwin, deliveries: Deliveries) -> None:
     twin.start(deliveries)
     desired, whole = deliveries.wait_for(lambda desired, whole: True)
@@ -113,6 +114,7 @@ def test_start_delivers_the_whole_desired_document(twin: AzureTwin, deliveries: 
     assert twin.kind == "azure-connection-string"
 
 
+@pytest.mark.processes
 def test_desired_patch_is_delivered_as_a_patch(hub: Hub, twin: AzureTwin, deliveries: Deliveries) -> None:
     twin.start(deliveries)
     deliveries.wait_for(whole_at(INITIAL_VERSION))
@@ -121,6 +123,7 @@ def test_desired_patch_is_delivered_as_a_patch(hub: Hub, twin: AzureTwin, delive
     assert (desired, whole) == ({"inference": {"score_threshold": 0.7}, "model": None, "$version": version}, False)
 
 
+@pytest.mark.processes
 def test_report_lands_in_reported_properties(hub: Hub, twin: AzureTwin, deliveries: Deliveries) -> None:
     twin.start(deliveries)
     deliveries.wait_for(whole_at(INITIAL_VERSION))
@@ -131,6 +134,7 @@ def test_report_lands_in_reported_properties(hub: Hub, twin: AzureTwin, deliveri
     assert reported["a"] == {"b": 1}
 
 
+@pytest.mark.processes
 def test_change_made_while_offline_arrives_as_whole_document_after_reconnect(
     hub: Hub, twin: AzureTwin, deliveries: Deliveries
 ) -> None:
@@ -148,6 +152,7 @@ def test_change_made_while_offline_arrives_as_whole_document_after_reconnect(
     assert deliveries.wait_for(lambda desired, whole: desired.get("$version") == later)[1] is False
 
 
+@pytest.mark.processes
 def test_reconnects_after_the_sdk_gives_up(hub: Hub, deliveries: Deliveries, caplog) -> None:
     """The SDK stops reconnecting after a refusal it deems permanent ("not authorised", which
     edgeHub answers while it restarts); the twin's own watch brings the connection back."""
@@ -169,6 +174,7 @@ def test_reconnects_after_the_sdk_gives_up(hub: Hub, deliveries: Deliveries, cap
         twin.close()
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("hub", [{"drop_first_get_per_session": True}], indirect=True)
 def test_lost_first_get_response_is_retried(hub: Hub, twin: AzureTwin, deliveries: Deliveries) -> None:
     started = time.monotonic()
@@ -179,6 +185,7 @@ def test_lost_first_get_response_is_retried(hub: Hub, twin: AzureTwin, deliverie
     assert time.monotonic() - started >= FAST["operation_timeout"]  # the retry waited out the deadline
 
 
+@pytest.mark.processes
 def test_send_event_reaches_the_module_output(hub: Hub, twin: AzureTwin, deliveries: Deliveries) -> None:
     twin.start(deliveries)
     deliveries.wait_for(whole_at(INITIAL_VERSION))
@@ -190,6 +197,7 @@ def test_send_event_reaches_the_module_output(hub: Hub, twin: AzureTwin, deliver
     assert message.json() == {"name": "detector", "version": "1.0.0"}
 
 
+@pytest.mark.processes
 def test_edge_environment_connects_through_the_workload_api(
     hub: Hub, tmp_path, monkeypatch: pytest.MonkeyPatch, deliveries: Deliveries
 ) -> None:
@@ -266,6 +274,7 @@ def test_stale_copies_never_overwrite_newer_desired_state(deliveries: Deliveries
     ]
 
 
+@pytest.mark.processes
 def test_secrets_stay_out_of_logs(hub: Hub, twin: AzureTwin, deliveries: Deliveries, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     twin.start(deliveries)

@@ -210,6 +210,7 @@ def test_malformed_imgsz_is_ignored_with_a_warning(tmp_path, caplog, imgsz):
     assert_planted(model)
 
 
+@pytest.mark.processes
 def test_served_over_http_with_the_embedded_names(tmp_path):
     from falcon import testing
 

@@ -20,6 +20,8 @@ from tests.support.paths import PROJECT_ROOT
 from tests.support.tls import issue_server_cert
 from tests.support.twin_emulator import TwinEmulator
 
+pytestmark = pytest.mark.processes  # every test here starts processes
+
 WITHOUT_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 KEY = base64.b64encode(b"twinfer-test-shared-access-key!!").decode()
 

@@ -7,8 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.support.paths import PROJECT_ROOT
 from tests.support.service_process import free_port
+
+pytestmark = pytest.mark.processes  # every test here starts processes
 
 
 def test_a_worker_that_cannot_load_the_app_still_stops_gunicorn_with_its_exit_code(tmp_path):
