@@ -4,6 +4,7 @@ checkout, with nothing of the checkout on the import path."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,10 +21,14 @@ pytestmark = pytest.mark.processes  # every test here starts processes
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    """Built from a copy of the sources: setuptools leaves build/ and *.egg-info beside them."""
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", source)
+    for package in ("service", "workers"):
+        shutil.copytree(PROJECT_ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out), "."],
-        cwd=PROJECT_ROOT, check=True, capture_output=True, timeout=300,
+        cwd=source, check=True, capture_output=True, timeout=300,
     )
     (built,) = out.glob("twinfer-*.whl")
     return built
