@@ -36,7 +36,6 @@ import numpy as np
 
 from workers.engines.artifacts import (
     ARTIFACT_FILES,
-    HOST_DIR,
     ONNX_MODEL_FILE,
     ONNX_WEIGHTS_FILE,
     XNNPACK_CACHE_FILE,
@@ -54,6 +53,7 @@ from workers.engines.artifacts import (
 )
 from workers.engines.base import EngineOptions
 from workers.native_stderr import actionable_tail
+from workers.store_layout import HOST_DIR
 
 log = logging.getLogger("twinfer.optimize")
 

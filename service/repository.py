@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from workers.store_layout import StoreLayout
 from workers.worker_state import state_dir
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -30,9 +31,10 @@ def check_part(kind: str, value: str) -> str:
 class ModelRepository:
     def __init__(self, store: Path) -> None:
         self.store = store
-        self.models = store / "models"
-        self.staging = store / "staging"
-        self.downloads = self.staging / "downloads"
+        layout = StoreLayout(store)
+        self.models = layout.models
+        self.staging = layout.staging
+        self.downloads = layout.downloads
 
     def prepare(self) -> None:
         """Create the layout and drop what a crash left behind: half-built candidates

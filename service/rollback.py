@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 
 from workers.manifest import write_atomic
+from workers.store_layout import StoreLayout
 
-VERSIONS_FILE = "versions.json"
 
 
 def _numeric_version(version: str) -> tuple[int, ...] | None:
@@ -35,7 +35,7 @@ def compare_versions(a: str, b: str) -> int:
 
 class RollbackGuard:
     def __init__(self, store: Path) -> None:
-        self._path = store / VERSIONS_FILE
+        self._path = StoreLayout(store).versions
         self._highest = self._load()
 
     def _load(self) -> dict[str, str]:

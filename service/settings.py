@@ -7,6 +7,7 @@ from pathlib import Path
 
 from service.schedule import DownloadWindow, parse_windows_env
 from workers.settings import env_bool, env_int, env_seconds, worker_count
+from workers.store_layout import StoreLayout
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL_DIR = PROJECT_ROOT / "models" / "default"
@@ -78,4 +79,4 @@ class ServiceSettings:
 
     @property
     def metrics_dir(self) -> Path:
-        return self.store / "run" / "prometheus"
+        return StoreLayout(self.store).metrics

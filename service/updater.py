@@ -59,11 +59,9 @@ from service.twin.base import TwinSource
 from service.verify import VerifyError, verify_file
 from workers.engines import ENGINE_FORMATS
 from workers.manifest import Manifest, publish, read_manifest, write_atomic
+from workers.store_layout import BUNDLE_FILE, BUNDLE_RECORD, StoreLayout
 
 log = logging.getLogger("twinfer.updater")
-STATE_FILE = "updater.json"
-BUNDLE_RECORD = ".twinfer-bundle.json"  # in a version directory: the bundle it came from (sha256, md5)
-BUNDLE_FILE = ".twinfer-bundle"  # in a version directory: that bundle's bytes, the base for deltas
 _NOT_SCHEDULED = {"scheduled_for": None, "waiting_for": None}  # reported properties merge: clear a past wait
 
 
@@ -189,7 +187,7 @@ class ModelUpdater:
         self._cond = threading.Condition()
         self._cancel = threading.Event()
         self._working_on: DesiredModel | None = None
-        self._state_path = repo.store / STATE_FILE
+        self._state_path = StoreLayout(repo.store).updater_state
         self._handled, self._outcome = self._load_handled()
         # What every report says of the latest desired document: its $version, the model it
         # asks for and why that is not active (None once it is); restored at start-up.

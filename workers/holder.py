@@ -27,12 +27,12 @@ from workers.inference_slots import InferenceSlots
 from workers.loader import load_model
 from workers.manifest import Manifest, manifest_path, read_manifest
 from workers.pipeline import DetectionModel
+from workers.store_layout import StoreLayout
 from workers.worker_state import WorkerState
 
 log = logging.getLogger("twinfer.worker")
 MANIFEST_POLL_SECONDS = 0.1
 DRAIN_TIMEOUT_SECONDS = 60.0
-RELOAD_LOCK = "reload.lock"
 
 
 class ServingModel:
@@ -71,7 +71,7 @@ class ModelHolder:
         self.state = WorkerState(pid=os.getpid())
         self._failed_generation: int | None = None
         self._stop = threading.Event()
-        self._lock = FileLock(str(store / "run" / RELOAD_LOCK))
+        self._lock = FileLock(str(StoreLayout(store).reload_lock))
 
     @property
     def last_error(self) -> str | None:
@@ -92,7 +92,7 @@ class ModelHolder:
     def start(self) -> threading.Thread:
         """Load the published model before returning, so a worker (re)spawned by gunicorn
         accepts no request it cannot serve; then follow the manifest in the background."""
-        (self.store / "run").mkdir(parents=True, exist_ok=True)
+        StoreLayout(self.store).run.mkdir(parents=True, exist_ok=True)
         self.state.save(self.store)
         manifest = read_manifest(self.store)
         if manifest is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-MANIFEST_FILE = "manifest.json"
+from workers.store_layout import MANIFEST_FILE, StoreLayout
 
 
 @dataclass(frozen=True)
@@ -36,11 +36,11 @@ class Manifest:
 
 
 def manifest_path(store: Path) -> Path:
-    return store / MANIFEST_FILE
+    return StoreLayout(store).manifest
 
 
 def _lock(store: Path) -> FileLock:
-    return FileLock(str(store / (MANIFEST_FILE + ".lock")), timeout=30)
+    return FileLock(str(StoreLayout(store).manifest_lock), timeout=30)
 
 
 def read_manifest(store: Path) -> Manifest | None:

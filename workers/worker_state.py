@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from workers.manifest import write_atomic
+from workers.store_layout import StoreLayout
 
 KEPT_RELOADS = 50
 
 
 def state_dir(store: Path) -> Path:
-    return store / "run" / "workers"
+    return StoreLayout(store).worker_states
 
 
 def state_path(store: Path, pid: int) -> Path:

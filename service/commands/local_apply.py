@@ -29,7 +29,7 @@ def add_store_option(parser: argparse.ArgumentParser) -> None:
 def service_store(store: Path | None) -> Path:
     """The store a service uses: it publishes a manifest on its first start. Anything else
     is a typo or the wrong directory, and writing a twin there would change nothing."""
-    from workers.manifest import MANIFEST_FILE
+    from workers.store_layout import MANIFEST_FILE
 
     path = (store or Path(os.environ.get("TWINFER_STORE", "var"))).resolve()
     if not (path / MANIFEST_FILE).is_file():
@@ -45,8 +45,9 @@ def apply_patch(store: Path, patch: Mapping[str, Any]) -> tuple[Path, int]:
     from service.rollback import RollbackGuard
     from service.twin.local import DESIRED_FILE, read_json
     from workers.manifest import write_atomic
+    from workers.store_layout import StoreLayout
 
-    path = store / "twin" / DESIRED_FILE
+    path = StoreLayout(store).twin / DESIRED_FILE
     try:
         current = read_json(path)
     except ValueError as exc:

@@ -13,6 +13,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from workers.store_layout import StoreLayout
+
 NAME = "status"
 HELP = "show the active model, staged versions, downloads, workers and the twin's model state"
 DESCRIPTION = (
@@ -74,7 +76,7 @@ def _manifest(store: Path) -> tuple[dict | None, str | None]:
 
 
 def _versions(store: Path, active_dir: str | None) -> list[dict]:
-    models = store / "models"
+    models = StoreLayout(store).models
     found = []
     try:
         name_dirs = sorted(p for p in models.iterdir() if p.is_dir())
@@ -103,7 +105,7 @@ def _versions(store: Path, active_dir: str | None) -> list[dict]:
 
 
 def _downloads(store: Path) -> list[dict]:
-    downloads = store / "staging" / "downloads"
+    downloads = StoreLayout(store).downloads
     found = []
     try:
         parts = sorted(downloads.glob("*.part"))
@@ -150,7 +152,9 @@ def _workers(store: Path) -> list[dict]:
 
 
 def _reported(store: Path) -> dict | None:
-    path = store / "twin" / "reported.json"
+    from service.twin.local import REPORTED_FILE
+
+    path = StoreLayout(store).twin / REPORTED_FILE
     try:
         reported = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

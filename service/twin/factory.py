@@ -6,6 +6,7 @@ from typing import Mapping
 
 from service.twin.azure import AzureTwin
 from service.twin.base import TwinSource
+from workers.store_layout import StoreLayout
 
 
 def create_twin_source(store: Path, env: Mapping[str, str]) -> TwinSource:
@@ -25,4 +26,4 @@ def create_twin_source(store: Path, env: Mapping[str, str]) -> TwinSource:
         )
     from service.twin.local import LocalTwin
 
-    return LocalTwin(store / "twin")
+    return LocalTwin(StoreLayout(store).twin)

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from workers.store_layout import HOST_DIR
+
 log = logging.getLogger("twinfer.engines")
 
-HOST_DIR = ".host"
 READY_MARKER = "ready"
 MARKER_SCHEMA = 1
 ONNX_MODEL_FILE = "model.optimized.onnx"
