@@ -82,7 +82,7 @@ def _v2_error(response: requests.Response, status: int) -> str:
     assert response.status_code == status, response.text
     assert response.headers["Content-Type"].startswith("application/json")
     body = response.json()
-    assert set(body) == {"error"} and body["error"], body
+    assert set(body) == {"error", "reason"} and body["error"], body
     return body["error"]
 
 
@@ -323,7 +323,7 @@ def test_body_over_the_limit_is_413_from_content_length_without_reading_it(servi
             chunks.append(chunk)
         reply = b"".join(chunks).decode("latin-1")
     assert reply.startswith("HTTP/1.1 413"), reply
-    assert json.loads(reply.split("\r\n\r\n", 1)[1]).keys() == {"error"}
+    assert json.loads(reply.split("\r\n\r\n", 1)[1]).keys() == {"error", "reason"}
     assert time.monotonic() - started < 5
 
 

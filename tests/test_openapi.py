@@ -337,7 +337,7 @@ def test_live_kserve_v2_responses_match_the_documented_schemas(client, doc):
     ]
     for result, status in errors:
         assert result.status_code == status, result.text
-        assert set(result.json) == {"error"}
+        assert set(result.json) == {"error", "reason"}
         _check(doc, infer, "post", result)
     unknown = client.simulate_get("/v2/repository/index")  # not a route: any other /v2 path
     assert unknown.status_code == 404
@@ -355,5 +355,26 @@ def test_kserve_v2_before_a_model_is_loaded_matches_the_documented_503s(tmp_path
         assert result.status_code == 503, (path, result.text)
         _check(doc, route, "get", result)
     result = _v2_infer(client, b'{"inputs": []}')
-    assert result.status_code == 503 and set(result.json) == {"error"}
+    assert result.status_code == 503 and set(result.json) == {"error", "reason"}
     _check(doc, "/v2/models/{name}/infer", "post", result)
+
+
+def test_every_route_answers_errors_in_one_document(tmp_path, doc):
+    """Falcon's own 404 and 405, a v2 path that does not exist and a route's own refusal:
+    the same ``{"error", "reason"}`` (workers.errors.answer_error), each as documented."""
+    from falcon import testing
+
+    client = testing.TestClient(_app(tmp_path))  # empty store: no model needed to refuse
+    answers = {
+        "not_found": client.simulate_get("/no/such/path"),
+        "method_not_allowed": client.simulate_delete("/detect"),
+        "no_model": client.simulate_post("/detect", body=b"x", headers={"Content-Type": "image/png"}),
+    }
+    for reason, answer in answers.items():
+        assert answer.json.keys() == {"error", "reason"} and answer.json["error"], answer.text
+        assert answer.json["reason"] == reason
+        validate(doc, {"$ref": "#/components/schemas/Error"}, answer.json)
+    assert answers["method_not_allowed"].headers["allow"]
+    v2 = client.simulate_get("/v2/repository/index")
+    assert v2.status_code == 404 and v2.json["reason"] == "not_found"
+    validate(doc, {"$ref": "#/components/schemas/V2Error"}, v2.json)

@@ -4,11 +4,10 @@ from __future__ import annotations
 import logging
 
 import falcon
-import orjson
 
 from workers import inference_slots, metrics
 from workers.auth import Unauthorized, create_auth, handle_unauthorized
-from workers.errors import RequestError
+from workers.errors import RequestError, answer_error, serialize_http_error
 from workers.holder import ModelHolder
 from workers.inference_slots import InferenceSlots, slots_per_worker
 from workers.kserve import resources as kserve
@@ -24,19 +23,16 @@ log = logging.getLogger("twinfer.worker")
 
 def _request_error(req: falcon.Request, resp: falcon.Response, exc: RequestError, params: dict) -> None:
     metrics.REQUEST_ERRORS.labels(exc.reason).inc()
-    resp.status = exc.status
-    resp.data = orjson.dumps({"error": exc.message, "reason": exc.reason})
-    resp.content_type = falcon.MEDIA_JSON
+    answer_error(resp, exc.status, exc.reason, exc.message)
 
 
 def _unexpected_error(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict) -> None:
     """Last resort for a bug: log it, count it, answer JSON. Falcon's own HTTPErrors
-    (404, 405) keep its JSON handler, which is more specific than this one."""
+    (404, 405) keep their own handler, which is more specific than this one, and are
+    written by ``serialize_http_error``."""
     log.exception("unhandled error on %s %s", req.method, req.path)
     metrics.REQUEST_ERRORS.labels("internal").inc()
-    resp.status = falcon.HTTP_500
-    resp.data = orjson.dumps({"error": "internal error", "reason": "internal"})
-    resp.content_type = falcon.MEDIA_JSON
+    answer_error(resp, falcon.HTTP_500, "internal", "internal error")
 
 
 def create_app(settings: WorkerSettings | None = None) -> falcon.App:
@@ -72,4 +68,5 @@ def create_app(settings: WorkerSettings | None = None) -> falcon.App:
     app.add_error_handler(Exception, _unexpected_error)
     app.add_error_handler(RequestError, _request_error)
     app.add_error_handler(Unauthorized, handle_unauthorized)
+    app.set_error_serializer(serialize_http_error)
     return app

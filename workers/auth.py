@@ -25,10 +25,9 @@ import time
 from pathlib import Path
 
 import falcon
-import orjson
 
 from workers import metrics
-from workers.errors import RequestError
+from workers.errors import RequestError, answer_error
 from workers.settings import AuthSettings, read_tokens_file
 
 log = logging.getLogger("twinfer.worker")
@@ -139,9 +138,7 @@ class ApiAuth:
 def handle_unauthorized(req: falcon.Request, resp: falcon.Response, exc: Unauthorized, params: dict) -> None:
     """Error handler: the usual error document, counted by reason, plus the challenge."""
     metrics.REQUEST_ERRORS.labels(exc.reason).inc()
-    resp.status = exc.status
-    resp.data = orjson.dumps({"error": exc.message, "reason": exc.reason})
-    resp.content_type = falcon.MEDIA_JSON
+    answer_error(resp, exc.status, exc.reason, exc.message)
     resp.set_header("WWW-Authenticate", exc.challenge)
 
 

@@ -1,9 +1,30 @@
-"""Client errors raised on the request path, each with its HTTP status and a metrics reason."""
+"""Client errors raised on the request path, each with its HTTP status and a metrics reason,
+and the one error document every route answers with: ``{"error": message, "reason": reason}``
+(for KServe v2 a superset of the protocol's ``{"error": message}``)."""
 from __future__ import annotations
+
+from http import HTTPStatus
+
+import falcon
+import orjson
+
+
+def answer_error(resp: falcon.Response, status: int | str, reason: str, message: str) -> None:
+    """Put the error document on ``resp``: the only place its shape is written."""
+    resp.status = status
+    resp.data = orjson.dumps({"error": message, "reason": reason})
+    resp.content_type = falcon.MEDIA_JSON
+
+
+def serialize_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
+    """Falcon's own errors (404 for an unknown path, 405 for a method a route lacks) in the
+    same document, the reason named after the status (``not_found``, ``method_not_allowed``)."""
+    reason = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
+    answer_error(resp, exc.status, reason, exc.description or exc.title)
 
 
 class RequestError(Exception):
-    """A client error: rendered as ``{"error": message}`` with ``status``; never a 500."""
+    """A client error, answered with ``status`` and the error document; never a 500."""
 
     status: int = 400
     reason: str = "bad_request"

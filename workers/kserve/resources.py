@@ -20,7 +20,7 @@ import falcon
 import orjson
 
 from workers import __version__, metrics
-from workers.errors import BadParameter, BodyTooLarge, NoModel, RequestError
+from workers.errors import BadParameter, BodyTooLarge, NoModel, RequestError, answer_error
 from workers.holder import ModelHolder, ServingModel
 from workers.kserve import DETECTIONS_OUTPUT, EXTENSIONS, IMAGE_INPUT, SERVER_NAME
 from workers.kserve.codec import (
@@ -58,7 +58,7 @@ class V2Error(Exception):
 
 
 def _v2_errors(responder):
-    """Render client errors in the v2 format, ``{"error": message}``."""
+    """Render client errors in the error document (the v2 format plus ``reason``)."""
 
     @functools.wraps(responder)
     def wrapped(self, req: falcon.Request, resp: falcon.Response, **params) -> None:
@@ -66,9 +66,7 @@ def _v2_errors(responder):
             responder(self, req, resp, **params)
         except (RequestError, V2Error) as exc:
             metrics.REQUEST_ERRORS.labels(exc.reason).inc()
-            resp.status = exc.status
-            resp.data = orjson.dumps({"error": exc.message})
-            resp.content_type = falcon.MEDIA_JSON
+            answer_error(resp, exc.status, exc.reason, exc.message)
 
     return wrapped
 
@@ -95,7 +93,7 @@ def _active(serving: ServingModel | None, name: str, version: str | None) -> Ser
 
 def not_found_sink(req: falcon.Request, resp: falcon.Response, **params) -> None:
     """Any other path under ``/v2`` (``/v2/repository/index``, ``.../config``, ...)."""
-    _json(resp, {"error": f"no KServe v2 endpoint {req.method} {req.path} here"}, 404)
+    answer_error(resp, 404, "not_found", f"no KServe v2 endpoint {req.method} {req.path} here")
 
 
 # --- server ----------------------------------------------------------------------------------
