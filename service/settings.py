@@ -7,7 +7,7 @@ from pathlib import Path
 
 from service.schedule import DownloadWindow, parse_windows_env
 from workers.settings import env_bool, env_int, env_seconds, worker_count
-from workers.store_layout import StoreLayout
+from workers.store_layout import StoreLayout, store_from_env
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL_DIR = PROJECT_ROOT / "models" / "default"
@@ -53,7 +53,7 @@ class ServiceSettings:
     @staticmethod
     def from_env() -> "ServiceSettings":
         return ServiceSettings(
-            store=Path(os.environ.get("TWINFER_STORE", "var")).resolve(),
+            store=store_from_env(),
             http_host=os.environ.get("TWINFER_HTTP_HOST", "0.0.0.0"),
             http_port=env_int("TWINFER_HTTP_PORT", 8080, minimum=1),
             workers=worker_count(),

@@ -39,6 +39,7 @@ SETTINGS_SOURCES = (
     PROJECT_ROOT / "workers" / "settings.py",
     PROJECT_ROOT / "service" / "twin" / "factory.py",
     PROJECT_ROOT / "workers" / "gunicorn_config.py",
+    PROJECT_ROOT / "workers" / "store_layout.py",
 )
 CREATE_OPTIONS_MAX_BYTES = 4 * 1024  # a twin string value; longer options need createOptions01.. chunks
 TOKEN_PLACEHOLDER = re.compile(r"\$\{?TWINFER_API_TOKENS\}?")

@@ -3,10 +3,10 @@
 of the package, so an installed twinfer finds it from any directory; the project's
 top-level ``gunicorn.conf.py`` re-exports it for ``gunicorn -c gunicorn.conf.py``."""
 import os
-from pathlib import Path
 
 from prometheus_client import multiprocess
 
+from workers.store_layout import store_from_env
 from workers.worker_state import remove_state
 
 bind = f"{os.environ.get('TWINFER_HTTP_HOST', '0.0.0.0')}:{os.environ.get('TWINFER_HTTP_PORT', '8080')}"
@@ -51,7 +51,7 @@ def child_exit(server, worker):
     """Drop a dead worker's live gauges (model version, in-flight, worker count) and its
     state file, so the supervisor counts only live workers in a rollout."""
     multiprocess.mark_process_dead(worker.pid)
-    remove_state(Path(os.environ.get("TWINFER_STORE", "var")).resolve(), worker.pid)
+    remove_state(store_from_env(), worker.pid)
 
 
 def worker_exit(server, worker):

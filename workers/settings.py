@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Mapping
 
 from workers.engines.base import EngineOptions
+from workers.store_layout import store_from_env
 
 
 def env_int(name: str, default: int, minimum: int = 0) -> int:
@@ -128,7 +129,7 @@ class WorkerSettings:
     def from_env() -> "WorkerSettings":
         pool_default = EngineOptions.for_pool(worker_count())
         return WorkerSettings(
-            store=Path(os.environ.get("TWINFER_STORE", "var")).resolve(),
+            store=store_from_env(),
             max_body_bytes=env_int("TWINFER_MAX_BODY_BYTES", 20 * 1024 * 1024, minimum=1),
             max_image_pixels=env_int("TWINFER_MAX_IMAGE_PIXELS", 50_000_000, minimum=1),
             engine=EngineOptions(

@@ -7,14 +7,22 @@ a new release reads the store an older one left.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
+DEFAULT_STORE = "var"  # relative to the working directory, when TWINFER_STORE is unset
 MANIFEST_FILE = "manifest.json"
 # In a version directory, models/<name>/<version>/, beside the model's own files:
 BUNDLE_FILE = ".twinfer-bundle"  # the bundle's bytes: the base of the next delta
 BUNDLE_RECORD = ".twinfer-bundle.json"  # the bundle's SHA-256 and MD5
 HOST_DIR = ".host"  # artifacts built on this device for its CPU (workers.engines.artifacts)
+
+
+def store_from_env(environ: Mapping[str, str] = os.environ) -> Path:
+    """The store every process of one service shares: TWINFER_STORE, made absolute."""
+    return Path(environ.get("TWINFER_STORE", DEFAULT_STORE)).resolve()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,9 +28,9 @@ def add_store_option(parser: argparse.ArgumentParser) -> None:
 def service_store(store: Path | None) -> Path:
     """The store a service uses: it publishes a manifest on its first start. Anything else
     is a typo or the wrong directory, and writing a twin there would change nothing."""
-    from workers.store_layout import MANIFEST_FILE
+    from workers.store_layout import MANIFEST_FILE, store_from_env
 
-    path = (store or Path(os.environ.get("TWINFER_STORE", "var"))).resolve()
+    path = store.resolve() if store else store_from_env()
     if not (path / MANIFEST_FILE).is_file():
         raise LocalApplyError(
             f"{path} is not the store of a twinfer service (no {MANIFEST_FILE}): point --store or TWINFER_STORE "

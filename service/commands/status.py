@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from workers.store_layout import StoreLayout
+from workers.store_layout import StoreLayout, store_from_env
 
 NAME = "status"
 HELP = "show the active model, staged versions, downloads, workers and the twin's model state"
@@ -277,7 +277,7 @@ def _error_text(error: dict | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    store = (args.store or Path(os.environ.get("TWINFER_STORE", "var"))).resolve()
+    store = args.store.resolve() if args.store else store_from_env()
     status = collect(store)
     print(json.dumps(status, indent=2) if args.json else render(status))
     return 0
