@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 from workers.store_layout import StoreLayout
-from workers.worker_state import state_dir
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -31,10 +30,10 @@ def check_part(kind: str, value: str) -> str:
 class ModelRepository:
     def __init__(self, store: Path) -> None:
         self.store = store
-        layout = StoreLayout(store)
-        self.models = layout.models
-        self.staging = layout.staging
-        self.downloads = layout.downloads
+        self.layout = StoreLayout(store)
+        self.models = self.layout.models
+        self.staging = self.layout.staging
+        self.downloads = self.layout.downloads
 
     def prepare(self) -> None:
         """Create the layout and drop what a crash left behind: half-built candidates
@@ -49,7 +48,7 @@ class ModelRepository:
         for leftover in self.staging.iterdir():
             if leftover != self.downloads:
                 shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
-        for stale in state_dir(self.store).glob("*.json"):
+        for stale in self.layout.worker_states.glob("*.json"):
             stale.unlink(missing_ok=True)
 
     def download_path(self, name: str, version: str) -> Path:

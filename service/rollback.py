@@ -13,7 +13,6 @@ from workers.manifest import write_atomic
 from workers.store_layout import StoreLayout
 
 
-
 def _numeric_version(version: str) -> tuple[int, ...] | None:
     parts = version.split(".")
     if not all(part.isdigit() for part in parts):

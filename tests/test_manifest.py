@@ -5,7 +5,8 @@ import json
 import multiprocessing
 import os
 
-from workers.manifest import manifest_path, publish, read_manifest
+from workers.manifest import publish, read_manifest
+from workers.store_layout import StoreLayout
 
 
 def _publish_many(store: str, worker: int, count: int) -> list[int]:
@@ -59,4 +60,4 @@ def test_concurrent_publishers_get_unique_generations_and_readers_never_see_a_pa
     generations = sorted(g for r in results for g in r)
     assert generations == list(range(1, 121))
     assert read_manifest(tmp_path).generation == 120
-    assert json.loads(manifest_path(tmp_path).read_text())["generation"] == 120
+    assert json.loads(StoreLayout(tmp_path).manifest.read_text())["generation"] == 120

@@ -25,7 +25,7 @@ from workers import metrics
 from workers.engines.base import EngineOptions
 from workers.inference_slots import InferenceSlots
 from workers.loader import load_model
-from workers.manifest import Manifest, manifest_path, read_manifest
+from workers.manifest import Manifest, read_manifest
 from workers.pipeline import DetectionModel
 from workers.store_layout import StoreLayout
 from workers.worker_state import WorkerState
@@ -107,10 +107,11 @@ class ModelHolder:
     def _watch(self) -> None:
         """Follow the manifest; the first load (if ``start`` had none) takes no lock: it
         replaces nothing."""
+        manifest_file = StoreLayout(self.store).manifest
         last_stat = None
         while not self._stop.is_set():
             try:
-                stat = manifest_path(self.store).stat()
+                stat = manifest_file.stat()
                 fingerprint = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
             except FileNotFoundError:
                 fingerprint = None

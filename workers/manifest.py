@@ -35,10 +35,6 @@ class Manifest:
         return store / self.directory
 
 
-def manifest_path(store: Path) -> Path:
-    return StoreLayout(store).manifest
-
-
 def _lock(store: Path) -> FileLock:
     return FileLock(str(StoreLayout(store).manifest_lock), timeout=30)
 
@@ -46,7 +42,7 @@ def _lock(store: Path) -> FileLock:
 def read_manifest(store: Path) -> Manifest | None:
     """The published manifest, or None before the first publish."""
     try:
-        raw = json.loads(manifest_path(store).read_text(encoding="utf-8"))
+        raw = json.loads(StoreLayout(store).manifest.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     known = {f for f in Manifest.__dataclass_fields__}
@@ -122,5 +118,5 @@ def publish(
             published_at=time.time(),
             score_threshold=score_threshold,
         )
-        write_atomic(manifest_path(store), json.dumps(asdict(manifest), indent=2).encode())
+        write_atomic(StoreLayout(store).manifest, json.dumps(asdict(manifest), indent=2).encode())
         return manifest

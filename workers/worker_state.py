@@ -19,12 +19,8 @@ from workers.store_layout import StoreLayout
 KEPT_RELOADS = 50
 
 
-def state_dir(store: Path) -> Path:
-    return StoreLayout(store).worker_states
-
-
 def state_path(store: Path, pid: int) -> Path:
-    return state_dir(store) / f"{pid}.json"
+    return StoreLayout(store).worker_states / f"{pid}.json"
 
 
 @dataclass
@@ -64,7 +60,7 @@ def _alive(pid: int) -> bool:
 def read_states(store: Path) -> list[WorkerState]:
     """States of live workers only (a file whose process is gone is ignored)."""
     states = []
-    directory = state_dir(store)
+    directory = StoreLayout(store).worker_states
     if not directory.is_dir():
         return states
     for path in directory.glob("*.json"):
