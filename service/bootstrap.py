@@ -13,7 +13,8 @@ from pathlib import Path
 
 from service.optimize import ensure_host_artifacts
 from service.repository import ModelRepository
-from service.staging import VERDICT_FILE, recorded_verdict, validate_model_dir
+from service.update import failures
+from service.update.validation import VERDICT_FILE, recorded_verdict, validate_model_dir
 from workers.loader import ModelLoadError, find_model_file
 from workers.manifest import Manifest, publish, read_manifest, remove_stale_temp_files
 
@@ -104,7 +105,7 @@ def ensure_active_model(
             damaged.append(f"the active model {current.name} {current.version} was damaged: {problem}")
         from service import metrics  # prometheus_client: imported once the multiprocess dir is set
 
-        metrics.DOWNLOAD_FAILURES.labels("damaged_model").inc()
+        metrics.DOWNLOAD_FAILURES.labels(failures.DAMAGED_MODEL).inc()
         metrics.UPDATES.labels("failed").inc()
         _drop_damaged(repo, directory)
         threshold = current.score_threshold

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.child import ChildTimeout, run_job
 from workers.engines.artifacts import (
     ARTIFACT_FILES,
     ONNX_MODEL_FILE,
@@ -52,7 +52,6 @@ from workers.engines.artifacts import (
     write_ready_marker,
 )
 from workers.engines.base import EngineOptions
-from workers.native_stderr import actionable_tail
 from workers.store_layout import HOST_DIR
 
 log = logging.getLogger("twinfer.optimize")
@@ -60,7 +59,6 @@ log = logging.getLogger("twinfer.optimize")
 TOLERANCE = 1e-5  # largest absolute difference accepted between original and prepared outputs
 MIN_EXTERNAL_INITIALIZER_BYTES = 1024  # smaller initializers stay inline in the graph
 PREPARE_TIMEOUT = 900.0
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _REFERENCE_OPTIONS = EngineOptions(intra_op_threads=1, use_host_artifacts=False)
 _CANDIDATE_OPTIONS = EngineOptions(intra_op_threads=1)
 
@@ -115,17 +113,14 @@ def prepare_host_artifacts(model_dir: Path, *, isolate: bool = True, timeout: fl
 
 def _prepare_in_child(model_dir: Path, timeout: float) -> PreparedArtifacts:
     started = time.monotonic()
-    command = [sys.executable, "-m", "service.optimize", str(model_dir.resolve())]
     try:
-        done = subprocess.run(command, capture_output=True, timeout=timeout, cwd=_PROJECT_ROOT)
-        lines = [l for l in done.stdout.decode(errors="replace").splitlines() if l.startswith("{")]
-        result = PreparedArtifacts(**json.loads(lines[-1])) if lines else None
+        done = run_job("service.optimize", [str(model_dir.resolve())], timeout)
+        result = PreparedArtifacts(**done.verdict) if done.verdict is not None else None
         if result is None or done.returncode != 0:
-            tail = " | ".join(actionable_tail(done.stderr))
-            result = _failed(model_dir, started, f"preparation crashed (exit {done.returncode}): {tail}")
-    except subprocess.TimeoutExpired:
-        result = _failed(model_dir, started, f"preparation did not finish in {timeout:.0f} s")
-    except (json.JSONDecodeError, TypeError) as exc:
+            result = _failed(model_dir, started, f"preparation crashed ({done.crash_summary()})")
+    except ChildTimeout as exc:
+        result = _failed(model_dir, started, f"preparation {exc}")
+    except TypeError as exc:
         result = _failed(model_dir, started, f"preparation gave no verdict: {exc}")
     if not result.ok:
         _remove_leftovers(model_dir)

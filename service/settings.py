@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.schedule import DownloadWindow, parse_windows_env
+from service.update.schedule import DownloadWindow, parse_windows_env
 from workers.settings import env_bool, env_int, env_seconds, worker_count
 from workers.store_layout import StoreLayout, store_from_env
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping
 
+from service.update import failures
+from service.update.status import error_record
+
 log = logging.getLogger("twinfer.supervisor")
 EXIT_STORE_UNWRITABLE = 78  # EX_CONFIG: the configuration (here, the mount) is wrong
-REASON = "store_not_writable"
 
 
 def store_problem(store: Path) -> str | None:
@@ -52,9 +53,8 @@ def report_store_problem(store: Path, message: str, env: Mapping[str, str]) -> N
         return
     if isinstance(twin, LocalTwin):
         return
-    at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
-        twin.report({"model": {"state": "failed", "last_error": {"reason": REASON, "message": message, "at": at}}})
+        twin.report({"model": {"state": "failed", "last_error": error_record(failures.STORE_NOT_WRITABLE, message)}})
     except TwinError as exc:
         log.warning("could not report the unwritable store on the twin: %s", exc)
     finally:

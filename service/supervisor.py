@@ -20,14 +20,17 @@ import time
 from types import FrameType
 
 from service.bootstrap import ensure_active_model
-from service.bundle import UnpackLimits
-from service.fetch import DownloadPolicy
 from service.report import Reporter
 from service.repository import ModelRepository
-from service.rollout import RolloutMonitor
 from service.settings import PROJECT_ROOT, ServiceSettings
 from service.twin.factory import create_twin_source
-from service.updater import ModelUpdater, UpdaterConfig
+from service.update.bundle import UnpackLimits
+from service.update.fetch import DownloadPolicy
+from service.update.inbox import HandledRecord
+from service.update.rollout import RolloutMonitor
+from service.update.status import ModelStatus
+from service.update.updater import ModelUpdater, UpdaterConfig
+from workers.store_layout import StoreLayout
 
 log = logging.getLogger("twinfer.supervisor")
 GUNICORN_CONFIG_MODULE = "workers.gunicorn_config"  # by module name: found wherever twinfer is installed
@@ -51,7 +54,7 @@ def gunicorn_env(settings: ServiceSettings) -> dict[str, str]:
 
 
 def updater_config(settings: ServiceSettings) -> UpdaterConfig:
-    from service.signing import KeyFileError, load_trusted_keys
+    from service.update.signing import KeyFileError, load_trusted_keys
 
     # Keys configured but unreadable fail closed: the updater then refuses every model (and
     # says why) while the current one keeps serving; unset = signatures not required.
@@ -121,9 +124,11 @@ class Supervisor:
         twin = create_twin_source(self.settings.store, os.environ)
         reporter = Reporter(twin, min_interval=self.settings.report_interval)
         # No pool to follow when headless: every published generation is complete at once.
-        rollout = RolloutMonitor(self.settings.store, reporter, self.settings.workers if self.serve else 0)
+        handled = HandledRecord(StoreLayout(self.settings.store).updater_state)
+        status = ModelStatus(reporter, handled.outcome)  # the one writer of the reported model
+        rollout = RolloutMonitor(self.settings.store, status, self.settings.workers if self.serve else 0)
         rollout.start()
-        updater = ModelUpdater(self.repo, twin, reporter, rollout, updater_config(self.settings))
+        updater = ModelUpdater(self.repo, twin, status, rollout, handled, updater_config(self.settings))
         updater.start(startup_problems=damaged)
         twin.start(updater.on_desired)
         log.info("following the %s twin", twin.kind)

@@ -8,14 +8,12 @@ import os
 import re
 import secrets
 import select
-import shlex
 import socket
 import ssl
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests

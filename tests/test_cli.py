@@ -154,7 +154,7 @@ def test_bundle_refuses_bad_inputs_before_building(tmp_path, args, message):
 
 
 def test_twin_patch_passes_the_device_parser_with_reference_keys(face_bundle):
-    from service.desired import parse_desired
+    from service.update.desired import parse_desired
 
     out, result = face_bundle
     data = out.read_bytes()
@@ -182,7 +182,7 @@ def test_twin_patch_passes_the_device_parser_with_reference_keys(face_bundle):
 
 
 def test_twin_patch_from_digests_and_az_only(face_bundle):
-    from service.desired import parse_desired
+    from service.update.desired import parse_desired
 
     _, result = face_bundle
     done = cli("twin-patch", "--url", "https://files.local/face.zip", "--sha256", result["sha256"],
@@ -278,7 +278,7 @@ def test_status_while_the_service_runs(tmp_path):
 
 
 def test_set_model_writes_the_local_twin(tmp_path):
-    from service.desired import parse_desired
+    from service.update.desired import parse_desired
     from workers.manifest import MANIFEST_FILE
 
     store = tmp_path / "store"
@@ -301,7 +301,7 @@ def test_set_model_writes_the_local_twin(tmp_path):
 
 
 def test_twin_patch_carries_windows_range_size_and_urgency(face_bundle):
-    from service.desired import parse_desired
+    from service.update.desired import parse_desired
 
     out, _ = face_bundle
     done = cli("twin-patch", "--url", "https://files.local/face.zip", "--bundle", str(out), "--name", "face",
@@ -318,8 +318,8 @@ def test_twin_patch_carries_windows_range_size_and_urgency(face_bundle):
 
 
 def test_delta_writes_a_patch_that_rebuilds_the_bundle_and_prints_model_delta(tmp_path, face_bundle, labels):
-    from service.delta import apply_patch
-    from service.desired import parse_desired
+    from service.update.delta import apply_patch
+    from service.update.desired import parse_desired
 
     base, _ = face_bundle
     metadata = tmp_path / "twinfer.json"
@@ -355,7 +355,7 @@ def test_delta_refuses_a_missing_base(tmp_path, face_bundle):
 
 
 def test_bundle_compressed_for_the_wire_and_twin_patch_offers_it(tmp_path, labels):
-    from service.desired import parse_desired
+    from service.update.desired import parse_desired
 
     out = tmp_path / "face_1.2.zip"
     built = cli("bundle", str(FACE), "--labels", str(labels), "--name", "face", "--version", "1.2",

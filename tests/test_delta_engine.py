@@ -15,7 +15,7 @@ import pytest
 import zstandard
 
 from service.commands.bundle import write_zip
-from service.delta import DeltaError, apply_patch, build_patch
+from service.update.delta import DeltaError, apply_patch, build_patch
 from tests.support.finetune import perturb
 from tests.support.paths import DEFAULT_MODEL, PROJECT_ROOT
 
@@ -150,7 +150,7 @@ def test_unknown_engine_and_oversized_base_are_refused(bundles, tmp_path):
 WRITE_CAPPED = """
 import resource, signal, sys
 from pathlib import Path
-from service.delta import DeltaError, apply_patch
+from service.update.delta import DeltaError, apply_patch
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 try:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.delta import build_patch
+from service.update.delta import build_patch
 from tests.support.bundles import Bundle, make_bundle, model_desired
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, is_active, model_status
@@ -199,7 +199,7 @@ def test_a_window_closing_mid_download_pauses_it_and_urgent_resumes_from_the_kep
 
 
 def test_a_bundle_served_zstd_compressed_is_unpacked_checked_and_kept_uncompressed(tmp_path, face_default):
-    from service.delta import compress_bundle
+    from service.update.delta import compress_bundle
 
     store = tmp_path / "store"
     twin = LocalTwinFiles(store)
@@ -231,7 +231,7 @@ def test_a_bundle_served_zstd_compressed_is_unpacked_checked_and_kept_uncompress
 def test_a_delta_is_used_when_the_full_bundle_is_served_compressed(tmp_path, face_default):
     """The runbook's combined rollout: ``model.size`` is the zstd frame's, and the patch's
     result is the bundle, which is larger; the delta path must still be taken."""
-    from service.delta import compress_bundle
+    from service.update.delta import compress_bundle
 
     store = tmp_path / "store"
     twin = LocalTwinFiles(store)

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from service.desired import DesiredError, merge_patch, parse_desired
+from service.update.desired import DesiredError, merge_patch, parse_desired
 
 DATA = b"bundle bytes"
 MD5_HEX = hashlib.md5(DATA).hexdigest()

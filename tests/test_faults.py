@@ -38,9 +38,9 @@ import pytest
 import requests
 
 from service.bootstrap import ensure_active_model, stage_directory, version_problem
-from service.bundle import BundleError, unpack_bundle
+from service.update.bundle import BundleError, unpack_bundle
 from service.repository import ModelRepository
-from service.staging import recorded_verdict
+from service.update.validation import recorded_verdict
 from tests.support.bundles import Bundle, face_bundle, make_bundle, model_desired, ssd_tflite_bundle
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, failed_with, is_active, model_status

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from service import fetch
-from service.fetch import DownloadError, DownloadPolicy, download, redact_url
+from service.update import fetch
+from service.update.fetch import DownloadError, DownloadPolicy, download, redact_url
 from tests.support.http_server import FileServer
 from tests.support.paths import PROJECT_ROOT
 
@@ -154,7 +154,7 @@ def test_resume_after_cancel_needs_only_the_part_file_and_its_sidecar(part, dela
 
 
 CHILD = (
-    "import sys; from pathlib import Path; from service.fetch import download; download(sys.argv[1], Path(sys.argv[2]))"
+    "import sys; from pathlib import Path; from service.update.fetch import download; download(sys.argv[1], Path(sys.argv[2]))"
 )
 
 

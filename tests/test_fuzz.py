@@ -32,8 +32,8 @@ import requests
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from service.bundle import BundleError, UnpackLimits, unpack_bundle
-from service.desired import DesiredError, DesiredState, merge_patch, parse_desired
+from service.update.bundle import BundleError, UnpackLimits, unpack_bundle
+from service.update.desired import DesiredError, DesiredState, merge_patch, parse_desired
 from tests.support.images import encoded, jpeg_with_declared_size, png_declaring
 from tests.support.paths import IMAGES
 from tests.support.service_process import ServiceProcess

@@ -40,8 +40,8 @@ for package in (service, workers):
             importlib.import_module(info.name)
 
 import zstandard
-from service.delta import apply_patch, build_patch
-from service.staging import validate_model_dir
+from service.update.delta import apply_patch, build_patch
+from service.update.validation import validate_model_dir
 from workers.engines.artifacts import find_host_artifact
 from workers.engines.base import EngineOptions
 from workers.loader import find_model_file, load_model

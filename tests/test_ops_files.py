@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from service.desired import MAX_DOCUMENT_BYTES, merge_patch, parse_desired
+from service.update.desired import MAX_DOCUMENT_BYTES, merge_patch, parse_desired
 from service.settings import ServiceSettings
 from tests.support.paths import DEFAULT_MODEL, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess

@@ -5,7 +5,7 @@ from datetime import datetime, time, timedelta, timezone
 
 import pytest
 
-from service.schedule import DownloadWindow, WindowError, parse_window, parse_windows_env, window_state
+from service.update.schedule import DownloadWindow, WindowError, parse_window, parse_windows_env, window_state
 
 TZ = timezone(timedelta(hours=2))
 

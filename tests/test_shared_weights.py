@@ -257,7 +257,7 @@ def test_preparation_failure_leaves_no_artifact_and_never_raises(tmp_path: Path)
 
 
 def test_validation_prepares_the_artifact(tmp_path: Path) -> None:
-    from service.staging import validate_in_subprocess
+    from service.update.validation import validate_in_subprocess
 
     directory = _version_dir(tmp_path, "ssd-onnx")
     validated = validate_in_subprocess(directory, "ssd", "1.0.0")
@@ -344,7 +344,7 @@ def test_two_processes_share_the_optimised_weights(tmp_path: Path) -> None:
 
 def test_validation_verdict_is_recorded_and_invalidated_when_the_model_changes(tmp_path):
     """Re-activating a staged version skips validation only while the verdict matches."""
-    from service.staging import recorded_verdict, validate_model_dir
+    from service.update.validation import recorded_verdict, validate_model_dir
 
     directory = tmp_path / "v1"
     shutil.copytree(DEFAULT_MODEL, directory)

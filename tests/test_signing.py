@@ -17,16 +17,16 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import requests
 
-from service import signing
-from service.desired import DesiredError, DesiredModel, parse_desired
-from service.signing import SignatureError
-from service.rollback import compare_versions
-from service.updater import ModelUpdater, UpdateFailed, UpdaterConfig
+from service.update import signing
+from service.update.desired import DesiredError, DesiredModel, parse_desired
+from service.update.signing import SignatureError
+from service.update.rollback import compare_versions
+from service.update.failures import UpdateFailed
+from service.update.trust import Trust
 from tests.support.bundles import Bundle, face_bundle, model_desired
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, failed_with, is_active, model_status
@@ -155,22 +155,20 @@ def _target(**fields) -> DesiredModel:
     return DesiredModel(**{**base, **fields})
 
 
-def test_the_updater_checks_signatures_only_when_keys_are_configured(publisher):
-    check = ModelUpdater._check_signature
-    check(SimpleNamespace(config=UpdaterConfig()), _target(), SHA)  # no keys: unsigned is accepted
+def test_the_updater_checks_signatures_only_when_keys_are_configured(publisher, tmp_path):
+    Trust(tmp_path, None).check_signature(_target(), SHA)  # no keys: unsigned is accepted
     keys = tuple(signing.load_trusted_keys(publisher.public))
-    configured = SimpleNamespace(config=UpdaterConfig(trusted_keys=keys))
+    configured = Trust(tmp_path, keys)
     with pytest.raises(UpdateFailed) as caught:
-        check(configured, _target(), SHA)
+        configured.check_signature(_target(), SHA)
     assert caught.value.reason == "unsigned"
     with pytest.raises(UpdateFailed) as caught:
-        check(configured, _target(signature=signing.sign(_private(publisher), "face", "2", SHA)), SHA)
+        configured.check_signature(_target(signature=signing.sign(_private(publisher), "face", "2", SHA)), SHA)
     assert caught.value.reason == "signature_invalid"
-    check(configured, _target(signature=signing.sign(_private(publisher), "face", "1", SHA)), SHA)
-    broken = SimpleNamespace(
-        config=UpdaterConfig(trusted_keys=(), trusted_keys_error="trusted keys path /x does not exist"))
+    configured.check_signature(_target(signature=signing.sign(_private(publisher), "face", "1", SHA)), SHA)
+    broken = Trust(tmp_path, (), "trusted keys path /x does not exist")
     with pytest.raises(UpdateFailed) as caught:
-        check(broken, _target(signature=signing.sign(_private(publisher), "face", "1", SHA)), SHA)
+        broken.check_signature(_target(signature=signing.sign(_private(publisher), "face", "1", SHA)), SHA)
     assert caught.value.reason == "signature_invalid" and "/x does not exist" in caught.value.message
 
 

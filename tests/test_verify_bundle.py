@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from service.bundle import BundleError, UnpackLimits, unpack_bundle
-from service.verify import VerifyError, file_digests, normalize_md5, verify_file
+from service.update.bundle import BundleError, UnpackLimits, unpack_bundle
+from service.update.verify import VerifyError, file_digests, normalize_md5, verify_file
 
 MiB = 1024 * 1024
 MODEL = random.Random(7).randbytes(300_000)  # incompressible, like real weights

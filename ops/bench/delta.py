@@ -7,7 +7,7 @@ labels (one label renamed), metadata (score threshold), head (fine-tune of the d
 ``BoxPredictor_*`` initializers, w * (1 + N(0, 0.01))), retrain (every float initializer moved so),
 format (the same detector as a .tflite bundle: a full download is expected).
 
-Engines: ``service.delta`` (zstd, base as raw-content dictionary, window over base + new) at a few
+Engines: ``service.update.delta`` (zstd, base as raw-content dictionary, window over base + new) at a few
 levels, and bsdiff4. Each build and apply runs in a fresh interpreter that first imports both
 engines; its peak RSS (VmHWM) is quoted with the increase over that interpreter's RSS after the
 imports (the baseline). Apply output is checked byte for byte. Times and RSS are medians of
@@ -36,7 +36,7 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 from service.commands.bundle import write_zip  # noqa: E402
-from service.delta import DEFAULT_LEVEL  # noqa: E402
+from service.update.delta import DEFAULT_LEVEL  # noqa: E402
 from tests.support.paths import DEFAULT_MODEL, MODELS  # noqa: E402
 
 MiB = 1024 * 1024
@@ -125,7 +125,7 @@ def child(op: str, engine: str, a: str, b: str, c: str) -> None:
     """build: a=base b=new c=patch; apply: a=base b=patch c=out. Prints seconds and RSS (KiB) as JSON."""
     import bsdiff4
 
-    from service.delta import apply_patch, build_patch
+    from service.update.delta import apply_patch, build_patch
 
     baseline = peak_rss_kib()
     started = time.perf_counter()
@@ -188,7 +188,7 @@ def print_table(rows: list[Row]) -> None:
 
 def deflate_comparison(work: Path, head: Case, level: int) -> dict:
     """The head case with every file deflated (the old bundles), and the full bundle zstd'd without a base."""
-    from service.delta import build_patch
+    from service.update.delta import build_patch
 
     base, new, empty = work / "base.deflated.zip", work / "head.deflated.zip", work / "empty"
     write_deflated_zip(base, entries())

@@ -4,7 +4,7 @@
 1. Bytes re-sent after the connection drops at 50% of a 10 MiB bundle (ideal: 0).
 2. Effective rate under a bandwidth cap, against the cap, for a few caps.
 
-It drives ``service.fetch.download`` against the fault-injecting test file server
+It drives ``service.update.fetch.download`` against the fault-injecting test file server
 (``tests/support/http_server.py``). Run from the project root:
 ``.venv/bin/python ops/bench/download.py``.
 """
@@ -19,7 +19,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from service.fetch import DownloadPolicy, download  # noqa: E402
+from service.update.fetch import DownloadPolicy, download  # noqa: E402
 from tests.support.http_server import FileServer  # noqa: E402
 
 SIZE = 10 * 1024 * 1024

@@ -1,8 +1,8 @@
 """``python -m service bundle``: build a model bundle ZIP and validate it as a device will.
 
 The ZIP is built in a temporary directory, unpacked there with the device's own
-``service.bundle.unpack_bundle`` (same safety checks and default limits) and the result
-is loaded, decoder-detected and warmed up with ``service.staging.validate_model_dir``.
+``service.update.bundle.unpack_bundle`` (same safety checks and default limits) and the result
+is loaded, decoder-detected and warmed up with ``service.update.validation.validate_model_dir``.
 Only a bundle that passes is moved to the output path; the host artifact is not built
 (``prepare=False``): it is specific to the device's CPU and runtime.
 """
@@ -115,7 +115,7 @@ def _signing_key(args: argparse.Namespace):
     """The private key of --sign, loaded before anything is built (None without --sign)."""
     if getattr(args, "sign", None) is None:
         return None
-    from service.signing import KeyFileError, load_private_key
+    from service.update.signing import KeyFileError, load_private_key
 
     try:
         return load_private_key(args.sign)
@@ -126,7 +126,7 @@ def _signing_key(args: argparse.Namespace):
 def write_zip(path: Path, entries: list[tuple[str, Path]]) -> None:
     """Flat, regular files only, fixed timestamps (reproducible hashes); model files stored, text deflated.
 
-    Stored so delta patches work (service.delta): deflate scrambles every byte after a change (a head
+    Stored so delta patches work (service.update.delta): deflate scrambles every byte after a change (a head
     fine-tune's patch is 95% of a deflated bundle, 7.5% of a stored one). Measured deflate saving:
     11% on fp32 weights and on the fp16 .tflite, 40% on the demo .onnx (fp16 values held in fp32).
     """
@@ -142,9 +142,9 @@ def write_zip(path: Path, entries: list[tuple[str, Path]]) -> None:
 
 def build_and_validate(args: argparse.Namespace, work: Path) -> dict:
     """Build the ZIP in ``work`` and validate it; returns the result (``path`` is the ZIP in ``work``)."""
-    from service.bundle import BundleError, unpack_bundle
-    from service.staging import validate_model_dir
-    from service.verify import file_digests
+    from service.update.bundle import BundleError, unpack_bundle
+    from service.update.validation import validate_model_dir
+    from service.update.verify import file_digests
 
     entries = _entries(args)
     private_key = _signing_key(args)
@@ -164,7 +164,7 @@ def build_and_validate(args: argparse.Namespace, work: Path) -> dict:
     sha256, md5 = file_digests(zip_path)
     signed: dict = {}
     if private_key is not None:
-        from service.signing import key_id, sign
+        from service.update.signing import key_id, sign
 
         signed = {"signature": sign(private_key, args.name, args.version, sha256),
                   "key_id": key_id(private_key.public_key())}
@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     result["path"] = str(args.output.resolve())
     if args.compressed:
-        from service.delta import compress_bundle
+        from service.update.delta import compress_bundle
 
         packed = args.output.with_name(args.output.name + ".zst")
         result["compressed"] = {"path": str(packed.resolve()), "size": compress_bundle(args.output, packed).patch_size}

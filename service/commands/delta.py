@@ -1,7 +1,7 @@
 """``python -m service delta``: a patch from one bundle to the next, and the twin patch that offers it.
 
 Devices that hold the base bundle download the patch instead of the whole bundle (see
-``service.delta``); the desired patch also names the full bundle, which every other
+``service.update.delta``); the desired patch also names the full bundle, which every other
 device (and any device whose patching fails) downloads instead.
 """
 from __future__ import annotations
@@ -44,8 +44,8 @@ def build_delta(args: argparse.Namespace) -> dict:
     """Write the patch, check it round-trips, return the ``model.delta`` object."""
     import tempfile
 
-    from service.delta import DeltaError, apply_patch, build_patch
-    from service.verify import file_digests
+    from service.update.delta import DeltaError, apply_patch, build_patch
+    from service.update.verify import file_digests
 
     if args.bundle is None:
         raise twin_patch.PatchError("delta needs --bundle (the new bundle file), not --sha256")

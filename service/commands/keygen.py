@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.signing import generate_key_pair
+    from service.update.signing import generate_key_pair
 
     try:
         files = generate_key_pair(args.out)

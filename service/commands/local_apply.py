@@ -40,8 +40,8 @@ def service_store(store: Path | None) -> Path:
 
 def apply_patch(store: Path, patch: Mapping[str, Any]) -> tuple[Path, int]:
     """Merge ``patch`` into the local twin's desired document; (its path, the new $version)."""
-    from service.desired import DesiredError, merge_patch, parse_desired
-    from service.rollback import RollbackGuard
+    from service.update.desired import DesiredError, merge_patch, parse_desired
+    from service.update.rollback import RollbackGuard
     from service.twin.local import DESIRED_FILE, read_json
     from workers.manifest import write_atomic
     from workers.store_layout import StoreLayout

@@ -90,7 +90,7 @@ def configure(parser: argparse.ArgumentParser, local: bool = False) -> None:
 
 def _digests(args: argparse.Namespace) -> tuple[str, str | None, int | None]:
     """(sha256 hex, md5 hex or None, size or None)."""
-    from service.verify import file_digests, normalize_md5
+    from service.update.verify import file_digests, normalize_md5
 
     if args.bundle is not None:
         if args.md5 is not None or args.size is not None:
@@ -111,7 +111,7 @@ def _digests(args: argparse.Namespace) -> tuple[str, str | None, int | None]:
 
 
 def _signature(args: argparse.Namespace, sha256: str) -> str | None:
-    from service import signing
+    from service.update import signing
 
     if args.sign is not None:
         try:
@@ -132,8 +132,8 @@ def _compressed(args: argparse.Namespace, sha256: str) -> dict:
     """``compression`` and the frame's ``size``, after checking the frame holds the bundle."""
     import tempfile
 
-    from service.delta import DeltaError, decompress_bundle
-    from service.verify import file_digests
+    from service.update.delta import DeltaError, decompress_bundle
+    from service.update.verify import file_digests
 
     if args.bundle is None or not args.compressed.is_file():
         raise PatchError("--compressed needs --bundle and an existing OUT.zip.zst (bundle --compressed)")
@@ -163,7 +163,7 @@ def _download_settings(args: argparse.Namespace) -> dict:
 
 def build_patch(args: argparse.Namespace, delta: dict | None = None) -> dict:
     """The desired patch for the bundle (``delta``: a ``model.delta`` object to add)."""
-    from service.desired import MODEL_KEYS, DesiredError, parse_desired
+    from service.update.desired import MODEL_KEYS, DesiredError, parse_desired
 
     sha256, md5, size = _digests(args)
     model = {"name": args.name, "version": args.version, "sha256": sha256}
@@ -212,7 +212,7 @@ def build_patch(args: argparse.Namespace, delta: dict | None = None) -> dict:
 
 def _warn_if_reference_names_differ(patch: dict) -> None:
     """``model`` wins on twinfer; a device reading only the reference keys names the model from FileName."""
-    from service.desired import DesiredError, parse_desired
+    from service.update.desired import DesiredError, parse_desired
 
     try:
         seen = parse_desired({key: patch[key] for key in REFERENCE_KEYS}).model

@@ -22,7 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.staging import validation_verdict
+    from service.update.validation import validation_verdict
 
     code, verdict = validation_verdict(args.directory, args.name, args.version)
     print(verdict)

@@ -12,7 +12,7 @@ import logging
 import threading
 from pathlib import Path
 
-from service.desired import merge_patch
+from service.update.desired import merge_patch
 from service.twin.base import DesiredHandler, TwinError
 from workers.manifest import write_atomic
 

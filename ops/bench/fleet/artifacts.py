@@ -41,7 +41,7 @@ class Artifacts:
     next_version: str
     base: Blob  # bundle 1.0.0
     full: Blob  # bundle 1.0.1
-    patch: Blob | None  # delta 1.0.0 -> 1.0.1; None when service.delta is not there yet
+    patch: Blob | None  # delta 1.0.0 -> 1.0.1; None when service.update.delta is not there yet
     patch_missing_reason: str | None
     head_fraction: float  # share of the weight bytes the fine-tune changed
 
@@ -88,13 +88,13 @@ def build_bundle(model_dir: Path, name: str, version: str, out: Path) -> Blob:
 
 
 def build_patch(base: Blob, full: Blob, out: Path) -> tuple[Blob | None, str | None]:
-    """The delta with ``service.delta.build_patch``; (None, why) when it is not available."""
-    from service.verify import file_digests
+    """The delta with ``service.update.delta.build_patch``; (None, why) when it is not available."""
+    from service.update.verify import file_digests
 
     try:
-        from service.delta import build_patch as build
+        from service.update.delta import build_patch as build
     except ImportError as exc:
-        return None, f"service.delta is not importable ({exc})"
+        return None, f"service.update.delta is not importable ({exc})"
     build(base.path, full.path, out)
     return Blob(out, out.stat().st_size, file_digests(out)[0]), None
 

@@ -10,15 +10,15 @@ this machine's cores, where in the field each device uses its own):
   its transfer time when ``--rate-limit`` slowed the transfer on purpose;
 * reported-property updates per device = the state changes measured here + the download
   progress reports a slow link adds (one per progress callback of the downloader, at most one
-  per 10% step: ``service.updater.ProgressGate``), against IoT Hub's twin-update throttle.
+  per 10% step: ``service.update.delivery.ProgressGate``), against IoT Hub's twin-update throttle.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from fleet.rings import RingResult
-from service.fetch import DownloadPolicy
-from service.updater import ProgressGate
+from service.update.fetch import DownloadPolicy
+from service.update.delivery import ProgressGate
 
 MB = 1_000_000
 # IoT Hub's documented throttle on twin updates (device and module): S1 50/s per hub, S3 250/s per unit.

@@ -44,7 +44,6 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 PEERS_DIR = Path(__file__).resolve().parent
 BENCH_DIR = PEERS_DIR.parent

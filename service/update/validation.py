@@ -13,15 +13,13 @@ staging goes on: the artifact saves memory, it is never a reason to refuse a mod
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from service.child import ChildTimeout, run_job
 from workers.engines import ENGINE_FORMATS, EngineOptions
 from workers.loader import ModelLoadError, find_model_file, load_model
 from workers.manifest import write_atomic
-from workers.native_stderr import actionable_tail
 
 
 @dataclass(frozen=True)
@@ -97,20 +95,19 @@ class StagingError(Exception):
 
 
 def validate_in_subprocess(directory: Path, name: str, version: str, timeout: float = 300.0) -> ValidatedModel:
-    """``validate_model_dir`` in a fresh interpreter; its JSON verdict comes back on stdout."""
-    command = [sys.executable, "-m", "service", "validate", str(directory), "--name", name, "--version", version]
+    """``validate_model_dir`` in a fresh interpreter (``python -m service validate``)."""
     try:
-        done = subprocess.run(command, capture_output=True, timeout=timeout, cwd=Path(__file__).resolve().parent.parent)
-    except subprocess.TimeoutExpired:
-        raise StagingError(f"validation did not finish in {timeout:.0f} s") from None
+        done = run_job("service", ["validate", str(directory), "--name", name, "--version", version], timeout)
+    except ChildTimeout as exc:
+        raise StagingError(f"validation {exc}") from None
+    if done.verdict is None:
+        raise StagingError(f"validation crashed ({done.crash_summary()})")
+    if done.returncode != 0 or "error" in done.verdict:
+        raise StagingError(done.verdict.get("error", f"validation failed (exit {done.returncode})"))
     try:
-        verdict = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = actionable_tail(done.stderr)
-        raise StagingError(f"validation crashed (exit {done.returncode}): {' | '.join(tail)}") from None
-    if done.returncode != 0 or "error" in verdict:
-        raise StagingError(verdict.get("error", f"validation failed (exit {done.returncode})"))
-    return ValidatedModel(**verdict)
+        return ValidatedModel(**done.verdict)
+    except TypeError as exc:
+        raise StagingError(f"validation gave an unreadable verdict: {exc}") from None
 
 
 def validation_verdict(directory: Path, name: str, version: str) -> tuple[int, str]:

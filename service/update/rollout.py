@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.report import Reporter
+from service.update import failures
+from service.update.status import ModelStatus
 from workers.manifest import Manifest, publish, read_manifest
 from workers.worker_state import read_states
 
@@ -31,9 +32,9 @@ class RolloutOutcome:
 
 
 class RolloutMonitor:
-    def __init__(self, store: Path, reporter: Reporter, expected_workers: int, poll_seconds: float = 0.1) -> None:
+    def __init__(self, store: Path, status: ModelStatus, expected_workers: int, poll_seconds: float = 0.1) -> None:
         self.store = store
-        self.reporter = reporter
+        self.status = status
         self.expected_workers = expected_workers
         self.poll_seconds = poll_seconds
         self._last_good: Manifest | None = None
@@ -93,9 +94,7 @@ class RolloutMonitor:
             return
         with self._cond:
             self._progress = (generation, on_new, total)
-        self.reporter.update(
-            {"model": {"rollout": {"generation": generation, "workers_on_new": on_new, "workers": total, "complete": on_new >= total}}}
-        )
+        self.status.rollout(generation, on_new, total)
 
     def _fail(self, manifest: Manifest, message: str, on_new: int, total: int) -> None:
         good = self._last_good
@@ -107,17 +106,9 @@ class RolloutMonitor:
         log.error("workers cannot load %s %s (%s); rolling back to %s %s", manifest.name, manifest.version, message, good.name, good.version)
         publish(self.store, good.name, good.version, good.directory, good.format, good.decoder, good.score_threshold)
         self._settle(manifest.generation, RolloutOutcome("rolled_back", message, on_new, total))
-        self.reporter.update(
-            {
-                "model": {
-                    "state": "rolled_back",
-                    "last_error": {
-                        "reason": "worker_load_failed",
-                        "message": f"{manifest.name} {manifest.version} did not load in the workers: {message}",
-                        "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-                    },
-                }
-            }
+        self.status.failure(
+            failures.WORKER_LOAD_FAILED, f"{manifest.name} {manifest.version} did not load in the workers: {message}",
+            state="rolled_back", serving=read_manifest(self.store),
         )
 
     def _settle(self, generation: int, outcome: RolloutOutcome) -> None:

@@ -9,12 +9,12 @@ Two shapes are accepted:
   urgent, delta, compression}`` (``url`` may be left out for a version the device already
   holds in its store: a rollback by name and version), plus ``inference: {score_threshold}`` and ``download:
   {max_bytes_per_second, windows, range_bytes}``. ``signature`` is the bundle's Ed25519
-  signature (base64; ``service.signing``), checked by the updater when the device has
+  signature (base64; ``service.update.signing``), checked by the updater when the device has
   trusted keys; ``allow_downgrade: true`` lets the updater activate a version lower than
   the highest one it ever activated (a deliberate rollback); ``urgent: true`` downloads
-  outside the download windows (``service.schedule``); ``delta: {base_version,
+  outside the download windows (``service.update.schedule``); ``delta: {base_version,
   base_sha256, url, sha256, size, engine}`` is a patch from a bundle the device may hold
-  to this one (``service.delta``), tried before ``url`` when the device has that exact
+  to this one (``service.update.delta``), tried before ``url`` when the device has that exact
   base; it needs ``sha256``, the hash of the resulting bundle; ``compression: zstd``
   says ``url`` serves the bundle as a zstd frame (``size`` is the frame's, the hashes and
   the signature the bundle's). The reference design's keys carry none of these.
@@ -32,8 +32,8 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from service.repository import RepositoryError, check_part
-from service.schedule import DownloadWindow, WindowError, parse_windows
-from service.verify import normalize_md5
+from service.update.schedule import DownloadWindow, WindowError, parse_windows
+from service.update.verify import normalize_md5
 
 MAX_PROPERTY_BYTES = 4 * 1024
 MAX_DOCUMENT_BYTES = 32 * 1024
@@ -72,7 +72,7 @@ class DesiredModel:
     sha256: str | None
     md5: str | None  # lowercase hex
     size: int | None
-    signature: str | None = None  # base64 Ed25519 signature (service.signing), verified by the updater
+    signature: str | None = None  # base64 Ed25519 signature (service.update.signing), verified by the updater
     allow_downgrade: bool = False  # may activate a version below the highest ever activated for this name
     version_is_digest: bool = False  # the version is an MD5 prefix (reference keys, no version): no order
     urgent: bool = False  # download outside the download windows

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import requests
 from urllib3.exceptions import HTTPError as Urllib3Error
 
+from service.update import failures
 from workers.manifest import write_atomic
 
 log = logging.getLogger("twinfer.fetch")
@@ -245,23 +246,23 @@ class _Download:
         free = shutil.disk_usage(self.part_path.parent).free
         if free < remaining + self.policy.min_free_bytes:
             raise DownloadError(
-                "no_space",
+                failures.NO_SPACE,
                 f"not enough free space in {self.part_path.parent} for {self.label}: {remaining} bytes to go "
                 f"plus a reserve of {self.policy.min_free_bytes} bytes, {free} bytes free",
             )
 
     def size_mismatch(self, message: str) -> DownloadError:
         self.discard()
-        return DownloadError("size_mismatch", f"{self.label}: {message}")
+        return DownloadError(failures.SIZE_MISMATCH, f"{self.label}: {message}")
 
     # -- waiting -------------------------------------------------------------------------
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
-            raise DownloadError("cancelled", f"download of {self.label} cancelled at byte {self.have}")
+            raise DownloadError(failures.CANCELLED, f"download of {self.label} cancelled at byte {self.have}")
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise DownloadError(
-                "window_closed", f"download of {self.label} paused at byte {self.have}: the download window closed",
+                failures.WINDOW_CLOSED, f"download of {self.label} paused at byte {self.have}: the download window closed",
                 retryable=True,
             )
 
@@ -302,7 +303,7 @@ class _Download:
         try:
             return self.transfer()
         except DownloadError as exc:
-            if exc.reason == "no_space":
+            if exc.reason == failures.NO_SPACE:
                 self.discard()
             raise
         except OSError as exc:
@@ -310,7 +311,7 @@ class _Download:
                 raise
             self.discard()
             raise DownloadError(
-                "no_space", f"disk full in {self.part_path.parent} writing {self.label} at byte {self.have}"
+                failures.NO_SPACE, f"disk full in {self.part_path.parent} writing {self.label} at byte {self.have}"
             ) from None
 
     def transfer(self) -> DownloadResult:
@@ -359,7 +360,7 @@ class _Download:
         try:
             response = session.get(self.url, headers=headers, stream=True, timeout=timeout)
         except requests.RequestException as exc:
-            raise _Retry("network", _scrub(exc)) from None
+            raise _Retry(failures.NETWORK, _scrub(exc)) from None
         with response:
             self.check_status(response)
             if response.status_code == 416:
@@ -373,7 +374,7 @@ class _Download:
             self.total = self.have
         elif self.have < self.total and (asked_end is None or self.have < asked_end or response.status_code == 200):
             # a shorter answer than asked for is allowed: ask for the rest
-            raise _Retry("network", f"the response ended at byte {self.have} of {self.total}", immediate=True)
+            raise _Retry(failures.NETWORK, f"the response ended at byte {self.have} of {self.total}", immediate=True)
 
     def range_end(self) -> int | None:
         """End (exclusive) of the next range to ask for; None: the rest of the blob."""
@@ -388,14 +389,14 @@ class _Download:
             return
         if status in (401, 403):
             raise DownloadError(
-                "forbidden",
+                failures.FORBIDDEN,
                 f"{self.label} refused with HTTP {status}: the SAS token has expired or does not grant read access",
             )
         if status == 404:
-            raise DownloadError("not_found", f"{self.label} does not exist (HTTP 404)")
+            raise DownloadError(failures.NOT_FOUND, f"{self.label} does not exist (HTTP 404)")
         if status in (408, 429) or status >= 500:
-            raise _Retry("http_error", f"HTTP {status} {response.reason}", _retry_after(response))
-        raise DownloadError("http_error", f"{self.label} answered HTTP {status} {response.reason}")
+            raise _Retry(failures.HTTP_ERROR, f"HTTP {status} {response.reason}", _retry_after(response))
+        raise DownloadError(failures.HTTP_ERROR, f"{self.label} answered HTTP {status} {response.reason}")
 
     def range_not_satisfiable(self, response: requests.Response) -> None:
         """416: complete if the blob is exactly as long as the file, else the file is stale."""
@@ -404,7 +405,7 @@ class _Download:
             self.total = total
             return
         self.restart(f"HTTP 416 for a range from byte {self.have} (blob size {total})")
-        raise _Retry("http_error", "HTTP 416", immediate=True)
+        raise _Retry(failures.HTTP_ERROR, "HTTP 416", immediate=True)
 
     def accept(self, response: requests.Response) -> None:
         """Check a 200/206 against what is on disk and record the blob's ETag and size."""
@@ -416,7 +417,7 @@ class _Download:
             ):
                 self.restart(f"HTTP 206 from byte {start} of {total} (ETag {etag}) does not continue "
                              f"byte {self.have} of {self.total} (ETag {self.etag})")
-                raise _Retry("network", "the range answer did not continue the file", immediate=True)
+                raise _Retry(failures.NETWORK, "the range answer did not continue the file", immediate=True)
             self.etag = etag or self.etag
             total = total if total is not None else self.total
         else:  # 200: the whole blob from byte 0: the range was ignored or If-Range failed
@@ -441,7 +442,7 @@ class _Download:
                 try:
                     chunk = next(chunks, None)
                 except (Urllib3Error, requests.RequestException) as exc:
-                    raise _Retry("network", _scrub(exc)) from None
+                    raise _Retry(failures.NETWORK, _scrub(exc)) from None
                 if chunk is None:
                     return
                 self.write(out, chunk)

@@ -1,0 +1,96 @@
+"""A validated version -> the manifest, the pool, the twin and the routing message.
+
+Publishing writes the manifest (workers follow it, one at a time) and then follows the
+rollout until every worker serves the new generation; a version the workers refuse has
+been rolled back by the rollout monitor by then and the update fails with
+``worker_load_failed``. Once it serves: the version's high-water mark is raised, old
+versions are pruned (never the new one nor the one it replaced), and the reference
+design's model-ready message names where the model lives.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from service import metrics
+from service.repository import ModelRepository
+from service.twin.base import TwinSource
+from service.update import failures
+from service.update.desired import DesiredModel
+from service.update.failures import UpdateFailed
+from service.update.rollout import RolloutMonitor
+from service.update.status import ModelStatus
+from service.update.trust import Trust
+from workers.engines import ENGINE_FORMATS
+from workers.manifest import Manifest, publish, read_manifest
+
+log = logging.getLogger("twinfer.updater")
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    keep_versions: int
+    rollout_timeout: float  # for every worker to serve a published model
+    model_output: str  # the output the model-ready message goes to (the reference design's routing)
+
+
+class Publisher:
+    def __init__(
+        self, repo: ModelRepository, twin: TwinSource, status: ModelStatus, rollout: RolloutMonitor, trust: Trust,
+        config: PublishConfig,
+    ) -> None:
+        self._repo = repo
+        self._twin = twin
+        self._status = status
+        self._rollout = rollout
+        self._trust = trust
+        self.config = config
+
+    def publish(self, target: DesiredModel, format: str, decoder: str, threshold: float | None) -> Manifest:
+        """Publish, then follow the rollout: active once every worker serves it."""
+        previous = read_manifest(self._repo.store)
+        directory = self._repo.version_dir(target.name, target.version)
+        manifest = publish(
+            self._repo.store, target.name, target.version, self._repo.relative(directory), format, decoder, threshold
+        )
+        self._status.active(manifest, state="rolling_out")
+        outcome = self._rollout.wait(manifest.generation, self.config.rollout_timeout)
+        if outcome.result in ("rolled_back", "failed"):
+            raise UpdateFailed(
+                failures.WORKER_LOAD_FAILED,
+                f"{target.name} {target.version} did not load in the workers: {outcome.reason}",
+                state=outcome.result,
+            )
+        if outcome.result == "timeout":
+            log.warning("rollout of generation %d incomplete after %.0f s (%d of %d workers)",
+                        manifest.generation, self.config.rollout_timeout, outcome.workers_on_new, outcome.workers)
+        self._trust.note_activated(target.name, target.version, target.version_is_digest)
+        protect = {directory} | ({previous.model_dir(self._repo.store)} if previous else set())
+        for removed in self._repo.prune(self.config.keep_versions, protect):
+            log.info("removed old model version %s", removed)
+        metrics.STAGED_VERSIONS.set(len(self._repo.versions()))
+        metrics.LAST_UPDATE.set(time.time())
+        metrics.UPDATES.labels("published").inc()
+        self._status.published(target.file_name)
+        self._status.clear_error()
+        self._status.active(manifest)
+        self._announce(manifest)
+        return manifest
+
+    def _announce(self, manifest: Manifest) -> None:
+        """The reference design's routing message: where the new model lives."""
+        directory = manifest.model_dir(self._repo.store)
+        model_file = next((p for p in directory.iterdir() if p.suffix.lower() in ENGINE_FORMATS), None)
+        labels = next(iter(sorted(directory.glob("*.txt"))), None)
+        payload = {
+            "local_model_path": self._repo.relative(model_file) if model_file else None,
+            "local_labelmap_path": self._repo.relative(labels) if labels else None,
+            "name": manifest.name,
+            "version": manifest.version,
+            "generation": manifest.generation,
+        }
+        try:
+            self._twin.send_event(self.config.model_output, payload)
+        except Exception as exc:  # the model is live either way; the message is best effort
+            log.warning("could not send the model-ready message: %s", exc)

@@ -1,0 +1,128 @@
+"""The reported ``model`` object: its one writer.
+
+The updater (each step of an update) and the rollout monitor (workers on the new
+generation, a rollback) both have something to say about the model; both say it here, so
+every report carries the state, the desired document's ``$version``, its target and its
+error together, with one timestamp style, and no field is left over from an earlier
+document. Thread-safe: the updater and the monitor run in their own threads.
+"""
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+from typing import Any
+
+from service.report import Reporter
+from service.update.desired import DesiredModel
+from service.update.fetch import DownloadProgress
+from workers.manifest import Manifest
+
+# Reported properties merge: a report that is not "scheduled" clears a past wait.
+_NOT_SCHEDULED = {"scheduled_for": None, "waiting_for": None}
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def error_record(reason: str, message: str) -> dict:
+    """``model.last_error``: a ``service.update.failures`` reason, what to do, when."""
+    return {"reason": reason, "message": message, "at": utc_now()}
+
+
+def active_record(manifest: Manifest | None) -> dict | None:
+    """``model.active``: what the manifest serves."""
+    if manifest is None:
+        return None
+    return {
+        "name": manifest.name, "version": manifest.version, "generation": manifest.generation,
+        "format": manifest.format, "decoder": manifest.decoder, "score_threshold": manifest.score_threshold,
+        "since": datetime.fromtimestamp(manifest.published_at, timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def progress_record(p: DownloadProgress) -> dict:
+    """``model.progress`` while downloading."""
+    return {
+        "bytes": p.received,
+        "total": p.total,
+        "percent": round(100.0 * p.received / p.total, 1) if p.total else None,
+        "rate_bps": round(p.rate_bps),
+        "eta_s": round(p.eta_seconds) if p.eta_seconds is not None else None,
+    }
+
+
+class ModelStatus:
+    """What the twin is told about the model; ``restored`` is the outcome persisted for the
+    last handled document (``service.update.inbox.HandledRecord``), so a restart reports
+    the same desired version, target and error."""
+
+    def __init__(self, reporter: Reporter, restored: dict | None = None) -> None:
+        restored = restored or {}
+        self._reporter = reporter
+        self._lock = threading.Lock()
+        self.desired_version: int | None = restored.get("desired_version")
+        self.target: dict | None = restored.get("target")
+        self.last_error: dict | None = restored.get("last_error")
+
+    # --- what the next reports are about -------------------------------------------------
+
+    def new_document(self, desired_version: int | None, fresh: bool) -> None:
+        """A desired document is being handled; ``fresh``: not a retry of the last one, so
+        an earlier document's error says nothing of it."""
+        with self._lock:
+            self.desired_version = desired_version
+            if fresh:
+                self.last_error = None
+
+    def aim(self, target: DesiredModel | None) -> None:
+        with self._lock:
+            self.target = None if target is None else {"name": target.name, "version": target.version}
+
+    def clear_error(self) -> None:
+        with self._lock:
+            self.last_error = None
+
+    def outcome(self, state: str) -> dict:
+        """The record persisted with a handled document."""
+        with self._lock:
+            return {"state": state, "desired_version": self.desired_version, "target": self.target,
+                    "last_error": self.last_error}
+
+    # --- reports --------------------------------------------------------------------------
+
+    def write(self, state: str, **fields: Any) -> None:
+        with self._lock:
+            model = {
+                "state": state, "desired_version": self.desired_version, "target": self.target,
+                "last_error": self.last_error, "updated_at": utc_now(), **_NOT_SCHEDULED, **fields,
+            }
+        self._reporter.update({"model": model})
+
+    def step(self, target: DesiredModel, state: str, **fields: Any) -> None:
+        """A step of the update to ``target`` (downloading, verifying, staging, scheduled)."""
+        self.aim(target)
+        self.write(state, **fields)
+
+    def active(self, manifest: Manifest | None, state: str = "active") -> None:
+        self.write(state, active=active_record(manifest), progress=None)
+
+    def failure(self, reason: str, message: str, state: str = "failed", serving: Manifest | None = None) -> None:
+        """An update ended without its target serving; ``serving``: what the pool went back to
+        (a rollback), reported as ``active`` with the failure."""
+        with self._lock:
+            self.last_error = error_record(reason, message)
+        if serving is not None:
+            self.write(state, active=active_record(serving), progress=None)
+        else:
+            self.write(state, progress=None)
+
+    def rollout(self, generation: int, on_new: int, workers: int) -> None:
+        """How many workers serve the published generation (only this sub-object changes)."""
+        self._reporter.update({"model": {"rollout": {
+            "generation": generation, "workers_on_new": on_new, "workers": workers, "complete": on_new >= workers,
+        }}})
+
+    def published(self, file_name: str) -> None:
+        """The reference design's top-level property: the bundle that was activated last."""
+        self._reporter.update({"LatestAIModelFileName": file_name})

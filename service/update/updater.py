@@ -1,0 +1,231 @@
+"""The model updater: one desired document at a time, through the update pipeline.
+
+desired (``inbox``) -> rollback check (``trust``) -> download window -> delivery (a delta
+patch applied to a bundle the device holds, else the full bundle; resumable, in ranges:
+``delivery``) -> verify (SHA-256/MD5, then the Ed25519 signature: ``trust``) -> stage
+(unpack safely, validate in a child process, promote: ``staging``) -> publish (manifest,
+rollout, prune, announce: ``publish``). ``status`` alone writes what the twin is told.
+
+Rules that keep a device in the desert serving:
+* nothing is published until the new model loaded and ran in validation; any failure
+  leaves the manifest, and so the serving model, untouched, and is reported with a
+  reason from ``service.update.failures``;
+* a desired document is handled once (``inbox.HandledRecord``), and a newer document
+  cancels a download of an older target;
+* network failures that outlast the downloader's retries are retried later, not dropped;
+* outside the download windows an update waits, reported as ``scheduled``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable
+
+from service import metrics
+from service.repository import ModelRepository
+from service.twin.base import TwinSource
+from service.update import failures
+from service.update.bundle import UnpackLimits
+from service.update.delivery import BundleDelivery, DeliveryConfig, Scheduled
+from service.update.desired import DesiredError, DesiredModel, DesiredState, parse_desired
+from service.update.failures import UpdateFailed
+from service.update.fetch import DownloadPolicy, DownloadProgress
+from service.update.inbox import DesiredInbox, HandledRecord, fingerprint
+from service.update.publish import Publisher, PublishConfig
+from service.update.rollout import RolloutMonitor
+from service.update.schedule import DownloadWindow
+from service.update.signing import TrustedKey
+from service.update.staging import Stager
+from service.update.status import ModelStatus, error_record, progress_record
+from service.update.trust import Trust
+from service.update.verify import VerifyError, verify_file
+from workers.manifest import Manifest, read_manifest
+
+log = logging.getLogger("twinfer.updater")
+
+
+def local_now() -> datetime:
+    """The device's local time (the container's ``TZ``): download windows are in it."""
+    return datetime.now().astimezone()
+
+
+@dataclass(frozen=True)
+class UpdaterConfig:
+    keep_versions: int = 3
+    policy: DownloadPolicy = DownloadPolicy()
+    limits: UnpackLimits = UnpackLimits()
+    model_output: str = "DLModelOutput"
+    validate_timeout: float = 300.0
+    retry_seconds: float = 300.0  # after the downloader gave up on a flaky link
+    rollout_timeout: float = 300.0  # for every worker to serve a published model
+    trusted_keys: tuple[TrustedKey, ...] | None = None  # see service.update.trust.Trust
+    trusted_keys_error: str | None = None  # why the configured keys could not be loaded
+    windows: tuple[DownloadWindow, ...] = ()  # the device's download windows; empty = always open
+    clock: Callable[[], datetime] = local_now
+
+
+class ModelUpdater:
+    def __init__(
+        self, repo: ModelRepository, twin: TwinSource, status: ModelStatus, rollout: RolloutMonitor,
+        handled: HandledRecord, config: UpdaterConfig,
+    ) -> None:
+        """``status`` was restored from ``handled`` (``ModelStatus(reporter, handled.outcome)``)
+        and is shared with the rollout monitor."""
+        self.repo = repo
+        self.config = config
+        self.status = status
+        self.inbox = DesiredInbox()
+        self._handled = handled
+        self._attempt: str | None = None  # the fingerprint whose handling status.last_error belongs to
+        self._trust = Trust(repo.store, config.trusted_keys, config.trusted_keys_error)
+        self._delivery = BundleDelivery(
+            DeliveryConfig(config.policy, config.limits, config.windows, config.clock), repo, self.inbox.cancel,
+            self._on_progress,
+        )
+        self._stager = Stager(repo, config.limits, config.validate_timeout)
+        self._publisher = Publisher(
+            repo, twin, status, rollout, self._trust,
+            PublishConfig(config.keep_versions, config.rollout_timeout, config.model_output),
+        )
+        self._thread = threading.Thread(target=self._run, name="model-updater", daemon=True)
+
+    def on_desired(self, document: dict, full: bool) -> None:
+        """Twin callback (any thread)."""
+        self.inbox.put(document, full)
+
+    def start(self, startup_problems: list[str] | None = None) -> None:
+        """Report what serves (and, from ``service.bootstrap``, the damaged versions it
+        replaced at start-up), then follow the twin."""
+        manifest = read_manifest(self.repo.store)
+        if manifest is not None:  # the bootstrapped default, or what ran before rollback protection existed
+            self._trust.note_activated(manifest.name, manifest.version)
+        if startup_problems:
+            self.status.last_error = error_record(failures.DAMAGED_MODEL, "; ".join(startup_problems))
+        metrics.STAGED_VERSIONS.set(len(self.repo.versions()))
+        self.status.active(manifest, state=self._handled.outcome.get("state") or "active")
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.inbox.close()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (document := self.inbox.take()) is not None:
+            try:
+                delay = self.apply(document)
+                if delay is not None:
+                    self.inbox.retry_in(delay)
+            except Exception:  # a bug must not kill the updater thread
+                log.exception("model update crashed")
+                self._fail(failures.INTERNAL, "internal error in the update pipeline; see the module log")
+
+    # --- one document -------------------------------------------------------------------
+
+    def apply(self, document: dict) -> float | None:
+        """Handle one desired document; returns the seconds after which to try it again
+        (a flaky link, a closed download window), or None when it is done."""
+        mark = fingerprint(document)
+        if mark == self._handled.fingerprint:
+            log.debug("desired %s already handled", mark)
+            return None
+        version = document.get("$version")
+        self.status.new_document(version if isinstance(version, int) else None, fresh=mark != self._attempt)
+        self._attempt = mark
+        try:
+            state = parse_desired(document)
+        except DesiredError as exc:
+            self.status.aim(None)
+            self._fail(failures.MALFORMED_DESIRED, str(exc))
+            self._mark_handled(mark, "failed")
+            return None
+        if state.model is None:
+            self.status.aim(None)
+            self.status.active(read_manifest(self.repo.store))
+            self._mark_handled(mark, "active")
+            return None
+        target = state.model
+        self.status.aim(target)
+        started = time.monotonic()
+        self.inbox.working_on(target)
+        try:
+            manifest = self._bring_in(state)
+        except Scheduled as wait:
+            log.info("%s %s: %s; waiting until %s", target.name, target.version, wait.why,
+                     wait.opens.isoformat(timespec="minutes"))
+            self.status.step(target, "scheduled", scheduled_for=wait.opens.isoformat(timespec="seconds"),
+                             progress=None, waiting_for=wait.why)
+            return max(1.0, (wait.opens - self.config.clock()).total_seconds())
+        except UpdateFailed as exc:
+            if exc.reason == failures.CANCELLED:
+                log.info("update to %s %s cancelled by a newer desired document", target.name, target.version)
+                return None
+            metrics.DOWNLOAD_FAILURES.labels(exc.reason).inc()
+            metrics.UPDATES.labels("failed").inc()
+            serving = read_manifest(self.repo.store) if exc.state == "rolled_back" else None
+            self._fail(exc.reason, exc.message, "retrying" if exc.retryable else exc.state, serving)
+            if exc.retryable:
+                return self.config.retry_seconds
+            self._mark_handled(mark, exc.state)
+            return None
+        finally:
+            metrics.DOWNLOAD_RATE.set(0)
+            self.inbox.working_on(None)
+        self._mark_handled(mark, "active")
+        log.info(
+            "%s %s active as generation %d after %.1f s", manifest.name, manifest.version, manifest.generation,
+            time.monotonic() - started,
+        )
+        return None
+
+    def _bring_in(self, state: DesiredState) -> Manifest:
+        target = state.model
+        assert target is not None
+        current = read_manifest(self.repo.store)
+        if current is not None and (current.name, current.version) == (target.name, target.version):
+            if current.score_threshold != state.score_threshold:
+                return self._publisher.publish(target, current.format, current.decoder, state.score_threshold)
+            self.status.clear_error()
+            self.status.active(current)
+            return current
+        self._trust.check_downgrade(target)
+        if self.repo.has(target.name, target.version):
+            # Already staged (e.g. a rollback by twin): no download, and no second
+            # validation when the first one's verdict still matches the model file.
+            self.status.step(target, "staging", download=None)  # nothing downloaded for this document
+            self._trust.check_staged(target, self.repo.version_dir(target.name, target.version))
+            validated = self._stager.staged(target)
+            return self._publisher.publish(target, validated.format, validated.decoder, state.score_threshold)
+        if target.url is None:
+            raise UpdateFailed(failures.NOT_IN_STORE, f"{target.name} {target.version} is not in this device's store "
+                                                      f"and the twin gives no model.url to download it from")
+        part = self.repo.download_path(target.name, target.version)
+        self.repo.drop_downloads_except(part)
+        delivery = self._delivery.deliver(target, part, state)
+        self.status.step(target, "verifying", download=delivery.report())
+        try:
+            # sha256 computed even if only md5 was given; a patched bundle was checked already
+            sha256, md5 = delivery.digests or verify_file(part, target.sha256, target.md5)
+            self._trust.check_signature(target, sha256)
+        except (VerifyError, ValueError) as exc:
+            part.unlink(missing_ok=True)
+            raise UpdateFailed(failures.CHECKSUM_MISMATCH, str(exc)) from None
+        except UpdateFailed:
+            part.unlink(missing_ok=True)
+            raise
+        self.status.step(target, "staging")
+        validated = self._stager.stage(part, target, sha256, md5)
+        return self._publisher.publish(target, validated.format, validated.decoder, state.score_threshold)
+
+    def _on_progress(self, target: DesiredModel, progress: DownloadProgress | None) -> None:
+        """A download started (None) or made a step worth telling the twin."""
+        self.status.step(target, "downloading", progress=None if progress is None else progress_record(progress))
+
+    def _fail(self, reason: str, message: str, state: str = "failed", serving: Manifest | None = None) -> None:
+        log.error("model update failed (%s): %s", reason, message)
+        self.status.failure(reason, message, state, serving)
+
+    def _mark_handled(self, mark: str, state: str) -> None:
+        self._handled.save(mark, self.status.outcome(state))
