@@ -12,11 +12,10 @@ the container for downloads must not turn a healthy module unhealthy.
 from __future__ import annotations
 
 import http.client
-import os
 import ssl
 import sys
 
-from workers.settings import env_bool
+from workers.settings_table import read
 
 WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 
@@ -29,11 +28,11 @@ def probe_host(configured: str) -> str:
 
 
 def healthy(timeout: float = 4.0) -> bool:
-    if not env_bool("TWINFER_SERVE", True):
+    if not read("TWINFER_SERVE"):
         return True
-    host = probe_host(os.environ.get("TWINFER_HTTP_HOST", ""))
-    port = int(os.environ.get("TWINFER_HTTP_PORT", "8080"))
-    if os.environ.get("TWINFER_TLS_CERT", "").strip():
+    host = probe_host(read("TWINFER_HTTP_HOST"))
+    port = read("TWINFER_HTTP_PORT")
+    if read("TWINFER_TLS_CERT") is not None:
         context = ssl._create_unverified_context()  # liveness of our own listener, not its identity
         connection: http.client.HTTPConnection = http.client.HTTPSConnection(
             host, port, timeout=timeout, context=context

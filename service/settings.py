@@ -1,28 +1,24 @@
-"""Supervisor configuration from the environment (see README's config table)."""
+"""Supervisor configuration from the environment: the variables, their defaults and bounds
+are declared in ``workers.settings_table`` (README "Configuration")."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.update.schedule import DownloadWindow, parse_windows_env
-from workers.settings import env_bool, env_int, env_seconds, worker_count
+from workers.settings_table import PACKAGE_ROOT, read
 from workers.store_layout import StoreLayout, store_from_env
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_MODEL_DIR = PROJECT_ROOT / "models" / "default"
+# Where ``service`` and ``workers`` import from (a checkout, or site-packages): the working
+# directory of every child the supervisor starts by module name.
+PROJECT_ROOT = PACKAGE_ROOT
 
 
 def _range_bytes() -> int:
-    value = env_int("TWINFER_DOWNLOAD_RANGE_BYTES", 1024 * 1024, minimum=0)
+    value = read("TWINFER_DOWNLOAD_RANGE_BYTES")
     if 0 < value < 64 * 1024:
         raise ValueError(f"TWINFER_DOWNLOAD_RANGE_BYTES must be 0 (one request) or >= 65536, got {value}")
     return value
-
-
-def _optional_path(name: str) -> Path | None:
-    raw = os.environ.get(name, "").strip()
-    return Path(raw).expanduser().resolve() if raw else None
 
 
 @dataclass(frozen=True)
@@ -54,27 +50,27 @@ class ServiceSettings:
     def from_env() -> "ServiceSettings":
         return ServiceSettings(
             store=store_from_env(),
-            http_host=os.environ.get("TWINFER_HTTP_HOST", "0.0.0.0"),
-            http_port=env_int("TWINFER_HTTP_PORT", 8080, minimum=1),
-            workers=worker_count(),
-            default_model_dir=Path(os.environ.get("TWINFER_DEFAULT_MODEL_DIR", str(BUNDLED_MODEL_DIR))).resolve(),
-            default_model_name=os.environ.get("TWINFER_DEFAULT_MODEL_NAME", "ssd-mobilenetv2-oidv4"),
-            default_model_version=os.environ.get("TWINFER_DEFAULT_MODEL_VERSION", "1.0.0"),
-            keep_versions=env_int("TWINFER_KEEP_VERSIONS", 3, minimum=2),
-            download_max_bps=env_int("TWINFER_DOWNLOAD_MAX_BPS", 0, minimum=0),
-            download_connect_timeout=env_seconds("TWINFER_DOWNLOAD_CONNECT_TIMEOUT", 10.0, minimum=0.1),
-            download_read_timeout=env_seconds("TWINFER_DOWNLOAD_READ_TIMEOUT", 30.0, minimum=0.1),
-            download_max_attempts=env_int("TWINFER_DOWNLOAD_MAX_ATTEMPTS", 8, minimum=1),
-            download_backoff_initial=env_seconds("TWINFER_DOWNLOAD_BACKOFF_INITIAL", 1.0, minimum=0.0),
-            update_retry_seconds=env_seconds("TWINFER_UPDATE_RETRY_SECONDS", 300.0, minimum=0.1),
-            report_interval=env_seconds("TWINFER_REPORT_INTERVAL", 2.0, minimum=0.0),
-            model_output=os.environ.get("TWINFER_MODEL_OUTPUT", "DLModelOutput"),
-            max_bundle_bytes=env_int("TWINFER_MAX_BUNDLE_BYTES", 2 * 1024**3, minimum=1),
-            max_bundle_files=env_int("TWINFER_MAX_BUNDLE_FILES", 16, minimum=1),
-            trusted_keys=_optional_path("TWINFER_TRUSTED_KEYS"),
+            http_host=read("TWINFER_HTTP_HOST"),
+            http_port=read("TWINFER_HTTP_PORT"),
+            workers=read("TWINFER_WORKERS"),
+            default_model_dir=read("TWINFER_DEFAULT_MODEL_DIR"),
+            default_model_name=read("TWINFER_DEFAULT_MODEL_NAME"),
+            default_model_version=read("TWINFER_DEFAULT_MODEL_VERSION"),
+            keep_versions=read("TWINFER_KEEP_VERSIONS"),
+            download_max_bps=read("TWINFER_DOWNLOAD_MAX_BPS"),
+            download_connect_timeout=read("TWINFER_DOWNLOAD_CONNECT_TIMEOUT"),
+            download_read_timeout=read("TWINFER_DOWNLOAD_READ_TIMEOUT"),
+            download_max_attempts=read("TWINFER_DOWNLOAD_MAX_ATTEMPTS"),
+            download_backoff_initial=read("TWINFER_DOWNLOAD_BACKOFF_INITIAL"),
+            update_retry_seconds=read("TWINFER_UPDATE_RETRY_SECONDS"),
+            report_interval=read("TWINFER_REPORT_INTERVAL"),
+            model_output=read("TWINFER_MODEL_OUTPUT"),
+            max_bundle_bytes=read("TWINFER_MAX_BUNDLE_BYTES"),
+            max_bundle_files=read("TWINFER_MAX_BUNDLE_FILES"),
+            trusted_keys=read("TWINFER_TRUSTED_KEYS"),
             download_range_bytes=_range_bytes(),
-            download_windows=parse_windows_env(os.environ.get("TWINFER_DOWNLOAD_WINDOWS", "")),
-            serve=env_bool("TWINFER_SERVE", True),
+            download_windows=parse_windows_env(read("TWINFER_DOWNLOAD_WINDOWS") or ""),
+            serve=read("TWINFER_SERVE"),
         )
 
     @property

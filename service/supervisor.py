@@ -40,9 +40,12 @@ HEADLESS_POLL_SECONDS = 0.2  # how soon a headless supervisor notices the signal
 
 def gunicorn_env(settings: ServiceSettings) -> dict[str, str]:
     from workers.settings import check_server_protection
+    from workers.settings_table import SETTINGS
 
     env = dict(os.environ)
     check_server_protection(env)  # tokens, TLS pair, worker class: a clear error before gunicorn starts
+    # gunicorn runs in the package's directory: a relative path means the operator's directory.
+    env.update({s.name: str(s.read(env)) for s in SETTINGS if s.kind == "path" and env.get(s.name, "").strip()})
     env.update(
         TWINFER_STORE=str(settings.store),
         TWINFER_HTTP_HOST=settings.http_host,

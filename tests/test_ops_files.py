@@ -22,6 +22,7 @@ from service.settings import ServiceSettings
 from tests.support.paths import DEFAULT_MODEL, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess
 from workers.settings import WorkerSettings, check_server_protection
+from workers.settings_table import BY_NAME
 
 OPS = PROJECT_ROOT / "ops"
 TEMPLATE = OPS / "deployment.template.json"
@@ -34,13 +35,6 @@ RULES = PROMETHEUS / "twinfer.rules.yml"
 RULES_TEST = PROMETHEUS / "twinfer.rules.test.yml"
 DASHBOARD = OPS / "grafana" / "twinfer-dashboard.json"
 METRIC_MODULES = (PROJECT_ROOT / "workers" / "metrics.py", PROJECT_ROOT / "service" / "metrics.py")
-SETTINGS_SOURCES = (
-    PROJECT_ROOT / "service" / "settings.py",
-    PROJECT_ROOT / "workers" / "settings.py",
-    PROJECT_ROOT / "service" / "twin" / "factory.py",
-    PROJECT_ROOT / "workers" / "gunicorn_config.py",
-    PROJECT_ROOT / "workers" / "store_layout.py",
-)
 CREATE_OPTIONS_MAX_BYTES = 4 * 1024  # a twin string value; longer options need createOptions01.. chunks
 TOKEN_PLACEHOLDER = re.compile(r"\$\{?TWINFER_API_TOKENS\}?")
 SAMPLE_TOKEN = "sample-token-0123456789abcdef"  # what an operator puts in place of the placeholder
@@ -248,10 +242,10 @@ def test_the_sample_desired_model_is_the_bundled_model_as_a_bundle(manifest, tmp
 
 
 def test_every_env_var_is_a_setting_the_code_reads(twinfer_env):
-    sources = "\n".join(path.read_text() for path in SETTINGS_SOURCES)
+    sources = "\n".join(p.read_text() for package in ("service", "workers") for p in (PROJECT_ROOT / package).rglob("*.py"))
     for name in twinfer_env:
-        read = re.compile(rf"""\b(?:environ\.get|env_int|env_seconds|env_bool|env\.get)\(\s*["']{re.escape(name)}["']""")
-        assert read.search(sources), f"{name} is not read by {', '.join(p.name for p in SETTINGS_SOURCES)}"
+        assert name in BY_NAME, f"{name} is not declared in workers/settings_table.py"
+        assert re.search(rf"""\bread\(\s*["']{re.escape(name)}["']""", sources), f"{name} is declared but never read"
 
 
 def test_the_settings_loaders_accept_the_env_values(twinfer_env, monkeypatch):

@@ -94,7 +94,7 @@ def test_readyz_is_503_until_a_model_is_published(tmp_path):
 
     from service.bootstrap import ensure_active_model
     from service.repository import ModelRepository
-    from service.settings import BUNDLED_MODEL_DIR
+    from workers.settings_table import read
     from workers.app import create_app
     from workers.engines import EngineOptions
     from workers.settings import WorkerSettings
@@ -106,7 +106,7 @@ def test_readyz_is_503_until_a_model_is_published(tmp_path):
     assert client.simulate_post("/detect", body=b"x", headers={"Content-Type": "image/png"}).status_code == 503
     repo = ModelRepository(tmp_path)
     repo.prepare()
-    ensure_active_model(repo, BUNDLED_MODEL_DIR, "demo", "1")
+    ensure_active_model(repo, read("TWINFER_DEFAULT_MODEL_DIR", {}), "demo", "1")
     deadline = time.monotonic() + 30
     while client.simulate_get("/readyz").status_code != 200:
         assert time.monotonic() < deadline, "model never loaded"
@@ -121,6 +121,28 @@ def test_bad_worker_setting_is_a_clear_startup_error(monkeypatch, bad):
     monkeypatch.setenv("TWINFER_WORKERS", bad)
     with pytest.raises(ValueError, match="TWINFER_WORKERS"):
         ServiceSettings.from_env()
+
+
+def test_relative_paths_reach_gunicorn_as_the_operator_meant_them(monkeypatch, tmp_path):
+    """gunicorn runs in the package's directory: a relative TLS or token-file path is made
+    absolute against the directory the supervisor was started in."""
+    from service.settings import ServiceSettings
+    from service.supervisor import gunicorn_env
+
+    (tmp_path / "tls").mkdir()
+    for name in ("cert.pem", "key.pem"):
+        (tmp_path / "tls" / name).write_text("not read here")
+    (tmp_path / "tokens").write_text("a-token-of-sixteen-chars\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TWINFER_STORE", "store")
+    monkeypatch.setenv("TWINFER_TLS_CERT", "tls/cert.pem")
+    monkeypatch.setenv("TWINFER_TLS_KEY", "tls/key.pem")
+    monkeypatch.setenv("TWINFER_API_TOKENS_FILE", "tokens")
+    env = gunicorn_env(ServiceSettings.from_env())
+    assert env["TWINFER_TLS_CERT"] == str(tmp_path / "tls" / "cert.pem")
+    assert env["TWINFER_TLS_KEY"] == str(tmp_path / "tls" / "key.pem")
+    assert env["TWINFER_API_TOKENS_FILE"] == str(tmp_path / "tokens")
+    assert env["TWINFER_STORE"] == str(tmp_path / "store")
 
 
 @pytest.mark.processes

@@ -16,7 +16,8 @@ from workers.middleware import RequestMetrics
 from workers.resources.detect import DetectResource
 from workers.resources.openapi import OpenApiResource
 from workers.resources.status import HealthResource, MetricsResource, ModelsResource, ReadyResource
-from workers.settings import WorkerSettings, worker_count
+from workers.settings import WorkerSettings
+from workers.settings_table import read
 
 log = logging.getLogger("twinfer.worker")
 
@@ -39,7 +40,7 @@ def create_app(settings: WorkerSettings | None = None) -> falcon.App:
     """Build the app and start loading the published model in the background."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings or WorkerSettings.from_env()
-    slots = inference_slots.install(InferenceSlots(slots_per_worker(worker_count(), settings.engine.intra_op_threads)))
+    slots = inference_slots.install(InferenceSlots(slots_per_worker(read("TWINFER_WORKERS"), settings.engine.intra_op_threads)))
     holder = ModelHolder(settings.store, settings.engine, slots)
     holder.start()
     metrics.WORKERS.set(1)

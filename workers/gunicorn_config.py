@@ -6,11 +6,13 @@ import os
 
 from prometheus_client import multiprocess
 
+from workers.settings import check_server_protection
+from workers.settings_table import read
 from workers.store_layout import store_from_env
 from workers.worker_state import remove_state
 
-bind = f"{os.environ.get('TWINFER_HTTP_HOST', '0.0.0.0')}:{os.environ.get('TWINFER_HTTP_PORT', '8080')}"
-workers = int(os.environ.get("TWINFER_WORKERS") or os.cpu_count() or 1)
+bind = f"{read('TWINFER_HTTP_HOST')}:{read('TWINFER_HTTP_PORT')}"
+workers = read("TWINFER_WORKERS")
 # Worker class and threads (README "Security": ops/bench/slow_clients.py measured the
 # choice). gthread: a client trickling its upload holds one thread, not a whole worker, so
 # K slow clients leave inference to the other threads. Both classes add a deadline on the
@@ -26,23 +28,23 @@ WORKER_CLASSES = {
 # workers.limits.close_connection; the soak saw 0 errors in 1800 kept-alive requests.)
 # sync workers with the deadlines only bound each slow connection: K = workers x 2 slow
 # clients still left normal clients 0 % of their requests (README "Security").
-_worker_class = os.environ.get("TWINFER_WORKER_CLASS", "").strip() or "gthread"
-if _worker_class not in WORKER_CLASSES:
-    raise SystemExit(f"TWINFER_WORKER_CLASS must be one of {', '.join(WORKER_CLASSES)}, got {_worker_class!r}")
+try:
+    check_server_protection()  # the same clear errors as the supervisor gives, for `gunicorn -c` alone
+except ValueError as exc:
+    raise SystemExit(str(exc)) from None
+_worker_class = read("TWINFER_WORKER_CLASS")
 worker_class = WORKER_CLASSES[_worker_class]
-threads = int(os.environ.get("TWINFER_THREADS") or 6) if _worker_class == "gthread" else 1
-timeout = int(os.environ.get("TWINFER_WORKER_TIMEOUT", "30"))
+threads = read("TWINFER_THREADS") if _worker_class == "gthread" else 1
+timeout = read("TWINFER_WORKER_TIMEOUT")
 # TLS: both files or neither (README "Security").
-certfile = os.environ.get("TWINFER_TLS_CERT", "").strip() or None
-keyfile = os.environ.get("TWINFER_TLS_KEY", "").strip() or None
-if (certfile is None) != (keyfile is None):
-    raise SystemExit("TWINFER_TLS_CERT and TWINFER_TLS_KEY must be set together (or neither)")
+certfile = str(read("TWINFER_TLS_CERT") or "") or None
+keyfile = str(read("TWINFER_TLS_KEY") or "") or None
 graceful_timeout = 10
 keepalive = 5
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 wsgi_app = "workers.app:create_app()"
-accesslog = os.environ.get("TWINFER_ACCESS_LOG") or None
-loglevel = os.environ.get("TWINFER_LOG_LEVEL", "info")
+accesslog = read("TWINFER_ACCESS_LOG")
+loglevel = read("TWINFER_LOG_LEVEL")
 # The supervisor is the only controller; no socket under $HOME (read-only in the container).
 control_socket_disable = True
 

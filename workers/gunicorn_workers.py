@@ -47,10 +47,10 @@ from gunicorn.workers.sync import SyncWorker
 from workers import inference_slots
 from workers.inference_slots import InferenceSlots
 from workers.limits import WATCHDOG, close_connection
-from workers.settings import env_seconds
+from workers.settings_table import read
 
-HEADER_TIMEOUT = env_seconds("TWINFER_HEADER_TIMEOUT", 10.0)
-KEEPALIVE_LINGER = env_seconds("TWINFER_KEEPALIVE_LINGER", 0.005)
+HEADER_TIMEOUT = read("TWINFER_HEADER_TIMEOUT")
+KEEPALIVE_LINGER = read("TWINFER_KEEPALIVE_LINGER")
 # Sharing clients between several gthread workers (ThreadDeadlineWorker.accept): how long
 # a worker holds back from the next client while the last one's request has not asked
 # for an inference slot (a client that sends nothing, or trickles its upload, cannot keep

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-DEFAULT_STORE = "var"  # relative to the working directory, when TWINFER_STORE is unset
+from workers.settings_table import read
+
 MANIFEST_FILE = "manifest.json"
 # In a version directory, models/<name>/<version>/, beside the model's own files:
 BUNDLE_FILE = ".twinfer-bundle"  # the bundle's bytes: the base of the next delta
@@ -22,7 +23,7 @@ HOST_DIR = ".host"  # artifacts built on this device for its CPU (workers.engine
 
 def store_from_env(environ: Mapping[str, str] = os.environ) -> Path:
     """The store every process of one service shares: TWINFER_STORE, made absolute."""
-    return Path(environ.get("TWINFER_STORE", DEFAULT_STORE)).resolve()
+    return read("TWINFER_STORE", environ)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from typing import Mapping
 
 from service.twin.azure import AzureTwin
 from service.twin.base import TwinSource
+from workers.settings_table import read
 from workers.store_layout import StoreLayout
 
 
@@ -15,14 +16,13 @@ def create_twin_source(store: Path, env: Mapping[str, str]) -> TwinSource:
 
     On IoT Edge the SDK reads the IOTEDGE_* variables from ``os.environ`` itself; ``env`` only decides.
     """
-    retry = int(env.get("TWINFER_TWIN_RETRY_SECONDS") or 10)  # the SDK's reconnect interval
+    retry = read("TWINFER_TWIN_RETRY_SECONDS", env)  # the SDK's reconnect interval
     if env.get("IOTEDGE_WORKLOADURI") and env.get("IOTEDGE_MODULEID"):
         return AzureTwin.from_edge_environment(sdk_retry_interval=retry)
-    connection_string = env.get("IOTHUB_MODULE_CONNECTION_STRING") or env.get("IOTHUB_DEVICE_CONNECTION_STRING")
+    connection_string = read("IOTHUB_MODULE_CONNECTION_STRING", env) or read("IOTHUB_DEVICE_CONNECTION_STRING", env)
     if connection_string:
-        ca_file = env.get("TWINFER_IOTHUB_CA_FILE")
         return AzureTwin.from_connection_string(
-            connection_string, Path(ca_file) if ca_file else None, sdk_retry_interval=retry
+            connection_string, read("TWINFER_IOTHUB_CA_FILE", env), sdk_retry_interval=retry
         )
     from service.twin.local import LocalTwin
 
