@@ -3,12 +3,9 @@
 Run by the supervisor only (validation child, and at start-up for the active model);
 workers never write under ``.host/``. See ``workers.engines.artifacts`` for the layout.
 
-* ONNX: ONNX Runtime optimises the model once for this host (``ORT_ENABLE_ALL``) and
-  saves it with its initializers, and the weights its kernels pre-pack, in an external
-  file (``weights.bin``); workers open the saved model with optimisations disabled and
-  ONNX Runtime memory-maps that file.
-* TFLite: LiteRT's ``CompiledModel`` loads the model once with an XNNPACK weight cache
-  path; XNNPACK writes the packed weights there; workers map it.
+Format-agnostic: each runtime's plugin (``workers.engines.base.Runtime.build_artifact``)
+writes its files (ONNX: the model optimised for this host with its weights in an external
+file; TFLite: XNNPACK's packed-weight cache), and opens the result the way workers do.
 
 The candidate is built in a temporary directory, loaded the way workers load it, and its
 outputs compared with the original model's on the warm-up picture and on a fixed noise
@@ -34,30 +31,25 @@ from pathlib import Path
 import numpy as np
 
 from service.child import ChildTimeout, run_job
+from workers.engines import EngineOptions, Runtime, format_of, runtime
 from workers.engines.artifacts import (
-    ARTIFACT_FILES,
-    ONNX_MODEL_FILE,
-    ONNX_WEIGHTS_FILE,
-    XNNPACK_CACHE_FILE,
     ArtifactError,
     HostArtifact,
+    artifact_files,
     check_artifact,
     cpu_identity,
     file_sha256,
     fsync_dir,
     host_artifact_dir,
     host_key,
-    model_format,
     runtime_version,
     write_ready_marker,
 )
-from workers.engines.base import EngineOptions
 from workers.store_layout import HOST_DIR
 
 log = logging.getLogger("twinfer.optimize")
 
 TOLERANCE = 1e-5  # largest absolute difference accepted between original and prepared outputs
-MIN_EXTERNAL_INITIALIZER_BYTES = 1024  # smaller initializers stay inline in the graph
 PREPARE_TIMEOUT = 900.0
 _REFERENCE_OPTIONS = EngineOptions(intra_op_threads=1, use_host_artifacts=False)
 _CANDIDATE_OPTIONS = EngineOptions(intra_op_threads=1)
@@ -163,7 +155,8 @@ def _prepare(model_dir: Path) -> PreparedArtifacts:
         from workers.loader import find_model_file
 
         model_path = find_model_file(model_dir)
-        fmt = model_format(model_path)
+        fmt = format_of(model_path)
+        plugin = runtime(fmt)
         key = host_key(fmt)
         target = host_artifact_dir(model_path)
         if target.is_dir():
@@ -182,17 +175,17 @@ def _prepare(model_dir: Path) -> PreparedArtifacts:
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        reference, feeds = _reference(model_dir, model_path)
-        expected = [reference.run(f) for f in feeds]
-        record = getattr(reference, "record", None)
+        reference = plugin.engine(model_path, _REFERENCE_OPTIONS)
+        feeds = comparison_feeds(model_dir, reference.signature)
+        expected = [[np.array(o, copy=True) for o in reference.run(f)] for f in feeds]
         del reference
         gc.collect()
-        if fmt == "onnx":
-            _build_onnx(model_path, tmp)
-        else:
-            _build_litert(model_path, tmp)
+        extra = plugin.build_artifact(model_path, tmp)
+        gc.collect()
+        for name in plugin.artifact_files.values():
+            _fsync(tmp / name)
         files = {name: {"size": (tmp / name).stat().st_size, "sha256": file_sha256(tmp / name)}
-                 for name in ARTIFACT_FILES[fmt].values()}
+                 for name in plugin.artifact_files.values()}
         marker = {
             "format": fmt,
             "key": key,
@@ -201,10 +194,9 @@ def _prepare(model_dir: Path) -> PreparedArtifacts:
             "source": {"file": model_path.name, "size": model_path.stat().st_size, "sha256": file_sha256(model_path)},
             "files": files,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **extra,
         }
-        if record is not None:
-            marker["signature"] = record
-        max_diff, identical = _check_candidate(HostArtifact(fmt, tmp, key, marker), model_path, feeds, expected)
+        max_diff, identical = _check_candidate(plugin, HostArtifact(fmt, tmp, key, marker), model_path, feeds, expected)
         marker["check"] = {"max_abs_diff": max_diff, "bit_identical": identical, "inputs": len(feeds), "tolerance": TOLERANCE}
         write_ready_marker(tmp, marker)
         check_artifact(tmp, model_path)  # exactly what a worker checks
@@ -254,34 +246,7 @@ def _remove_leftovers(model_dir: Path) -> None:
 
 
 def _artifact_bytes(artifact: HostArtifact) -> int:
-    return sum(artifact.path(role).stat().st_size for role in ARTIFACT_FILES[artifact.format])
-
-
-class _Reference:
-    """The original model, opened without any artifact."""
-
-    def __init__(self, model_path: Path, fmt: str) -> None:
-        if fmt == "onnx":
-            from workers.engines.onnx import OnnxEngine
-
-            self.engine = OnnxEngine(model_path, _REFERENCE_OPTIONS)
-            self.record = None
-        else:
-            from workers.engines.litert import LiteRtEngine, describe_interpreter, open_interpreter
-
-            self.engine = LiteRtEngine(model_path, _REFERENCE_OPTIONS)
-            interpreter = open_interpreter(model_path, num_threads=1)
-            self.record = describe_interpreter(interpreter)
-            del interpreter
-        self.signature = self.engine.signature
-
-    def run(self, feeds: dict) -> list[np.ndarray]:
-        return [np.array(o, copy=True) for o in self.engine.run(feeds)]
-
-
-def _reference(model_dir: Path, model_path: Path) -> tuple[_Reference, list[dict]]:
-    reference = _Reference(model_path, model_format(model_path))
-    return reference, comparison_feeds(model_dir, reference.signature)
+    return sum(artifact.path(role).stat().st_size for role in artifact_files(artifact.format))
 
 
 def comparison_feeds(model_dir: Path, signature) -> list[dict[str, np.ndarray]]:
@@ -324,52 +289,12 @@ def comparison_feeds(model_dir: Path, signature) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
-def _build_onnx(model_path: Path, into: Path) -> None:
-    import onnxruntime as ort
-
-    from workers.engines.onnx import session_options
-
-    so = session_options(_REFERENCE_OPTIONS)  # ORT_ENABLE_ALL
-    so.log_severity_level = 3  # the "hardware specific optimizations" warning is the point here
-    so.optimized_model_filepath = str(into / ONNX_MODEL_FILE)
-    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", ONNX_WEIGHTS_FILE)
-    so.add_session_config_entry(
-        "session.optimized_model_external_initializers_min_size_in_bytes", str(MIN_EXTERNAL_INITIALIZER_BYTES)
-    )
-    so.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
-    session = ort.InferenceSession(str(model_path), sess_options=so, providers=["CPUExecutionProvider"])
-    del session
-    gc.collect()
-    for name in (ONNX_MODEL_FILE, ONNX_WEIGHTS_FILE):
-        if not (into / name).is_file():
-            raise PrepareError(f"ONNX Runtime wrote no {name} (no initializer of {MIN_EXTERNAL_INITIALIZER_BYTES} bytes or more?)")
-        _fsync(into / name)
-
-
-def _build_litert(model_path: Path, into: Path) -> None:
-    """Compiling the model with a cache path that does not exist yet makes XNNPACK pack
-    the weights into that file (workers only ever open an existing, checked one)."""
-    from workers.engines.litert import compile_on_cpu
-
-    cache = into / XNNPACK_CACHE_FILE
-    builder = compile_on_cpu(model_path, 1, cache)
-    del builder
-    gc.collect()
-    if not cache.is_file() or cache.stat().st_size == 0:
-        raise PrepareError("XNNPACK wrote no weight cache (no operator delegated to XNNPACK?)")
-    _fsync(cache)
-
-
 def _check_candidate(
-    artifact: HostArtifact, model_path: Path, feeds: list[dict], expected: list[list[np.ndarray]]
+    plugin: Runtime, artifact: HostArtifact, model_path: Path, feeds: list[dict], expected: list[list[np.ndarray]]
 ) -> tuple[float, bool]:
     """Load the candidate exactly as a worker does and compare its outputs."""
-    if artifact.format == "onnx":
-        from workers.engines.onnx import OnnxEngine as engine_cls
-    else:
-        from workers.engines.litert import LiteRtEngine as engine_cls
-    before = {name: file_sha256(artifact.directory / name) for name in ARTIFACT_FILES[artifact.format].values()}
-    engine = engine_cls(model_path, _CANDIDATE_OPTIONS, artifact)
+    before = {name: file_sha256(artifact.directory / name) for name in plugin.artifact_files.values()}
+    engine = plugin.engine(model_path, _CANDIDATE_OPTIONS, artifact)
     if not engine.shared_weights:
         raise PrepareError("the prepared model did not load (see the warning above)")
     max_diff, identical = 0.0, True

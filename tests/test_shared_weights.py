@@ -20,14 +20,9 @@ from tests.support.memory import smaps_rollup, synthetic_onnx
 from workers import imaging
 from workers.engines import EngineOptions, open_engine
 from workers.engines import artifacts
-from workers.engines.artifacts import (
-    ONNX_WEIGHTS_FILE,
-    READY_MARKER,
-    XNNPACK_CACHE_FILE,
-    find_host_artifact,
-    host_artifact_dir,
-    host_key,
-)
+from workers.engines.artifacts import READY_MARKER, find_host_artifact, host_artifact_dir, host_key
+from workers.engines.litert import ARTIFACT_FILES as LITERT_FILES
+from workers.engines.onnx import ARTIFACT_FILES as ONNX_FILES
 from workers.loader import find_model_file, load_model
 
 pytestmark = pytest.mark.processes  # every test here starts processes
@@ -105,9 +100,9 @@ def test_artifact_is_prepared_and_loaded_with_shared_weights(prepared: dict[str,
     assert marker["source"] == {"file": model_path.name, "size": model_path.stat().st_size, "sha256": _digest(model_path)}
     files = {p.name for p in target.iterdir()}
     if case.endswith("onnx"):
-        assert files == {"model.optimized.onnx", ONNX_WEIGHTS_FILE, READY_MARKER}
+        assert files == {"model.optimized.onnx", "weights.bin", READY_MARKER}
     else:
-        assert files == {XNNPACK_CACHE_FILE, READY_MARKER}
+        assert files == {"xnnpack.cache", READY_MARKER}
     engine = open_engine(model_path, SHARED)
     assert engine.shared_weights is True
     assert engine.artifact_dir == target
@@ -204,14 +199,14 @@ def _break_missing_marker(target: Path) -> None:
 
 
 def _break_truncate_weights(target: Path) -> None:
-    path = target / (ONNX_WEIGHTS_FILE if (target / ONNX_WEIGHTS_FILE).exists() else XNNPACK_CACHE_FILE)
+    path = target / (ONNX_FILES["weights"] if (target / ONNX_FILES["weights"]).exists() else LITERT_FILES["weight_cache"])
     with open(path, "r+b") as handle:
         handle.truncate(path.stat().st_size // 2)
 
 
 def _break_scramble_weights(target: Path) -> None:
     """Same size, other bytes: only the content hash can tell."""
-    path = target / (ONNX_WEIGHTS_FILE if (target / ONNX_WEIGHTS_FILE).exists() else XNNPACK_CACHE_FILE)
+    path = target / (ONNX_FILES["weights"] if (target / ONNX_FILES["weights"]).exists() else LITERT_FILES["weight_cache"])
     size = path.stat().st_size
     with open(path, "r+b") as handle:
         handle.seek(size // 3)

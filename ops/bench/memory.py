@@ -172,7 +172,8 @@ def prepare(directory: Path) -> None:
 
 
 def build_models(root: Path, synthetic_mb: int, with_tflite: bool) -> list[Model]:
-    from workers.engines.artifacts import XNNPACK_CACHE_FILE, host_artifact_dir
+    from workers.engines import runtime
+    from workers.engines.artifacts import host_artifact_dir
     from workers.loader import find_model_file
 
     models = []
@@ -188,7 +189,7 @@ def build_models(root: Path, synthetic_mb: int, with_tflite: bool) -> list[Model
         fixtures = PROJECT_ROOT / "tests" / "fixtures" / "models"
         tflite = version_dir(root, "ssd-tflite", [fixtures / "ssd_mobilenetv2_oidv4_fp16.tflite", fixtures / "oidv4_labelmap.txt"])
         prepare(tflite)
-        cache = host_artifact_dir(find_model_file(tflite)) / XNNPACK_CACHE_FILE
+        cache = host_artifact_dir(find_model_file(tflite)) / runtime("tflite").artifact_files["weight_cache"]
         models.append(Model("SSD fp16 (TFLite)", tflite, "detection", cache.stat().st_size, "tflite"))
     return models
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from service.child import ChildTimeout, run_job
-from workers.engines import ENGINE_FORMATS, EngineOptions
+from workers.engines import EngineOptions, format_of
 from workers.loader import ModelLoadError, find_model_file, load_model
 from workers.manifest import write_atomic
 
@@ -74,7 +74,7 @@ def validate_model_dir(directory: Path, name: str, version: str, prepare: bool =
     model = load_model(directory, name, version, EngineOptions(intra_op_threads=1, use_host_artifacts=False))
     model.warm_up()
     validated = ValidatedModel(
-        format=ENGINE_FORMATS[find_model_file(directory).suffix.lower()],
+        format=format_of(find_model_file(directory)),
         decoder=model.spec.decoder,
         input_width=model.input_width,
         input_height=model.input_height,

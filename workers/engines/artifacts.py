@@ -20,7 +20,6 @@ is incomplete, stale or corrupt is ignored (with a warning) and the original is 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -28,23 +27,16 @@ import platform
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Mapping
 
+from workers.engines import format_of, runtime
 from workers.store_layout import HOST_DIR
 
 log = logging.getLogger("twinfer.engines")
 
 READY_MARKER = "ready"
 MARKER_SCHEMA = 1
-ONNX_MODEL_FILE = "model.optimized.onnx"
-ONNX_WEIGHTS_FILE = "weights.bin"
-XNNPACK_CACHE_FILE = "xnnpack.cache"
 
-# role -> file name, per format
-ARTIFACT_FILES = {
-    "onnx": {"model": ONNX_MODEL_FILE, "weights": ONNX_WEIGHTS_FILE},
-    "tflite": {"weight_cache": XNNPACK_CACHE_FILE},
-}
-_SUFFIX_FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 _CPUINFO_KEYS = ("model name", "flags", "Features", "CPU implementer", "CPU architecture", "CPU variant", "CPU part")
 
 
@@ -52,31 +44,14 @@ class ArtifactError(Exception):
     """The artifact is absent, incomplete, stale or corrupt; the message says which."""
 
 
-def model_format(model_path: Path) -> str:
-    try:
-        return _SUFFIX_FORMATS[model_path.suffix.lower()]
-    except KeyError:
-        raise ValueError(f"unsupported model file {model_path.name!r}") from None
+def artifact_files(fmt: str) -> Mapping[str, str]:
+    """The host artifact's files of a format: role -> file name (the runtime's plugin says)."""
+    return runtime(fmt).artifact_files
 
 
 def runtime_version(fmt: str) -> str:
     """The version of the runtime that reads (and wrote) the artifact."""
-    if fmt == "onnx":
-        import onnxruntime
-
-        return onnxruntime.__version__
-    if fmt == "tflite":
-        try:
-            import ai_edge_litert
-
-            return ai_edge_litert.__version__
-        except (ImportError, AttributeError):
-            return importlib.metadata.version("ai-edge-litert")
-    raise ValueError(f"unknown model format {fmt!r}")
-
-
-def _runtime_name(fmt: str) -> str:
-    return {"onnx": "ort", "tflite": "litert"}[fmt]
+    return runtime(fmt).version()
 
 
 @lru_cache(maxsize=1)
@@ -103,7 +78,7 @@ def cpu_fingerprint() -> str:
 def host_key(fmt: str) -> str:
     """e.g. ``ort-1.32.0-3f9c0a1b2c4d``: runtime, its version, a short hash of the CPU."""
     version = "".join(c if c.isalnum() or c in "._+" else "_" for c in runtime_version(fmt))
-    return f"{_runtime_name(fmt)}-{version}-{platform.machine() or 'unknown'}-{cpu_fingerprint()}"
+    return f"{runtime(fmt).short_name}-{version}-{platform.machine() or 'unknown'}-{cpu_fingerprint()}"
 
 
 def host_root(model_path: Path) -> Path:
@@ -112,7 +87,7 @@ def host_root(model_path: Path) -> Path:
 
 def host_artifact_dir(model_path: Path) -> Path:
     """``<version dir>/.host/<key>/`` for this host and runtime (it may not exist)."""
-    return host_root(model_path) / host_key(model_format(model_path))
+    return host_root(model_path) / host_key(format_of(model_path))
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -133,7 +108,7 @@ class HostArtifact:
     marker: dict
 
     def path(self, role: str) -> Path:
-        return self.directory / ARTIFACT_FILES[self.format][role]
+        return self.directory / artifact_files(self.format)[role]
 
     @property
     def signature(self) -> dict | None:
@@ -160,7 +135,7 @@ def check_artifact(directory: Path, model_path: Path, verify_content: bool = Tru
 
     ``verify_content`` compares every file's SHA-256 with the marker's (a corrupt or
     half-overwritten file must not be mapped as weights): about 0.8 ms per MB here."""
-    fmt = model_format(model_path)
+    fmt = format_of(model_path)
     key = host_key(fmt)
     marker = read_marker(directory)
     if marker.get("schema") != MARKER_SCHEMA:
@@ -177,7 +152,7 @@ def check_artifact(directory: Path, model_path: Path, verify_content: bool = Tru
     if source.get("file") != model_path.name or source.get("size") != size:
         raise ArtifactError(f"artifact was prepared from {source.get('file')!r} ({source.get('size')} bytes)")
     files = marker.get("files") or {}
-    for role, name in ARTIFACT_FILES[fmt].items():
+    for role, name in artifact_files(fmt).items():
         expected = files.get(name)
         if not isinstance(expected, dict):
             raise ArtifactError(f"marker does not list {name}")

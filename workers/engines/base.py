@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -45,3 +46,22 @@ class Engine(Protocol):
     metadata: Mapping[str, str]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One inference runtime as a plugin: everything that differs between formats.
+
+    Each runtime's module (``workers.engines.onnx``, ``workers.engines.litert``) defines
+    one ``RUNTIME``; ``workers.engines`` imports a module only when a model of its format
+    is opened, so a worker serving ONNX never loads LiteRT (and its memory)."""
+
+    format: str  # "onnx": the manifest's and the twin's name for it
+    short_name: str  # in host artifact keys: "ort"
+    version: Callable[[], str]  # the runtime's version: a host artifact is valid only for it
+    # engine(model_path, options, artifact=None): open the model (from the artifact when given)
+    engine: Callable[..., Engine]
+    artifact_files: Mapping[str, str]  # host artifact: role -> file name
+    # build_artifact(model_path, into): write the artifact's files into ``into`` and return
+    # extra fields for its ready marker. Supervisor only (service.optimize).
+    build_artifact: Callable[[Path, Path], dict[str, Any]]

@@ -14,6 +14,8 @@ Names, order, shapes and dtypes of the signature are the interpreter's in both c
 from __future__ import annotations
 
 import ctypes
+import gc
+import importlib.metadata
 import logging
 import threading
 from pathlib import Path
@@ -23,11 +25,14 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from workers.engines.artifacts import HostArtifact, find_host_artifact
-from workers.engines.base import EngineOptions
+from workers.engines.base import EngineOptions, Runtime
 from workers.native_stderr import sorted_native_stderr
 from workers.signature import ModelSignature, TensorInfo
 
 log = logging.getLogger("twinfer.engines")
+
+# The host artifact: XNNPACK's packed weights, mapped by every worker.
+ARTIFACT_FILES = {"weight_cache": "xnnpack.cache"}
 
 
 def _tensor_info(detail: dict) -> TensorInfo:
@@ -242,3 +247,34 @@ class LiteRtEngine:
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         with self._lock:
             return self._runner.run(feeds)
+
+
+def runtime_version() -> str:
+    try:
+        import ai_edge_litert
+
+        return ai_edge_litert.__version__
+    except AttributeError:
+        return importlib.metadata.version("ai-edge-litert")
+
+
+def build_host_artifact(model_path: Path, into: Path) -> dict:
+    """Compiling the model with a cache path that does not exist yet makes XNNPACK pack
+    the weights into that file (workers only ever open an existing, checked one). The
+    marker records the interpreter's signature: ``CompiledModel`` names tensors its own way."""
+    interpreter = open_interpreter(model_path, num_threads=1)
+    record = describe_interpreter(interpreter)
+    del interpreter
+    cache = into / ARTIFACT_FILES["weight_cache"]
+    builder = compile_on_cpu(model_path, 1, cache)
+    del builder
+    gc.collect()
+    if not cache.is_file() or cache.stat().st_size == 0:
+        raise RuntimeError("XNNPACK wrote no weight cache (no operator delegated to XNNPACK?)")
+    return {"signature": record}
+
+
+RUNTIME = Runtime(
+    format="tflite", short_name="litert", version=runtime_version, engine=LiteRtEngine,
+    artifact_files=ARTIFACT_FILES, build_artifact=build_host_artifact,
+)
