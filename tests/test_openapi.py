@@ -120,8 +120,8 @@ def test_document_is_openapi_3_structure(doc):
 
 
 def test_detect_is_documented_as_implemented(doc):
-    from workers.errors import RequestError
-    from workers.resources.detect import MAX_DETECTIONS_LIMIT
+    from workers.errors import ModelNotFound, RequestError
+    from workers.inference import MAX_DETECTIONS_LIMIT
 
     detect = doc["paths"]["/detect"]["post"]
     content = detect["requestBody"]["content"]
@@ -142,6 +142,8 @@ def test_detect_is_documented_as_implemented(doc):
 
     for cls in [RequestError, *subclasses(RequestError)]:
         assert cls.reason in reasons, cls
+        if cls is ModelNotFound:  # only the v2 routes name a model
+            continue
         response = detect["responses"][str(cls.status)]
         assert resolve(doc, response["content"]["application/json"]["schema"]) is error
         assert f"`{cls.reason}`" in response["description"], (cls.reason, cls.status)

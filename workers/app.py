@@ -4,11 +4,13 @@ from __future__ import annotations
 import logging
 
 import falcon
+import orjson
 
 from workers import inference_slots, metrics
 from workers.auth import Unauthorized, create_auth, handle_unauthorized
 from workers.errors import RequestError, answer_error, serialize_http_error
 from workers.holder import ModelHolder
+from workers.inference import InferenceHandler
 from workers.inference_slots import InferenceSlots, slots_per_worker
 from workers.kserve import resources as kserve
 from workers.limits import create_body_deadline
@@ -49,7 +51,11 @@ def create_app(settings: WorkerSettings | None = None) -> falcon.App:
     protection = [create_auth(settings.auth), create_body_deadline(settings.body_timeout)]
     app = falcon.App(middleware=[RequestMetrics(), *[layer for layer in protection if layer is not None]])
     app.req_options.strip_url_path_trailing_slash = True
-    app.add_route("/detect", DetectResource(holder, settings))
+    json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)  # resp.media, in one place
+    app.resp_options.media_handlers.update({falcon.MEDIA_JSON: json})
+    app.req_options.media_handlers.update({falcon.MEDIA_JSON: json})
+    inference = InferenceHandler(holder, settings)  # what /detect and /v2 infer share
+    app.add_route("/detect", DetectResource(inference))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(holder))
     app.add_route("/models", ModelsResource(holder))
@@ -59,8 +65,8 @@ def create_app(settings: WorkerSettings | None = None) -> falcon.App:
     app.add_route("/v2", kserve.ServerMetadataResource())
     app.add_route("/v2/health/live", kserve.ServerLiveResource())
     app.add_route("/v2/health/ready", kserve.ServerReadyResource(holder))
-    metadata, ready, infer = (kserve.ModelMetadataResource(holder), kserve.ModelReadyResource(holder),
-                              kserve.InferResource(holder, settings))
+    metadata, ready, infer = (kserve.ModelMetadataResource(inference), kserve.ModelReadyResource(inference),
+                              kserve.InferResource(inference))
     for model in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         app.add_route(model, metadata)
         app.add_route(model + "/ready", ready)

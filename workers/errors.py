@@ -6,14 +6,12 @@ from __future__ import annotations
 from http import HTTPStatus
 
 import falcon
-import orjson
 
 
 def answer_error(resp: falcon.Response, status: int | str, reason: str, message: str) -> None:
     """Put the error document on ``resp``: the only place its shape is written."""
     resp.status = status
-    resp.data = orjson.dumps({"error": message, "reason": reason})
-    resp.content_type = falcon.MEDIA_JSON
+    resp.media = {"error": message, "reason": reason}
 
 
 def serialize_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError) -> None:
@@ -68,3 +66,10 @@ class BadParameter(RequestError):
 class NoModel(RequestError):
     status = 503
     reason = "no_model"
+
+
+class ModelNotFound(RequestError):
+    """A model name or version this server does not serve."""
+
+    status = 404
+    reason = "model_not_found"

@@ -2,8 +2,9 @@
 
 Only the model this worker serves exists: the name and version of its manifest entry
 (the routes without ``/versions/{version}`` mean that version too); any other name or
-version is a 404. Errors are the protocol's ``{"error": "<message>"}`` with the same
-statuses as ``/detect`` (400, 413, 415, 503), plus 404.
+version is a 404. Errors are the protocol's ``{"error": "<message>"}`` (plus ``reason``)
+with the same statuses as ``/detect`` (400, 413, 415, 503), plus 404. What runs the
+model is ``workers.inference``, shared with ``/detect``; this module speaks the protocol.
 
 ``POST .../infer`` takes either the model's raw input tensors (and answers its raw
 outputs), or one BYTES input ``image`` holding an encoded picture, which runs the same
@@ -12,16 +13,15 @@ pipeline as ``POST /detect`` and answers its JSON document as the BYTES output
 """
 from __future__ import annotations
 
-import functools
 import logging
-import time
 
 import falcon
 import orjson
 
-from workers import __version__, metrics
-from workers.errors import BadParameter, BodyTooLarge, NoModel, RequestError, answer_error
+from workers import __version__
+from workers.errors import NoModel, RequestError, answer_error
 from workers.holder import ModelHolder, ServingModel
+from workers.inference import DetectOptions, InferenceHandler
 from workers.kserve import DETECTIONS_OUTPUT, EXTENSIONS, IMAGE_INPUT, SERVER_NAME
 from workers.kserve.codec import (
     BYTES,
@@ -39,56 +39,16 @@ from workers.kserve.codec import (
     split_bytes,
     to_array,
 )
-from workers.resources.body import read_bounded
-from workers.resources.detect import MAX_DETECTIONS_LIMIT, render
-from workers.settings import WorkerSettings
+from workers.resources.body import bounded_body
 
 log = logging.getLogger("twinfer.worker")
 PLATFORMS = {"onnx": "onnxruntime_onnx", "tflite": "tensorflow_lite"}
 BINARY_CONTENT_TYPE = "application/octet-stream"
 
 
-class V2Error(Exception):
-    """A client error only the v2 routes have (an unknown model or version). Deliberately
-    not a ``RequestError``: those are the error taxonomy of ``/detect``."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.message = status, reason, message
-
-
-def _v2_errors(responder):
-    """Render client errors in the error document (the v2 format plus ``reason``)."""
-
-    @functools.wraps(responder)
-    def wrapped(self, req: falcon.Request, resp: falcon.Response, **params) -> None:
-        try:
-            responder(self, req, resp, **params)
-        except (RequestError, V2Error) as exc:
-            metrics.REQUEST_ERRORS.labels(exc.reason).inc()
-            answer_error(resp, exc.status, exc.reason, exc.message)
-
-    return wrapped
-
-
 def _json(resp: falcon.Response, document: dict, status: int = 200) -> None:
     resp.status = status
-    resp.data = orjson.dumps(document)
-    resp.content_type = falcon.MEDIA_JSON
-
-
-def _active(serving: ServingModel | None, name: str, version: str | None) -> ServingModel:
-    """The serving model if ``name`` (and ``version``, when given) are the active ones."""
-    if serving is None:
-        raise NoModel("no model loaded in this worker yet; retry shortly")
-    manifest = serving.manifest
-    if name != manifest.name:
-        raise V2Error(404, "model_not_found", f"unknown model {name!r}; this server serves {manifest.name!r}")
-    if version is not None and version != manifest.version:
-        raise V2Error(
-            404, "model_not_found", f"model {name!r} has no version {version!r}; the active version is {manifest.version!r}"
-        )
-    return serving
+    resp.media = document
 
 
 def not_found_sink(req: falcon.Request, resp: falcon.Response, **params) -> None:
@@ -156,28 +116,26 @@ def model_metadata(serving: ServingModel) -> dict:
 class ModelMetadataResource:
     """``GET /v2/models/{name}[/versions/{version}]``."""
 
-    def __init__(self, holder: ModelHolder) -> None:
-        self._holder = holder
+    def __init__(self, inference: InferenceHandler) -> None:
+        self._inference = inference
 
-    @_v2_errors
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, version: str | None = None) -> None:
-        _json(resp, model_metadata(_active(self._holder.current, name, version)))
+        _json(resp, model_metadata(self._inference.current(name, version)))
 
 
 class ModelReadyResource:
     """``GET /v2/models/{name}[/versions/{version}]/ready``: 200 for the loaded model, 404
     for any other, 503 (``ready: false``) while this worker has none."""
 
-    def __init__(self, holder: ModelHolder) -> None:
-        self._holder = holder
+    def __init__(self, inference: InferenceHandler) -> None:
+        self._inference = inference
 
-    @_v2_errors
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, version: str | None = None) -> None:
-        serving = self._holder.current
-        if serving is None:
+        try:
+            self._inference.current(name, version)
+        except NoModel:
             _json(resp, {"name": name, "ready": False}, 503)
             return
-        _active(serving, name, version)
         _json(resp, {"name": name, "ready": True})
 
 
@@ -185,54 +143,22 @@ class ModelReadyResource:
 
 
 def read_body(req: falcon.Request, limit: int) -> bytes:
-    """The whole body within ``limit`` (413 from Content-Length before a byte is read),
-    decompressed when it has a ``Content-Encoding``."""
-    if req.content_length is not None and req.content_length > limit:
-        raise BodyTooLarge(f"request body of {req.content_length} bytes is over the limit of {limit} bytes")
-    stream = req.stream if req.content_length is None else req.bounded_stream
-    body = read_bounded(stream, limit)
+    """The whole body within ``limit``, decompressed (within ``limit`` too) when it has a
+    ``Content-Encoding``."""
+    body = bounded_body(req, limit)
     coding = (req.get_header("Content-Encoding") or "identity").strip().lower()
     return body if coding == "identity" else inflate(body, coding, limit)
-
-
-def _threshold(params: dict) -> float | None:
-    raw = params.get("threshold")
-    if raw is None:
-        return None
-    try:
-        if isinstance(raw, bool):
-            raise ValueError
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise BadParameter(f"parameters.threshold must be a number between 0 and 1, got {raw!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise BadParameter(f"parameters.threshold must be between 0 and 1, got {value}")
-    return value
-
-
-def _max_detections(params: dict) -> int | None:
-    raw = params.get("max_detections")
-    if raw is None:
-        return None
-    if isinstance(raw, str) and raw.isdigit():
-        raw = int(raw)
-    if not isinstance(raw, int) or isinstance(raw, bool) or not 1 <= raw <= MAX_DETECTIONS_LIMIT:
-        raise BadParameter(f"parameters.max_detections must be an integer 1..{MAX_DETECTIONS_LIMIT}, got {raw!r}")
-    return raw
 
 
 class InferResource:
     """``POST /v2/models/{name}[/versions/{version}]/infer``."""
 
-    def __init__(self, holder: ModelHolder, settings: WorkerSettings) -> None:
-        self._holder = holder
-        self._settings = settings
+    def __init__(self, inference: InferenceHandler) -> None:
+        self._inference = inference
 
-    @_v2_errors
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str, version: str | None = None) -> None:
-        body = read_body(req, self._settings.max_body_bytes)  # before taking the model: a slow upload holds no swap
-        with self._holder.serving() as serving:  # a swap meanwhile waits for this request
-            serving = _active(serving, name, version)
+        body = read_body(req, self._inference.max_body_bytes)  # before taking the model: a slow upload holds no swap
+        with self._inference.serving(name, version) as serving:  # a swap meanwhile waits for this request
             request = parse_request(body, req.get_header(HEADER_LENGTH))
             signature = serving.model.engine.signature
             if any(t.name == IMAGE_INPUT for t in request.inputs) and all(i.name != IMAGE_INPUT for i in signature.inputs):
@@ -276,13 +202,10 @@ class InferResource:
         wanted = request.outputs or [RequestedOutput(DETECTIONS_OUTPUT, request.binary_default)]
         if [o.name for o in wanted] != [DETECTIONS_OUTPUT]:
             raise RequestError(f"the image way in has one output, {DETECTIONS_OUTPUT!r}; asked for {[o.name for o in wanted]}")
-        threshold, max_detections = _threshold(request.parameters), _max_detections(request.parameters)
+        params = request.parameters
+        options = DetectOptions.parse(params.get("threshold"), params.get("max_detections"), "parameters.")
         # bytes(): the decoders take bytes (Pillow's header probe would copy a view anyway).
-        result = serving.model.detect(bytes(elements[0]), self._settings.max_image_pixels, threshold, max_detections)
-        metrics.INFERENCE_SECONDS.labels(serving.manifest.name, serving.manifest.version).observe(
-            result.timings.inference_ms / 1e3
-        )
-        document = orjson.dumps(render(result, serving))
+        document = orjson.dumps(self._inference.detect(serving, bytes(elements[0]), options))
         return [(OutputTensor.of_bytes(DETECTIONS_OUTPUT, [document]), wanted[0].binary)]
 
     def _run(self, serving: ServingModel, request: InferenceRequest) -> list[tuple[OutputTensor, bool]]:
@@ -313,14 +236,6 @@ class InferResource:
         unknown = [o.name for o in wanted if o.name not in output_names]
         if unknown:
             raise RequestError(f"model {serving.manifest.name!r} has no output(s) {unknown}; its outputs are {output_names}")
-        started = time.perf_counter()
-        try:
-            arrays = engine.run(feeds)
-        except Exception as exc:  # the inputs passed every check; what the runtime still refuses is theirs
-            log.warning("raw v2 inference refused by the runtime: %s", exc)
-            raise RequestError(f"the model could not run on these inputs: {type(exc).__name__}: {str(exc)[:400]}") from None
-        metrics.INFERENCE_SECONDS.labels(serving.manifest.name, serving.manifest.version).observe(
-            time.perf_counter() - started
-        )
+        arrays = self._inference.run(serving, feeds)
         by_name = dict(zip(output_names, arrays))
         return [(OutputTensor.of_array(o.name, by_name[o.name]), o.binary) for o in wanted]

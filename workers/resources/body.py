@@ -15,11 +15,26 @@ def read_bounded(stream, limit: int) -> bytes:
     return data
 
 
-def image_bytes(req: falcon.Request, limit: int) -> bytes:
-    """Raw image body or the one file part of a multipart form; 413 is decided from
-    Content-Length before a byte is read."""
+def _check_declared_length(req: falcon.Request, limit: int) -> None:
+    """413 from Content-Length, before a byte is read."""
     if req.content_length is not None and req.content_length > limit:
         raise BodyTooLarge(f"request body of {req.content_length} bytes is over the limit of {limit} bytes")
+
+
+def _stream(req: falcon.Request):
+    # Chunked bodies have no Content-Length; gunicorn's own stream ends at the last chunk.
+    return req.stream if req.content_length is None else req.bounded_stream
+
+
+def bounded_body(req: falcon.Request, limit: int) -> bytes:
+    """The whole body as sent, within ``limit``."""
+    _check_declared_length(req, limit)
+    return read_bounded(_stream(req), limit)
+
+
+def image_bytes(req: falcon.Request, limit: int) -> bytes:
+    """Raw image body or the one file part of a multipart form (``POST /detect``)."""
+    _check_declared_length(req, limit)
     content_type = (req.content_type or "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         return _multipart_image(req, limit)
@@ -28,9 +43,7 @@ def image_bytes(req: falcon.Request, limit: int) -> bytes:
             f"content type {content_type!r} is not accepted: send image bytes (image/*, "
             "application/octet-stream) or multipart/form-data with one image part"
         )
-    # Chunked bodies have no Content-Length; gunicorn's own stream ends at the last chunk.
-    stream = req.stream if req.content_length is None else req.bounded_stream
-    return read_bounded(stream, limit)
+    return read_bounded(_stream(req), limit)
 
 
 def _multipart_image(req: falcon.Request, limit: int) -> bytes:

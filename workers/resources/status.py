@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import falcon
-import orjson
 
 from workers import metrics
 from workers.holder import ModelHolder
@@ -14,8 +13,7 @@ class HealthResource:
     """Process alive: answers even while a model loads."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.data = b'{"status":"ok"}'
-        resp.content_type = falcon.MEDIA_JSON
+        resp.media = {"status": "ok"}
 
 
 class ReadyResource:
@@ -28,10 +26,9 @@ class ReadyResource:
         serving = self._holder.current
         if serving is None:
             resp.status = falcon.HTTP_503
-            resp.data = orjson.dumps({"status": "loading", "error": self._holder.last_error})
+            resp.media = {"status": "loading", "error": self._holder.last_error}
         else:
-            resp.data = orjson.dumps({"status": "ready", "version": serving.manifest.version})
-        resp.content_type = falcon.MEDIA_JSON
+            resp.media = {"status": "ready", "version": serving.manifest.version}
 
 
 class ModelsResource:
@@ -45,12 +42,11 @@ class ModelsResource:
         worker = asdict(self._holder.state)
         if serving is None:
             resp.status = falcon.HTTP_503
-            resp.data = orjson.dumps({"active": None, "worker": worker})
-            resp.content_type = falcon.MEDIA_JSON
+            resp.media = {"active": None, "worker": worker}
             return
         model, manifest = serving.model, serving.manifest
         spec = model.spec
-        resp.data = orjson.dumps(
+        resp.media = (
             {
                 "active": {
                     "name": manifest.name,
@@ -76,7 +72,6 @@ class ModelsResource:
                 "worker": worker,
             }
         )
-        resp.content_type = falcon.MEDIA_JSON
 
 
 class MetricsResource:
