@@ -31,9 +31,10 @@ WORKDIR /app
 COPY gunicorn.conf.py ./
 COPY service/ service/
 COPY workers/ workers/
+COPY twinfer/ twinfer/
 COPY models/ models/
 # ORT_DISABLE_TELEMETRY: ONNX Runtime sends no usage events and keeps no device id
-# (workers/runtime_env.py forces the same in every process the service starts).
+# (twinfer/runtime_env.py forces the same in every process the service starts).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

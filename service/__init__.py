@@ -1,7 +1,8 @@
 """twinfer supervisor: owns the model store and the manifest, starts and watches gunicorn.
 
-It may import ``workers`` (engines, decoders, manifest) to validate models before it
-publishes them; ``workers`` never imports this package.
+It imports the core (``twinfer``: engines, decoders, manifest, store layout) to validate
+models before it publishes them; ``workers`` never imports this package, and this package
+imports ``workers`` only to check the workers' settings before gunicorn starts.
 """
 
-import workers  # noqa: F401  (first: workers/runtime_env.py, for this process and its children)
+import twinfer  # noqa: F401  (first: twinfer/runtime_env.py, for this process and its children)

@@ -15,8 +15,8 @@ from service.optimize import ensure_host_artifacts
 from service.repository import ModelRepository
 from service.update import failures
 from service.update.validation import VERDICT_FILE, recorded_verdict, validate_model_dir
-from workers.loader import ModelLoadError, find_model_file
-from workers.manifest import Manifest, publish, read_manifest, remove_stale_temp_files
+from twinfer.loader import ModelLoadError, find_model_file
+from twinfer.manifest import Manifest, publish, read_manifest, remove_stale_temp_files
 
 log = logging.getLogger("twinfer.supervisor")
 

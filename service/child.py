@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 
 from service.settings import PROJECT_ROOT
-from workers.native_stderr import actionable_tail
+from twinfer.native_stderr import actionable_tail
 
 
 class ChildTimeout(Exception):

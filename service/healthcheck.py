@@ -15,7 +15,7 @@ import http.client
 import ssl
 import sys
 
-from workers.settings_table import read
+from twinfer.settings_table import read
 
 WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}
 

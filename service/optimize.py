@@ -1,9 +1,9 @@
 """Prepare a model version's host artifact, so workers share its weights.
 
 Run by the supervisor only (validation child, and at start-up for the active model);
-workers never write under ``.host/``. See ``workers.engines.artifacts`` for the layout.
+workers never write under ``.host/``. See ``twinfer.engines.artifacts`` for the layout.
 
-Format-agnostic: each runtime's plugin (``workers.engines.base.Runtime.build_artifact``)
+Format-agnostic: each runtime's plugin (``twinfer.engines.base.Runtime.build_artifact``)
 writes its files (ONNX: the model optimised for this host with its weights in an external
 file; TFLite: XNNPACK's packed-weight cache), and opens the result the way workers do.
 
@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from service.child import ChildTimeout, run_job
-from workers.engines import EngineOptions, Runtime, format_of, runtime
-from workers.engines.artifacts import (
+from twinfer.engines import EngineOptions, Runtime, format_of, runtime
+from twinfer.engines.artifacts import (
     ArtifactError,
     HostArtifact,
     artifact_files,
@@ -45,7 +45,7 @@ from workers.engines.artifacts import (
     runtime_version,
     write_ready_marker,
 )
-from workers.store_layout import HOST_DIR
+from twinfer.store_layout import HOST_DIR
 
 log = logging.getLogger("twinfer.optimize")
 
@@ -125,7 +125,7 @@ def ensure_host_artifacts(model_dir: Path, *, isolate: bool = True) -> PreparedA
     one is checked here, without starting a child. Never raises."""
     started = time.monotonic()
     try:
-        from workers.loader import find_model_file
+        from twinfer.loader import find_model_file
 
         model_path = find_model_file(Path(model_dir))
         target = host_artifact_dir(model_path)
@@ -152,7 +152,7 @@ def _prepare(model_dir: Path) -> PreparedArtifacts:
     fmt = key = None
     tmp: Path | None = None
     try:
-        from workers.loader import find_model_file
+        from twinfer.loader import find_model_file
 
         model_path = find_model_file(model_dir)
         fmt = format_of(model_path)
@@ -253,8 +253,8 @@ def comparison_feeds(model_dir: Path, signature) -> list[dict[str, np.ndarray]]:
     """The warm-up picture (mid-grey) and a fixed noise picture, preprocessed as the
     served model preprocesses them; for a model the loader cannot serve (no image input,
     no decoder) fixed noise shaped by the signature."""
-    from workers import imaging
-    from workers.loader import ModelLoadError, load_model
+    from twinfer import imaging
+    from twinfer.loader import ModelLoadError, load_model
 
     rng = np.random.default_rng(20240601)
     try:

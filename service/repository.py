@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from workers.store_layout import StoreLayout
+from twinfer.store_layout import StoreLayout
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

@@ -1,13 +1,13 @@
 """Supervisor configuration from the environment: the variables, their defaults and bounds
-are declared in ``workers.settings_table`` (README "Configuration")."""
+are declared in ``twinfer.settings_table`` (README "Configuration")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.update.schedule import DownloadWindow, parse_windows_env
-from workers.settings_table import PACKAGE_ROOT, read
-from workers.store_layout import StoreLayout, store_from_env
+from twinfer.settings_table import PACKAGE_ROOT, read
+from twinfer.store_layout import StoreLayout, store_from_env
 
 # Where ``service`` and ``workers`` import from (a checkout, or site-packages): the working
 # directory of every child the supervisor starts by module name.

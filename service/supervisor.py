@@ -30,7 +30,7 @@ from service.update.inbox import HandledRecord
 from service.update.rollout import RolloutMonitor
 from service.update.status import ModelStatus
 from service.update.updater import ModelUpdater, UpdaterConfig
-from workers.store_layout import StoreLayout
+from twinfer.store_layout import StoreLayout
 
 log = logging.getLogger("twinfer.supervisor")
 GUNICORN_CONFIG_MODULE = "workers.gunicorn_config"  # by module name: found wherever twinfer is installed
@@ -39,8 +39,8 @@ HEADLESS_POLL_SECONDS = 0.2  # how soon a headless supervisor notices the signal
 
 
 def gunicorn_env(settings: ServiceSettings) -> dict[str, str]:
+    from twinfer.settings_table import SETTINGS
     from workers.settings import check_server_protection
-    from workers.settings_table import SETTINGS
 
     env = dict(os.environ)
     check_server_protection(env)  # tokens, TLS pair, worker class: a clear error before gunicorn starts

@@ -12,7 +12,6 @@ import pytest
 from tests.support.paths import DEFAULT_MODEL, IMAGES, MODELS, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess
 
-
 _running: list[pytest.Item | None] = [None]  # the test being set up, run or torn down
 
 

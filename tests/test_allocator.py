@@ -1,4 +1,4 @@
-"""glibc heap thresholds (workers/allocator.py): request buffers are reused, huge ones returned.
+"""glibc heap thresholds (twinfer/allocator.py): request buffers are reused, huge ones returned.
 
 Each case runs in a fresh interpreter: thresholds are process-wide and depend on what the
 process allocated before, which pytest's own process would blur.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from workers import allocator
+from twinfer import allocator
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
@@ -33,7 +33,7 @@ assert ctypes.CDLL(None).prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
 import numpy as np
 setup = sys.argv[1]
 if setup == "tuned":
-    from workers import allocator
+    from twinfer import allocator
     assert allocator.tune_heap(), "mallopt refused"
 elif setup == "mmap-only":  # the previous setting: trim threshold stays at 128 KiB
     ctypes.CDLL(None).mallopt(-3, 4 * 1024 * 1024)
@@ -98,7 +98,7 @@ def test_the_two_ways_glibc_was_left_fail_the_probe():
 )
 def test_operator_settings_win(variable, value):
     assert allocator.operator_tuned({variable: value})
-    code = "from workers import allocator; print(allocator.tune_heap())"
+    code = "from twinfer import allocator; print(allocator.tune_heap())"
     environ = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT), **{variable: value})
     done = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"

@@ -175,8 +175,8 @@ def test_refusals_are_counted_and_timed_as_401(protected):
 
 def test_no_route_but_inference_accepts_writes(protected, tmp_path):
     """The HTTP API has no administrative action: models change only through the twin."""
+    from twinfer.engines import EngineOptions
     from workers.app import create_app
-    from workers.engines import EngineOptions
     from workers.settings import WorkerSettings
 
     app = create_app(WorkerSettings(store=tmp_path, max_body_bytes=1024, max_image_pixels=10**6, engine=EngineOptions()))

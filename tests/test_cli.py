@@ -279,7 +279,7 @@ def test_status_while_the_service_runs(tmp_path):
 
 def test_set_model_writes_the_local_twin(tmp_path):
     from service.update.desired import parse_desired
-    from workers.manifest import MANIFEST_FILE
+    from twinfer.manifest import MANIFEST_FILE
 
     store = tmp_path / "store"
     store.mkdir()

@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workers import imaging
-from workers.decoders import detect_decoder
-from workers.decoders.anchors import AnchorOptions, generate_anchors
-from workers.decoders.base import DecodeParams
-from workers.decoders.blazeface import BlazeFaceDecoder
-from workers.decoders.ssd_anchors import SsdAnchorsDecoder
-from workers.engines import EngineOptions, open_engine
-from workers.loader import ModelLoadError, load_model
-from workers.pipeline import DetectionModel
-from workers.signature import ModelSignature, TensorInfo
+from twinfer import imaging
+from twinfer.decoders import detect_decoder
+from twinfer.decoders.anchors import AnchorOptions, generate_anchors
+from twinfer.decoders.base import DecodeParams
+from twinfer.decoders.blazeface import BlazeFaceDecoder
+from twinfer.decoders.ssd_anchors import SsdAnchorsDecoder
+from twinfer.engines import EngineOptions, open_engine
+from twinfer.loader import ModelLoadError, load_model
+from twinfer.pipeline import DetectionModel
+from twinfer.signature import ModelSignature, TensorInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "tests" / "fixtures" / "models"

@@ -14,16 +14,15 @@ import pytest
 from onnx import TensorProto, helper
 
 from tests.support.onnx_models import planted_output_nodes
-
-from workers.decoders.base import DecodeParams
-from workers.decoders.tflite_ssd import TfliteSsdPostprocessDecoder
-from workers.decoders.yolo import YoloDecoder
-from workers.decoders.yolov3 import YoloV3NmsDecoder
-from workers.engines import EngineOptions
-from workers.imaging import Geometry
-from workers.loader import load_model
-from workers.signature import ModelSignature, TensorInfo
-from workers.spec import NORMALIZE_PRESETS
+from twinfer.decoders.base import DecodeParams
+from twinfer.decoders.tflite_ssd import TfliteSsdPostprocessDecoder
+from twinfer.decoders.yolo import YoloDecoder
+from twinfer.decoders.yolov3 import YoloV3NmsDecoder
+from twinfer.engines import EngineOptions
+from twinfer.imaging import Geometry
+from twinfer.loader import load_model
+from twinfer.signature import ModelSignature, TensorInfo
+from twinfer.spec import NORMALIZE_PRESETS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MODELS = FIXTURES / "models"
@@ -316,7 +315,7 @@ def test_yolo_matching_and_options() -> None:
 
 def test_nms_work_is_capped_when_every_candidate_passes_the_threshold():
     """threshold=0 on 8400 YOLO candidates: only the best NMS_CANDIDATES are suppressed over."""
-    from workers.decoders.base import NMS_CANDIDATES, DecodeParams, nms
+    from twinfer.decoders.base import NMS_CANDIDATES, DecodeParams, nms
 
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 0.9, (8400, 2)).astype(np.float32)

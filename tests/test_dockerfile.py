@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.paths import PROJECT_ROOT
-from workers.runtime_env import RUNTIME_ENVIRONMENT
+from twinfer.runtime_env import RUNTIME_ENVIRONMENT
 
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 DOCKERIGNORE = PROJECT_ROOT / ".dockerignore"
@@ -310,7 +310,7 @@ def test_final_stage_is_non_root_with_store_volume_and_healthcheck(final):
 
 
 def test_image_sets_the_runtime_environment_for_any_process(final):
-    """ONNX Runtime telemetry off (workers/runtime_env.py) even for a process that imports
+    """ONNX Runtime telemetry off (twinfer/runtime_env.py) even for a process that imports
     a runtime without importing ``workers`` first."""
     env = final_env(final)
     assert {name: env.get(name) for name in RUNTIME_ENVIRONMENT} == RUNTIME_ENVIRONMENT

@@ -38,15 +38,15 @@ import pytest
 import requests
 
 from service.bootstrap import ensure_active_model, stage_directory, version_problem
-from service.update.bundle import BundleError, unpack_bundle
 from service.repository import ModelRepository
+from service.update.bundle import BundleError, unpack_bundle
 from service.update.validation import recorded_verdict
 from tests.support.bundles import Bundle, face_bundle, make_bundle, model_desired, ssd_tflite_bundle
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, failed_with, is_active, model_status
 from tests.support.paths import IMAGES, MODELS, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess
-from workers.manifest import MANIFEST_FILE, publish, read_manifest
+from twinfer.manifest import MANIFEST_FILE, publish, read_manifest
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
@@ -251,7 +251,7 @@ def test_kill_9_mid_download_resumes_from_the_part_file_and_publishes_only_after
 _CRASH_BETWEEN_WRITE_AND_RENAME = """
 import os, sys
 from pathlib import Path
-from workers.manifest import publish
+from twinfer.manifest import publish
 store, name, version = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 os.replace = lambda *args, **kwargs: os._exit(1)  # dies after the temp file is written and fsynced
 publish(store, name, version, f"models/{name}/{version}", "tflite", "blazeface")
@@ -260,7 +260,7 @@ publish(store, name, version, f"models/{name}/{version}", "tflite", "blazeface")
 _PUBLISH_FOREVER = """
 import sys
 from pathlib import Path
-from workers.manifest import publish
+from twinfer.manifest import publish
 store = Path(sys.argv[1])
 print("ready", flush=True)
 i = 0

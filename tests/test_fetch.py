@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from service.update import fetch
-from service.update.fetch import DownloadError, DownloadPolicy, download, redact_url
+from service.update.fetch import DownloadError, DownloadPolicy, download
+from service.update.http_answers import redact_url
 from tests.support.http_server import FileServer
 from tests.support.paths import PROJECT_ROOT
 

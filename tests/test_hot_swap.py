@@ -16,8 +16,8 @@ from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, model_status
 from tests.support.paths import IMAGES
 from tests.support.service_process import ServiceProcess
-from workers.manifest import publish, read_manifest
-from workers.worker_state import read_states
+from twinfer.manifest import publish, read_manifest
+from twinfer.worker_state import read_states
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 

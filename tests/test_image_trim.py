@@ -42,9 +42,9 @@ for package in (service, workers):
 import zstandard
 from service.update.delta import apply_patch, build_patch
 from service.update.validation import validate_model_dir
-from workers.engines.artifacts import find_host_artifact
-from workers.engines.base import EngineOptions
-from workers.loader import find_model_file, load_model
+from twinfer.engines.artifacts import find_host_artifact
+from twinfer.engines.base import EngineOptions
+from twinfer.loader import find_model_file, load_model
 
 work, picture = Path(sys.argv[1]), Path(sys.argv[2])
 results = {"zstd_backend": zstandard.backend}

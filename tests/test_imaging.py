@@ -12,11 +12,11 @@ from PIL import Image, ImageOps
 
 from tests.support.images import encoded, png_declaring
 from tests.support.paths import DEFAULT_MODEL
-from workers import imaging
-from workers.engines import EngineOptions
-from workers.loader import load_model
-from workers.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage
-from workers.spec import InputSpec, NORMALIZE_PRESETS
+from twinfer import imaging
+from twinfer.engines import EngineOptions
+from twinfer.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage
+from twinfer.loader import load_model
+from twinfer.spec import NORMALIZE_PRESETS, InputSpec
 
 LETTERBOX = InputSpec(layout="NCHW", resize="letterbox", pad_value=128)
 

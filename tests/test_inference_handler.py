@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from workers.errors import BadParameter, ModelNotFound, NoModel
+from twinfer.errors import BadParameter, ModelNotFound, NoModel
 from workers.inference import MAX_DETECTIONS_LIMIT, DetectOptions, InferenceHandler
 
 

@@ -413,7 +413,7 @@ def test_json_data_becomes_an_array_of_the_datatype(datatype, shape, data, expec
     ],
 )
 def test_bad_json_data_is_a_client_error(datatype, shape, data, words):
-    from workers.errors import RequestError
+    from twinfer.errors import RequestError
     from workers.kserve.codec import to_array
 
     with pytest.raises(RequestError) as caught:
@@ -437,7 +437,7 @@ def test_binary_inputs_are_views_of_the_body_unless_misaligned():
 
 
 def test_bytes_framing_and_response_encoding():
-    from workers.errors import RequestError
+    from twinfer.errors import RequestError
     from workers.kserve.codec import OutputTensor, encode_response, split_bytes
 
     assert [bytes(e) for e in split_bytes(memoryview(b"\x02\x00\x00\x00hi\x00\x00\x00\x00"), "x")] == [b"hi", b""]
@@ -457,7 +457,7 @@ def test_bytes_framing_and_response_encoding():
 
 
 def test_compressed_bodies_are_bounded():
-    from workers.errors import BodyTooLarge, RequestError, UnsupportedMediaType
+    from twinfer.errors import BodyTooLarge, RequestError, UnsupportedMediaType
     from workers.kserve.codec import inflate
 
     data = b'{"inputs": []}'

@@ -14,7 +14,7 @@ from tests.support.bundles import face_bundle, make_bundle, model_desired, ssd_t
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, failed_with, is_active, model_status
 from tests.support.service_process import ServiceProcess
-from workers.manifest import read_manifest
+from twinfer.manifest import read_manifest
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 

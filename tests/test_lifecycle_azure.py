@@ -15,7 +15,7 @@ from tests.support.mosquitto import Mosquitto, pick_address
 from tests.support.service_process import ServiceProcess
 from tests.support.tls import issue_server_cert
 from tests.support.twin_emulator import TwinEmulator
-from workers.manifest import read_manifest
+from twinfer.manifest import read_manifest
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 

@@ -5,8 +5,8 @@ import json
 import multiprocessing
 import os
 
-from workers.manifest import publish, read_manifest
-from workers.store_layout import StoreLayout
+from twinfer.manifest import publish, read_manifest
+from twinfer.store_layout import StoreLayout
 
 
 def _publish_many(store: str, worker: int, count: int) -> list[int]:

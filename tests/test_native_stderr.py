@@ -1,4 +1,4 @@
-"""Native stderr is sorted, not swallowed (workers/native_stderr.py).
+"""Native stderr is sorted, not swallowed (twinfer/native_stderr.py).
 
 Each case runs in a fresh interpreter whose stderr the test reads: the window redirects
 file descriptor 2 itself, which pytest's own capture would hide.
@@ -12,14 +12,14 @@ import sys
 import pytest
 
 from tests.support.paths import MODELS, PROJECT_ROOT
-from workers.native_stderr import actionable_tail
+from twinfer.native_stderr import actionable_tail
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
 SETUP = """
 import logging, os, sys, threading
 logging.basicConfig(level=logging.DEBUG, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s")
-from workers.native_stderr import sorted_native_stderr
+from twinfer.native_stderr import sorted_native_stderr
 """
 
 
@@ -73,7 +73,7 @@ def test_opening_a_litert_model_prints_nothing_but_a_broken_one_still_raises():
     done = run(
         f"""
 from pathlib import Path
-from workers.engines.litert import open_interpreter
+from twinfer.engines.litert import open_interpreter
 open_interpreter(Path({str(MODELS / 'blazeface_short_range.tflite')!r}), 1)
 try:
     open_interpreter(Path({str(PROJECT_ROOT / 'README.md')!r}), 1)

@@ -120,7 +120,7 @@ def test_document_is_openapi_3_structure(doc):
 
 
 def test_detect_is_documented_as_implemented(doc):
-    from workers.errors import ModelNotFound, RequestError
+    from twinfer.errors import ModelNotFound, RequestError
     from workers.inference import MAX_DETECTIONS_LIMIT
 
     detect = doc["paths"]["/detect"]["post"]
@@ -153,8 +153,8 @@ def test_detect_is_documented_as_implemented(doc):
 
 
 def _app(store: Path):
+    from twinfer.engines import EngineOptions
     from workers.app import create_app
-    from workers.engines import EngineOptions
     from workers.settings import WorkerSettings
 
     return create_app(WorkerSettings(store=store, max_body_bytes=4 * 1024 * 1024, max_image_pixels=10**7,

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from service.update.desired import MAX_DOCUMENT_BYTES, merge_patch, parse_desired
 from service.settings import ServiceSettings
-from tests.support.paths import DEFAULT_MODEL, PROJECT_ROOT
+from service.update.desired import MAX_DOCUMENT_BYTES, merge_patch, parse_desired
+from tests.support.paths import DEFAULT_MODEL, PACKAGES, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess
+from twinfer.settings_table import BY_NAME
 from workers.settings import WorkerSettings, check_server_protection
-from workers.settings_table import BY_NAME
 
 OPS = PROJECT_ROOT / "ops"
 TEMPLATE = OPS / "deployment.template.json"
@@ -242,9 +242,9 @@ def test_the_sample_desired_model_is_the_bundled_model_as_a_bundle(manifest, tmp
 
 
 def test_every_env_var_is_a_setting_the_code_reads(twinfer_env):
-    sources = "\n".join(p.read_text() for package in ("service", "workers") for p in (PROJECT_ROOT / package).rglob("*.py"))
+    sources = "\n".join(p.read_text() for package in PACKAGES for p in (PROJECT_ROOT / package).rglob("*.py"))
     for name in twinfer_env:
-        assert name in BY_NAME, f"{name} is not declared in workers/settings_table.py"
+        assert name in BY_NAME, f"{name} is not declared in twinfer/settings_table.py"
         assert re.search(rf"""\bread\(\s*["']{re.escape(name)}["']""", sources), f"{name} is declared but never read"
 
 

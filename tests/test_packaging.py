@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.paths import DEFAULT_MODEL, IMAGES, PROJECT_ROOT
+from tests.support.paths import DEFAULT_MODEL, IMAGES, PACKAGES, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess
 
 pytestmark = pytest.mark.processes  # every test here starts processes
@@ -24,7 +24,7 @@ def wheel(tmp_path_factory) -> Path:
     """Built from a copy of the sources: setuptools leaves build/ and *.egg-info beside them."""
     source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
     shutil.copy(PROJECT_ROOT / "pyproject.toml", source)
-    for package in ("service", "workers"):
+    for package in PACKAGES:
         shutil.copytree(PROJECT_ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out), "."],
@@ -55,7 +55,7 @@ def test_the_wheel_holds_both_processes_packages_their_data_and_the_script(wheel
         names = set(archive.namelist())
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     for needed in ("service/cli.py", "service/commands/run.py", "workers/app.py", "workers/gunicorn_config.py",
-                   "workers/openapi.json", "workers/kserve/codec.py"):
+                   "workers/openapi.json", "workers/kserve/codec.py", "twinfer/loader.py", "twinfer/engines/onnx.py"):
         assert needed in names, needed
     assert not [n for n in names if n.startswith(("tests/", "ops/", "models/"))]
     assert "twinfer = service.cli:main" in entry_points

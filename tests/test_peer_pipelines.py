@@ -12,8 +12,8 @@ import pytest
 from ops.bench import serving
 from ops.bench.peers.common.detector import Detector
 from tests.support.paths import DEFAULT_MODEL
-from workers.engines import EngineOptions
-from workers.loader import load_model
+from twinfer.engines import EngineOptions
+from twinfer.loader import load_model
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Download progress reaches the twin in 10% steps, not on every tick: a fleet shares the hub's twin-update quota."""
 from __future__ import annotations
 
-from service.update.fetch import DownloadProgress
 from service.update.delivery import ProgressGate
+from service.update.fetch import DownloadProgress
 
 
 def tick(received: int, total: int | None) -> DownloadProgress:

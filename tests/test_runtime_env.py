@@ -19,7 +19,7 @@ from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, model_status
 from tests.support.paths import MODELS, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess
-from workers.runtime_env import RUNTIME_ENVIRONMENT
+from twinfer.runtime_env import RUNTIME_ENVIRONMENT
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
@@ -27,7 +27,7 @@ OPEN_SESSION = (
     "import onnxruntime as ort; "
     f"ort.InferenceSession({str(MODELS / 'blazeface_short_range.onnx')!r}, providers=['CPUExecutionProvider'])"
 )
-# Non-actionable lines LiteRT printed on every load and exit (workers/native_stderr.py).
+# Non-actionable lines LiteRT printed on every load and exit (twinfer/native_stderr.py).
 LITERT_NOISE = (
     "Failed to load plugin", "libopenvino", "Attempting to load plugin",  # vendor NPU plugins
     "Created TensorFlow Lite XNNPACK delegate", "RegisterAccelerator", "accelerator could not be loaded",

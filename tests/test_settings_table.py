@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.paths import PROJECT_ROOT
-from workers.settings_table import BY_NAME, README_BEGIN, README_END, SETTINGS, Setting, read, readme_table
+from tests.support.paths import PACKAGES, PROJECT_ROOT
+from twinfer.settings_table import BY_NAME, README_BEGIN, README_END, SETTINGS, Setting, read, readme_table
 
-SOURCES = [p for p in (PROJECT_ROOT / "service").rglob("*.py")] + [p for p in (PROJECT_ROOT / "workers").rglob("*.py")]
+SOURCES = [p for package in PACKAGES for p in (PROJECT_ROOT / package).rglob("*.py")]
 
 
 def test_the_readme_table_is_the_generated_one():
     readme = (PROJECT_ROOT / "README.md").read_text()
     shown = readme[readme.index(README_BEGIN) + len(README_BEGIN):readme.index(README_END)].strip()
-    assert shown == readme_table(), "README's configuration table is stale: run python -m workers.settings_table --readme"
+    assert shown == readme_table(), "README's configuration table is stale: run python -m twinfer.settings_table --readme"
 
 
 def test_every_variable_the_code_names_is_in_the_table():

@@ -17,13 +17,12 @@ import pytest
 
 from service.optimize import TOLERANCE, ensure_host_artifacts, prepare_host_artifacts
 from tests.support.memory import smaps_rollup, synthetic_onnx
-from workers import imaging
-from workers.engines import EngineOptions, open_engine
-from workers.engines import artifacts
-from workers.engines.artifacts import READY_MARKER, find_host_artifact, host_artifact_dir, host_key
-from workers.engines.litert import ARTIFACT_FILES as LITERT_FILES
-from workers.engines.onnx import ARTIFACT_FILES as ONNX_FILES
-from workers.loader import find_model_file, load_model
+from twinfer import imaging
+from twinfer.engines import EngineOptions, artifacts, open_engine
+from twinfer.engines.artifacts import READY_MARKER, find_host_artifact, host_artifact_dir, host_key
+from twinfer.engines.litert import ARTIFACT_FILES as LITERT_FILES
+from twinfer.engines.onnx import ARTIFACT_FILES as ONNX_FILES
+from twinfer.loader import find_model_file, load_model
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
@@ -265,7 +264,7 @@ def test_validation_prepares_the_artifact(tmp_path: Path) -> None:
 
 def _hold(model_path: str, use_host_artifacts: bool, conn) -> None:
     """Spawned: load, run once, report, and hold the model until told to exit."""
-    from workers.engines import EngineOptions, open_engine
+    from twinfer.engines import EngineOptions, open_engine
 
     engine = open_engine(Path(model_path), EngineOptions(intra_op_threads=1, use_host_artifacts=use_host_artifacts))
     inputs = engine.signature.inputs

@@ -23,16 +23,16 @@ import requests
 
 from service.update import signing
 from service.update.desired import DesiredError, DesiredModel, parse_desired
-from service.update.signing import SignatureError
-from service.update.rollback import compare_versions
 from service.update.failures import UpdateFailed
+from service.update.rollback import compare_versions
+from service.update.signing import SignatureError
 from service.update.trust import Trust
 from tests.support.bundles import Bundle, face_bundle, model_desired
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, failed_with, is_active, model_status
 from tests.support.paths import MODELS, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess
-from workers.manifest import read_manifest
+from twinfer.manifest import read_manifest
 
 SHA = hashlib.sha256(b"bundle bytes").hexdigest()
 FACE = MODELS / "blazeface_short_range.tflite"

@@ -7,10 +7,10 @@ import zipfile
 
 import pytest
 
-from workers.engines import EngineOptions
-from workers.labels import embedded_tflite_labels, label_offset, parse_labels
-from workers.loader import ModelLoadError, load_model
-from workers.spec import InputSpec, ModelSpec, SpecError, apply_overrides
+from twinfer.engines import EngineOptions
+from twinfer.labels import embedded_tflite_labels, label_offset, parse_labels
+from twinfer.loader import ModelLoadError, load_model
+from twinfer.spec import InputSpec, ModelSpec, SpecError, apply_overrides
 
 DEFAULTS = ModelSpec(decoder="ssd_anchors", input=InputSpec())
 

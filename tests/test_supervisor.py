@@ -12,7 +12,7 @@ from tests.support.bundles import face_bundle, model_desired
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, is_active, model_status
 from tests.support.service_process import ServiceProcess
-from workers.manifest import read_manifest
+from twinfer.manifest import read_manifest
 
 
 def _gunicorn_pid(service: ServiceProcess) -> int:
@@ -94,9 +94,9 @@ def test_readyz_is_503_until_a_model_is_published(tmp_path):
 
     from service.bootstrap import ensure_active_model
     from service.repository import ModelRepository
-    from workers.settings_table import read
+    from twinfer.engines import EngineOptions
+    from twinfer.settings_table import read
     from workers.app import create_app
-    from workers.engines import EngineOptions
     from workers.settings import WorkerSettings
 
     settings = WorkerSettings(store=tmp_path, max_body_bytes=10**6, max_image_pixels=10**7, engine=EngineOptions())

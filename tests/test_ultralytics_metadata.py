@@ -16,10 +16,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from tests.support.onnx_models import planted_output_nodes
-
 from tests.support.tflite_models import constant_output_tflite
-from workers.engines import EngineOptions
-from workers.loader import ModelLoadError, load_model
+from twinfer.engines import EngineOptions
+from twinfer.loader import ModelLoadError, load_model
 
 SIZE = 64
 NAMES = {0: "person", 1: "bicycle", 2: "car"}

@@ -1,9 +1,7 @@
-"""twinfer worker side: the Falcon app that gunicorn runs, and the inference core.
+"""twinfer's HTTP worker: the Falcon app that gunicorn runs (``workers.app``), its gunicorn
+settings and worker classes, request limits, authentication and metrics.
 
-Nothing in this package imports ``service``: the supervisor depends on the workers'
-engines, decoders and manifest to validate models, never the other way round.
+It imports the core (``twinfer``), never ``service``.
 """
 
-import workers.runtime_env  # noqa: F401  (first: no runtime initialises before it, e.g. no telemetry)
-
-__version__ = "0.1.0"  # the project's version (pyproject.toml); /v2 server metadata reports it
+import twinfer  # noqa: F401  (first: twinfer/runtime_env.py, before any runtime loads)

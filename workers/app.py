@@ -6,9 +6,11 @@ import logging
 import falcon
 import orjson
 
+from twinfer.errors import RequestError
+from twinfer.settings_table import read
 from workers import inference_slots, metrics
 from workers.auth import Unauthorized, create_auth, handle_unauthorized
-from workers.errors import RequestError, answer_error, serialize_http_error
+from workers.errors import answer_error, serialize_http_error
 from workers.holder import ModelHolder
 from workers.inference import InferenceHandler
 from workers.inference_slots import InferenceSlots, slots_per_worker
@@ -19,7 +21,6 @@ from workers.resources.detect import DetectResource
 from workers.resources.openapi import OpenApiResource
 from workers.resources.status import HealthResource, MetricsResource, ModelsResource, ReadyResource
 from workers.settings import WorkerSettings
-from workers.settings_table import read
 
 log = logging.getLogger("twinfer.worker")
 

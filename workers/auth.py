@@ -26,8 +26,9 @@ from pathlib import Path
 
 import falcon
 
+from twinfer.errors import RequestError
 from workers import metrics
-from workers.errors import RequestError, answer_error
+from workers.errors import answer_error
 from workers.settings import AuthSettings, read_tokens_file
 
 log = logging.getLogger("twinfer.worker")

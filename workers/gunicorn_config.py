@@ -6,10 +6,10 @@ import os
 
 from prometheus_client import multiprocess
 
+from twinfer.settings_table import read
+from twinfer.store_layout import store_from_env
+from twinfer.worker_state import remove_state
 from workers.settings import check_server_protection
-from workers.settings_table import read
-from workers.store_layout import store_from_env
-from workers.worker_state import remove_state
 
 bind = f"{read('TWINFER_HTTP_HOST')}:{read('TWINFER_HTTP_PORT')}"
 workers = read("TWINFER_WORKERS")
@@ -60,7 +60,7 @@ def worker_exit(server, worker):
     """A worker that has finished ends as a forked ``multiprocessing`` child does, with
     ``os._exit`` and its exit code: nothing in interpreter shutdown is needed (the master
     drops its metrics in ``child_exit``), and LiteRT's process-wide state would print a
-    line per accelerator from its destructors at every exit (workers/native_stderr.py)."""
+    line per accelerator from its destructors at every exit (twinfer/native_stderr.py)."""
     import logging
     import sys
 

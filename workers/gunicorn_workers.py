@@ -44,10 +44,10 @@ from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
+from twinfer.settings_table import read
 from workers import inference_slots
 from workers.inference_slots import InferenceSlots
 from workers.limits import WATCHDOG, close_connection
-from workers.settings_table import read
 
 HEADER_TIMEOUT = read("TWINFER_HEADER_TIMEOUT")
 KEEPALIVE_LINGER = read("TWINFER_KEEPALIVE_LINGER")

@@ -21,14 +21,14 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
+from twinfer.engines.base import EngineOptions
+from twinfer.loader import load_model
+from twinfer.manifest import Manifest, read_manifest
+from twinfer.pipeline import DetectionModel
+from twinfer.store_layout import StoreLayout
+from twinfer.worker_state import WorkerState
 from workers import metrics
-from workers.engines.base import EngineOptions
 from workers.inference_slots import InferenceSlots
-from workers.loader import load_model
-from workers.manifest import Manifest, read_manifest
-from workers.pipeline import DetectionModel
-from workers.store_layout import StoreLayout
-from workers.worker_state import WorkerState
 
 log = logging.getLogger("twinfer.worker")
 MANIFEST_POLL_SECONDS = 0.1

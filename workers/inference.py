@@ -16,10 +16,10 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from twinfer.errors import BadParameter, ModelNotFound, NoModel, RequestError
+from twinfer.pipeline import DetectionResult
 from workers import metrics
-from workers.errors import BadParameter, ModelNotFound, NoModel, RequestError
 from workers.holder import ModelHolder, ServingModel
-from workers.pipeline import DetectionResult
 from workers.settings import WorkerSettings
 
 log = logging.getLogger("twinfer.worker")

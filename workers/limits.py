@@ -22,7 +22,7 @@ import time
 
 import falcon
 
-from workers.errors import RequestError
+from twinfer.errors import RequestError
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 

@@ -1,5 +1,5 @@
 """Worker-side configuration, read once from the environment: the variables, their defaults and
-bounds are declared in ``workers.settings_table`` (README "Configuration")."""
+bounds are declared in ``twinfer.settings_table`` (README "Configuration")."""
 from __future__ import annotations
 
 import os
@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from workers.engines.base import EngineOptions
-from workers.settings_table import read
-from workers.store_layout import store_from_env
-
+from twinfer.engines.base import EngineOptions
+from twinfer.settings_table import read
+from twinfer.store_layout import store_from_env
 
 # --- API protection (workers/auth.py, workers/limits.py; README "Security") ---------------
 

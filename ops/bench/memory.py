@@ -2,7 +2,7 @@
 """What does each extra worker cost in memory, naive loading vs shared (host artifact)?
 
 For each model it spawns 1, 2 and 4 worker processes (multiprocessing spawn, like fresh
-gunicorn workers) that load the model through ``workers.loader.load_model`` (or the engine
+gunicorn workers) that load the model through ``twinfer.loader.load_model`` (or the engine
 for the synthetic model, which is no detector), run it once and hold it; with every
 process loaded, the parent reads ``/proc/<pid>/smaps_rollup`` (PSS splits each shared
 page between the processes that map it, so the pool's total PSS is what the pool really
@@ -65,8 +65,8 @@ def onnx_initializer_bytes(path: Path) -> int:
 
 
 def _load(directory: str, kind: str, shared: bool):
-    from workers.engines import EngineOptions, open_engine
-    from workers.loader import find_model_file, load_model
+    from twinfer.engines import EngineOptions, open_engine
+    from twinfer.loader import find_model_file, load_model
 
     options = EngineOptions(intra_op_threads=1, use_host_artifacts=shared)
     if kind == "detection":
@@ -83,12 +83,12 @@ def _worker(directories: list[str], kind: str, shared: bool, conn) -> None:
     the pid, hold until told to exit. ``kind`` "baseline:<format>": import what a worker
     imports for that format and load nothing (the process's own cost)."""
     if kind.startswith("baseline:"):
-        import workers.loader  # noqa: F401  (decoders, imaging, cv2, pillow)
+        import twinfer.loader  # noqa: F401  (decoders, imaging, cv2, pillow)
 
         if kind == "baseline:onnx":
-            import workers.engines.onnx  # noqa: F401
+            import twinfer.engines.onnx  # noqa: F401
         else:
-            import workers.engines.litert  # noqa: F401
+            import twinfer.engines.litert  # noqa: F401
         held = []
     else:
         held = [_load(d, kind, shared) for d in directories]
@@ -172,9 +172,9 @@ def prepare(directory: Path) -> None:
 
 
 def build_models(root: Path, synthetic_mb: int, with_tflite: bool) -> list[Model]:
-    from workers.engines import runtime
-    from workers.engines.artifacts import host_artifact_dir
-    from workers.loader import find_model_file
+    from twinfer.engines import runtime
+    from twinfer.engines.artifacts import host_artifact_dir
+    from twinfer.loader import find_model_file
 
     models = []
     demo = version_dir(root, "demo", [p for p in (PROJECT_ROOT / "models" / "default").iterdir() if p.is_file()])
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import onnxruntime
 
-    from workers.engines.artifacts import runtime_version
+    from twinfer.engines.artifacts import runtime_version
 
     print(
         f"onnxruntime {onnxruntime.__version__}, ai-edge-litert {runtime_version('tflite')}, "

@@ -39,8 +39,8 @@ if str(PROJECT_ROOT) not in sys.path:  # run as a script: ``workers`` lives in t
 import cv2  # noqa: E402
 import onnxruntime  # noqa: E402
 
-from workers.engines.base import EngineOptions  # noqa: E402
-from workers.loader import load_model  # noqa: E402
+from twinfer.engines.base import EngineOptions  # noqa: E402
+from twinfer.loader import load_model  # noqa: E402
 
 SOURCE_PICTURE = PROJECT_ROOT / "tests" / "fixtures" / "images" / "astronaut.png"
 PICTURES = {"640x480": (640, 480), "1920x1080": (1920, 1080)}

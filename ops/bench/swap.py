@@ -30,8 +30,9 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from serving import make_pictures, parse_wrk, run_wrk, running_service, wrk_script  # noqa: E402
 from update import serve_directory  # noqa: E402
-from workers.manifest import read_manifest  # noqa: E402
-from workers.worker_state import read_states  # noqa: E402
+
+from twinfer.manifest import read_manifest  # noqa: E402
+from twinfer.worker_state import read_states  # noqa: E402
 
 MODELS = PROJECT_ROOT / "tests" / "fixtures" / "models"
 ONNX = ("ssd-mobilenetv2-oidv4", "1.0.0")

@@ -21,7 +21,7 @@ from pathlib import Path
 # project root on sys.path itself; it owns the pictures and the spawned detect loops.
 from serving import DEFAULT_MODEL_DIR, make_pictures, positive_int, run_loops
 
-from workers.engines.base import EngineOptions
+from twinfer.engines.base import EngineOptions
 
 WORKER_COUNTS = (1, 2)
 THREAD_SETTINGS = (1, 2, 0)  # 0 = ONNX Runtime's own default (one thread per core)

@@ -38,7 +38,7 @@ EPILOG = (
     "      -o face_1.0.zip --sign keys/private.pem"
 )
 MODEL_SUFFIXES = (".onnx", ".tflite")
-METADATA_NAME = "twinfer.json"  # what workers.loader reads
+METADATA_NAME = "twinfer.json"  # what twinfer.loader reads
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same inputs give the same bytes and hashes
 
 

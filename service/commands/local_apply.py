@@ -28,7 +28,7 @@ def add_store_option(parser: argparse.ArgumentParser) -> None:
 def service_store(store: Path | None) -> Path:
     """The store a service uses: it publishes a manifest on its first start. Anything else
     is a typo or the wrong directory, and writing a twin there would change nothing."""
-    from workers.store_layout import MANIFEST_FILE, store_from_env
+    from twinfer.store_layout import MANIFEST_FILE, store_from_env
 
     path = store.resolve() if store else store_from_env()
     if not (path / MANIFEST_FILE).is_file():
@@ -40,11 +40,11 @@ def service_store(store: Path | None) -> Path:
 
 def apply_patch(store: Path, patch: Mapping[str, Any]) -> tuple[Path, int]:
     """Merge ``patch`` into the local twin's desired document; (its path, the new $version)."""
+    from service.twin.local import DESIRED_FILE, read_json
     from service.update.desired import DesiredError, merge_patch, parse_desired
     from service.update.rollback import RollbackGuard
-    from service.twin.local import DESIRED_FILE, read_json
-    from workers.manifest import write_atomic
-    from workers.store_layout import StoreLayout
+    from twinfer.manifest import write_atomic
+    from twinfer.store_layout import StoreLayout
 
     path = StoreLayout(store).twin / DESIRED_FILE
     try:

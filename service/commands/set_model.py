@@ -39,7 +39,7 @@ def _from_store(args: argparse.Namespace) -> None:
     """No URL: the version must be in the store (the device will not download it); without
     digests, the SHA-256 and MD5 it recorded for that version's bundle are used."""
     from service.repository import ModelRepository
-    from workers.store_layout import BUNDLE_RECORD
+    from twinfer.store_layout import BUNDLE_RECORD
 
     store = service_store(args.store)
     repo = ModelRepository(store)

@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from workers.store_layout import StoreLayout, store_from_env
+from twinfer.store_layout import StoreLayout, store_from_env
 
 NAME = "status"
 HELP = "show the active model, staged versions, downloads, workers and the twin's model state"
@@ -54,7 +54,7 @@ def _tree_size(path: Path) -> int:
 
 
 def _manifest(store: Path) -> tuple[dict | None, str | None]:
-    from workers.manifest import read_manifest
+    from twinfer.manifest import read_manifest
 
     try:
         manifest = read_manifest(store)
@@ -131,7 +131,7 @@ def _downloads(store: Path) -> list[dict]:
 
 
 def _workers(store: Path) -> list[dict]:
-    from workers.worker_state import read_states
+    from twinfer.worker_state import read_states
 
     try:
         states = read_states(store)

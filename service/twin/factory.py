@@ -6,8 +6,8 @@ from typing import Mapping
 
 from service.twin.azure import AzureTwin
 from service.twin.base import TwinSource
-from workers.settings_table import read
-from workers.store_layout import StoreLayout
+from twinfer.settings_table import read
+from twinfer.store_layout import StoreLayout
 
 
 def create_twin_source(store: Path, env: Mapping[str, str]) -> TwinSource:

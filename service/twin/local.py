@@ -12,9 +12,9 @@ import logging
 import threading
 from pathlib import Path
 
-from service.update.desired import merge_patch
 from service.twin.base import DesiredHandler, TwinError
-from workers.manifest import write_atomic
+from service.update.desired import merge_patch
+from twinfer.manifest import write_atomic
 
 log = logging.getLogger("twinfer.twin")
 DESIRED_FILE = "desired.json"

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from service import metrics
-from service.update import failures
 from service.repository import ModelRepository
+from service.update import failures
 from service.update.bundle import UnpackLimits
 from service.update.delta import ENGINES as DELTA_ENGINES
 from service.update.delta import DeltaError, apply_patch, decompress_bundle
@@ -33,7 +33,7 @@ from service.update.failures import UpdateFailed
 from service.update.fetch import DownloadError, DownloadPolicy, DownloadProgress, DownloadResult, download
 from service.update.schedule import DownloadWindow, window_state
 from service.update.verify import VerifyError, verify_file
-from workers.store_layout import BUNDLE_FILE
+from twinfer.store_layout import BUNDLE_FILE
 
 log = logging.getLogger("twinfer.updater")
 

@@ -9,32 +9,41 @@ moves forward and a proxy that cuts long responses does no harm. Failures back o
 full jitter, the rate can be capped, a ``deadline`` (the end of a download window) pauses
 the transfer with the file kept, and the URL's query string (a SAS token) never reaches a
 log line, an error message or the sidecar.
+
+446 lines: one download's state machine (resume, ranges, retries, pacing, deadline, disk)
+stays in one class so every transition can be read in one place; reading the server's
+answers is ``service.update.http_answers``.
 """
 from __future__ import annotations
 
-import email.utils
 import errno
 import json
 import logging
 import random
-import re
 import shutil
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
-from urllib.parse import urlsplit
+from typing import BinaryIO, Callable
 
 import requests
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from service.update import failures
-from workers.manifest import write_atomic
+from service.update.http_answers import (
+    base_url,
+    body_chunks,
+    content_length,
+    content_range,
+    redact_url,
+    retry_after,
+    scrub,
+)
+from twinfer.manifest import write_atomic
 
 log = logging.getLogger("twinfer.fetch")
 
-_QUERY_IN_TEXT = re.compile(r"\?[^\s'\"<>)]*")
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -96,66 +105,6 @@ class _Retry(Exception):
         self.immediate = immediate
 
 
-def _base_url(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]  # user:password@ is a credential too
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
-def redact_url(url: str) -> str:
-    """``scheme://host/path``, with ``?<redacted>`` standing for the query (the SAS token)."""
-    return _base_url(url) + ("?<redacted>" if urlsplit(url).query else "")
-
-
-def _scrub(exc: BaseException) -> str:
-    """requests and urllib3 put the full URL in their messages: cut every query out."""
-    return f"{type(exc).__name__}: {_QUERY_IN_TEXT.sub('?<redacted>', str(exc))}"
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    if response.status_code not in (429, 503):
-        return None
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def _content_range(value: str | None) -> tuple[int | None, int | None]:
-    """``bytes 100-199/1000`` -> (100, 1000); ``bytes */1000`` -> (None, 1000); ``*`` total -> None."""
-    match = re.fullmatch(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)", (value or "").strip())
-    if match is None:
-        return None, None
-    start, total = match.groups()
-    return (int(start) if start else None), (int(total) if total != "*" else None)
-
-
-def _body_chunks(response: requests.Response, size: int) -> Iterator[bytes]:
-    """Raw body bytes (no decoding: sizes and ranges are of the stored blob) as they arrive.
-
-    ``read1`` returns what the socket has instead of waiting for ``size`` bytes, so a read
-    timeout loses nothing already received (``stream`` would drop a partial chunk).
-    """
-    raw = response.raw
-    if raw.chunked:
-        yield from raw.stream(size, decode_content=False)
-        return
-    while chunk := raw.read1(size, decode_content=False):
-        yield chunk
-
-
-def _content_length(response: requests.Response) -> int | None:
-    value = response.headers.get("Content-Length")
-    return int(value) if value and value.isdigit() and "Transfer-Encoding" not in response.headers else None
-
-
 class _Download:
     """State of one ``download()`` call; the sidecar carries it to the next process."""
 
@@ -205,7 +154,7 @@ class _Download:
         stale = (
             not self.part_path.exists()
             or not isinstance(state, dict)
-            or state.get("url") != _base_url(self.url)
+            or state.get("url") != base_url(self.url)
             or (state.get("total") is not None and self.have > state["total"])
             or (None not in (state.get("total"), self.expected_size) and state["total"] != self.expected_size)
         )
@@ -223,7 +172,7 @@ class _Download:
         """Written before the body it describes, atomically: a crash leaves a consistent pair."""
         if self.saved == (self.etag, self.total):
             return
-        state = {"url": _base_url(self.url), "etag": self.etag, "total": self.total}
+        state = {"url": base_url(self.url), "etag": self.etag, "total": self.total}
         write_atomic(self.sidecar, json.dumps(state).encode())
         self.saved = (self.etag, self.total)
 
@@ -360,7 +309,7 @@ class _Download:
         try:
             response = session.get(self.url, headers=headers, stream=True, timeout=timeout)
         except requests.RequestException as exc:
-            raise _Retry(failures.NETWORK, _scrub(exc)) from None
+            raise _Retry(failures.NETWORK, scrub(exc)) from None
         with response:
             self.check_status(response)
             if response.status_code == 416:
@@ -395,12 +344,12 @@ class _Download:
         if status == 404:
             raise DownloadError(failures.NOT_FOUND, f"{self.label} does not exist (HTTP 404)")
         if status in (408, 429) or status >= 500:
-            raise _Retry(failures.HTTP_ERROR, f"HTTP {status} {response.reason}", _retry_after(response))
+            raise _Retry(failures.HTTP_ERROR, f"HTTP {status} {response.reason}", retry_after(response))
         raise DownloadError(failures.HTTP_ERROR, f"{self.label} answered HTTP {status} {response.reason}")
 
     def range_not_satisfiable(self, response: requests.Response) -> None:
         """416: complete if the blob is exactly as long as the file, else the file is stale."""
-        total = _content_range(response.headers.get("Content-Range"))[1]
+        total = content_range(response.headers.get("Content-Range"))[1]
         if total is not None and total == self.have:
             self.total = total
             return
@@ -411,7 +360,7 @@ class _Download:
         """Check a 200/206 against what is on disk and record the blob's ETag and size."""
         etag = response.headers.get("ETag")
         if response.status_code == 206:
-            start, total = _content_range(response.headers.get("Content-Range"))
+            start, total = content_range(response.headers.get("Content-Range"))
             if start != self.have or (etag and self.etag and etag != self.etag) or (
                 None not in (total, self.total) and total != self.total
             ):
@@ -423,7 +372,7 @@ class _Download:
         else:  # 200: the whole blob from byte 0: the range was ignored or If-Range failed
             if self.have:
                 self.restart(f"the server sent the whole blob (ETag {self.etag} -> {etag})")
-            self.etag, total = etag, _content_length(response)
+            self.etag, total = etag, content_length(response)
         self.total = total
         if None not in (self.total, self.expected_size) and self.total != self.expected_size:
             raise self.size_mismatch(f"the server has {self.total} bytes, expected {self.expected_size}")
@@ -435,14 +384,14 @@ class _Download:
         if self.policy.rate_limit_bps:
             size = max(1024, min(size, self.policy.rate_limit_bps // 10))  # pace in ~0.1 s steps
         self.schedule_start, self.schedule_bytes = time.monotonic(), 0
-        chunks = _body_chunks(response, size)
+        chunks = body_chunks(response, size)
         with open(self.part_path, "ab") as out:
             while True:
                 self.check_cancel()
                 try:
                     chunk = next(chunks, None)
                 except (Urllib3Error, requests.RequestException) as exc:
-                    raise _Retry(failures.NETWORK, _scrub(exc)) from None
+                    raise _Retry(failures.NETWORK, scrub(exc)) from None
                 if chunk is None:
                     return
                 self.write(out, chunk)

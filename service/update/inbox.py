@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from service.update.desired import DesiredError, DesiredModel, merge_patch, parse_desired
-from workers.manifest import write_atomic
+from twinfer.manifest import write_atomic
 
 log = logging.getLogger("twinfer.updater")
 

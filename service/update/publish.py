@@ -22,8 +22,8 @@ from service.update.failures import UpdateFailed
 from service.update.rollout import RolloutMonitor
 from service.update.status import ModelStatus
 from service.update.trust import Trust
-from workers.engines import ENGINE_FORMATS
-from workers.manifest import Manifest, publish, read_manifest
+from twinfer.engines import ENGINE_FORMATS
+from twinfer.manifest import Manifest, publish, read_manifest
 
 log = logging.getLogger("twinfer.updater")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workers.manifest import write_atomic
-from workers.store_layout import StoreLayout
+from twinfer.manifest import write_atomic
+from twinfer.store_layout import StoreLayout
 
 
 def _numeric_version(version: str) -> tuple[int, ...] | None:

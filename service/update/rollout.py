@@ -17,8 +17,8 @@ from pathlib import Path
 
 from service.update import failures
 from service.update.status import ModelStatus
-from workers.manifest import Manifest, publish, read_manifest
-from workers.worker_state import read_states
+from twinfer.manifest import Manifest, publish, read_manifest
+from twinfer.worker_state import read_states
 
 log = logging.getLogger("twinfer.rollout")
 

@@ -20,9 +20,9 @@ from service.update.bundle import BundleError, UnpackLimits, unpack_bundle
 from service.update.desired import DesiredModel
 from service.update.failures import UpdateFailed
 from service.update.validation import StagingError, ValidatedModel, recorded_verdict, validate_in_subprocess
-from workers.engines import ENGINE_FORMATS
-from workers.manifest import write_atomic
-from workers.store_layout import BUNDLE_FILE, BUNDLE_RECORD
+from twinfer.engines import ENGINE_FORMATS
+from twinfer.manifest import write_atomic
+from twinfer.store_layout import BUNDLE_FILE, BUNDLE_RECORD
 
 
 class Stager:

@@ -15,7 +15,7 @@ from typing import Any
 from service.report import Reporter
 from service.update.desired import DesiredModel
 from service.update.fetch import DownloadProgress
-from workers.manifest import Manifest
+from twinfer.manifest import Manifest
 
 # Reported properties merge: a report that is not "scheduled" clears a past wait.
 _NOT_SCHEDULED = {"scheduled_for": None, "waiting_for": None}

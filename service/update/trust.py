@@ -16,7 +16,7 @@ from service.update.desired import DesiredModel
 from service.update.failures import UpdateFailed
 from service.update.rollback import RollbackGuard
 from service.update.signing import NO_TRUSTED_KEY, UNSIGNED, SignatureError, TrustedKey, verify
-from workers.store_layout import BUNDLE_RECORD
+from twinfer.store_layout import BUNDLE_RECORD
 
 log = logging.getLogger("twinfer.updater")
 

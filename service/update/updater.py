@@ -34,7 +34,7 @@ from service.update.desired import DesiredError, DesiredModel, DesiredState, par
 from service.update.failures import UpdateFailed
 from service.update.fetch import DownloadPolicy, DownloadProgress
 from service.update.inbox import DesiredInbox, HandledRecord, fingerprint
-from service.update.publish import Publisher, PublishConfig
+from service.update.publish import PublishConfig, Publisher
 from service.update.rollout import RolloutMonitor
 from service.update.schedule import DownloadWindow
 from service.update.signing import TrustedKey
@@ -42,7 +42,7 @@ from service.update.staging import Stager
 from service.update.status import ModelStatus, error_record, progress_record
 from service.update.trust import Trust
 from service.update.verify import VerifyError, verify_file
-from workers.manifest import Manifest, read_manifest
+from twinfer.manifest import Manifest, read_manifest
 
 log = logging.getLogger("twinfer.updater")
 

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from service.child import ChildTimeout, run_job
-from workers.engines import EngineOptions, format_of
-from workers.loader import ModelLoadError, find_model_file, load_model
-from workers.manifest import write_atomic
+from twinfer.engines import EngineOptions, format_of
+from twinfer.loader import ModelLoadError, find_model_file, load_model
+from twinfer.manifest import write_atomic
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ PREPARE_TIMEOUT_IN_VALIDATION = 180.0
 
 
 def validate_model_dir(directory: Path, name: str, version: str, prepare: bool = True) -> ValidatedModel:
-    """Raises ``workers.loader.ModelLoadError`` (or the runtime's error) with the reason.
+    """Raises ``twinfer.loader.ModelLoadError`` (or the runtime's error) with the reason.
 
     The original model file is what is validated; ``prepare`` then builds (or keeps) the
     host artifact, which never raises."""

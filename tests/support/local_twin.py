@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from workers.manifest import write_atomic
+from twinfer.manifest import write_atomic
 
 
 class LocalTwinFiles:

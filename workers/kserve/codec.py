@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from workers.errors import BodyTooLarge, RequestError, UnsupportedMediaType
+from twinfer.errors import BodyTooLarge, RequestError, UnsupportedMediaType
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES = "BYTES"

@@ -18,8 +18,9 @@ import logging
 import falcon
 import orjson
 
-from workers import __version__
-from workers.errors import NoModel, RequestError, answer_error
+from twinfer import __version__
+from twinfer.errors import NoModel, RequestError
+from workers.errors import answer_error
 from workers.holder import ModelHolder, ServingModel
 from workers.inference import DetectOptions, InferenceHandler
 from workers.kserve import DETECTIONS_OUTPUT, EXTENSIONS, IMAGE_INPUT, SERVER_NAME

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import falcon
 
-from workers.errors import BodyTooLarge, EmptyBody, RequestError, UnsupportedMediaType
+from twinfer.errors import BodyTooLarge, EmptyBody, RequestError, UnsupportedMediaType
 
 RAW_TYPES = ("image/", "application/octet-stream")
 

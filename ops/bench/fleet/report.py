@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fleet.rings import RingResult
-from service.update.fetch import DownloadPolicy
 from service.update.delivery import ProgressGate
+from service.update.fetch import DownloadPolicy
 
 MB = 1_000_000
 # IoT Hub's documented throttle on twin updates (device and module): S1 50/s per hub, S3 250/s per unit.

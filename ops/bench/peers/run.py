@@ -33,8 +33,8 @@ import json
 import os
 import re
 import shutil
-import statistics
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -54,7 +54,8 @@ for _path in (str(BENCH_DIR), str(PROJECT_ROOT), str(PEERS_DIR)):  # serving.py,
 
 import serving  # noqa: E402  (ops/bench/serving.py: pictures, wrk parsing, the ceiling, twinfer's env)
 from common.detector import PIPELINES  # noqa: E402  (ops/bench/peers/common)
-from workers.engines.base import EngineOptions  # noqa: E402
+
+from twinfer.engines.base import EngineOptions  # noqa: E402
 
 SERVERS_DIR = PEERS_DIR / "servers"
 MODEL_DIR = PROJECT_ROOT / "models" / "default"

@@ -1,6 +1,6 @@
 """The per-request work every peer does: the reference design's, or twinfer's own (``PEER_PIPELINE``).
 
-twinfer (``workers.pipeline.DetectionModel.detect`` with ``models/default``) does, per request:
+twinfer (``twinfer.pipeline.DetectionModel.detect`` with ``models/default``) does, per request:
 read the image header, decode the JPEG with OpenCV (at 1/2, 1/4 or 1/8 scale when the 300x300
 input is that much smaller: 1920x1080 is decoded at 1/2), stretch-resize to 300x300, BGR->RGB,
 normalise to [-1, 1], ``InferenceSession.run``, decode the SSD box encodings against the
@@ -37,7 +37,7 @@ INPUT_SIZE = 300  # the model's 300x300 RGB input
 SCORE_THRESHOLD = 0.5  # models/default/twinfer.json
 IOU_THRESHOLD = 0.5
 MAX_DETECTIONS = 50
-NMS_CANDIDATES = 1000  # workers.decoders.base.NMS_CANDIDATES
+NMS_CANDIDATES = 1000  # twinfer.decoders.base.NMS_CANDIDATES
 BOX_SCALES = (10.0, 10.0, 5.0, 5.0)  # y, x, h, w divisors (MediaPipe TensorsToDetections)
 PIPELINES = ("reference", "matched")
 
@@ -49,7 +49,7 @@ def model_dir() -> Path:
 
 
 def session_options(intra_op: int, inter_op: int) -> ort.SessionOptions:
-    """twinfer's ``workers.engines.onnx.session_options``: sequential, no spinning threads."""
+    """twinfer's ``twinfer.engines.onnx.session_options``: sequential, no spinning threads."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = intra_op
@@ -73,7 +73,7 @@ def new_session(path: Path | None = None) -> ort.InferenceSession:
 def ssd_anchors() -> np.ndarray:
     """(1917, 4) float32 ``yc, xc, h, w``: MediaPipe's SsdAnchorsCalculator with the OIDv4 SSD
     options (300x300, 6 layers, scales 0.2..0.95, strides 16..512, reduced lowest layer),
-    as ``workers.decoders.anchors.generate_anchors`` builds them."""
+    as ``twinfer.decoders.anchors.generate_anchors`` builds them."""
     num_layers, min_scale, max_scale = 6, 0.2, 0.95
     strides = (16, 32, 64, 128, 256, 512)
     ratios = (1.0, 2.0, 0.5, 3.0, 1.0 / 3.0)
@@ -112,7 +112,7 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def reduction_for(size: tuple[int, int] | None) -> int:
-    """``workers.imaging.jpeg_reduction`` for a 300x300 stretched input."""
+    """``twinfer.imaging.jpeg_reduction`` for a 300x300 stretched input."""
     if size is None:
         return 1
     width, height = size

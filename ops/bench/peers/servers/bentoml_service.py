@@ -14,7 +14,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bentoml  # noqa: E402
-
 from common.detector import Detector  # noqa: E402
 
 WORKERS = int(os.environ.get("PEER_WORKERS", "2"))

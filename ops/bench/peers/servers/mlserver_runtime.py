@@ -21,11 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.detector import Detector  # noqa: E402
 from mlserver import MLModel  # noqa: E402
 from mlserver.codecs import Base64Codec, StringCodec  # noqa: E402
 from mlserver.types import InferenceRequest, InferenceResponse  # noqa: E402
-
-from common.detector import Detector  # noqa: E402
 
 
 class DetectorRuntime(MLModel):

@@ -18,10 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+from common.detector import Detector  # noqa: E402
 from pytriton.model_config import ModelConfig, Tensor  # noqa: E402
 from pytriton.triton import Triton, TritonConfig  # noqa: E402
-
-from common.detector import Detector  # noqa: E402
 
 
 def make_infer_func(detector: Detector):

@@ -16,9 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # ops/bench/peers: the shared ``common``
 
-from flask import Flask, Response, request  # noqa: E402
-
 from common.detector import Detector  # noqa: E402
+from flask import Flask, Response, request  # noqa: E402
 
 PER_REQUEST_SESSION = os.environ.get("PEER_SESSION_PER_REQUEST") == "1"
 

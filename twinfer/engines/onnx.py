@@ -1,6 +1,6 @@
 """ONNX Runtime (CPU) engine.
 
-With a host artifact (``workers.engines.artifacts``) it opens the model the supervisor
+With a host artifact (``twinfer.engines.artifacts``) it opens the model the supervisor
 optimised for this host, with optimisations disabled: ONNX Runtime maps its external
 weights file (initializers and pre-packed weights), so every worker shares one copy in
 the page cache. Otherwise it opens the original with ``ORT_ENABLE_ALL`` and each worker
@@ -16,9 +16,9 @@ from typing import Mapping
 import numpy as np
 import onnxruntime as ort
 
-from workers.engines.artifacts import HostArtifact, find_host_artifact
-from workers.engines.base import EngineOptions, Runtime
-from workers.signature import ModelSignature, TensorInfo
+from twinfer.engines.artifacts import HostArtifact, find_host_artifact
+from twinfer.engines.base import EngineOptions, Runtime
+from twinfer.signature import ModelSignature, TensorInfo
 
 log = logging.getLogger("twinfer.engines")
 

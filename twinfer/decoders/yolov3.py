@@ -11,10 +11,10 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from workers.decoders.base import DecodeParams, Detections
-from workers.imaging import Geometry
-from workers.signature import ModelSignature, TensorInfo
-from workers.spec import NORMALIZE_PRESETS, InputSpec
+from twinfer.decoders.base import DecodeParams, Detections
+from twinfer.imaging import Geometry
+from twinfer.signature import ModelSignature, TensorInfo
+from twinfer.spec import NORMALIZE_PRESETS, InputSpec
 
 _YXYX_TO_XYXY = [1, 0, 3, 2]
 

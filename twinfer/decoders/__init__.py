@@ -1,13 +1,13 @@
 """Output decoders, one module per family, and auto-detection from the signature."""
 from __future__ import annotations
 
-from workers.decoders.base import DecodeParams, Decoder, Detections
-from workers.decoders.blazeface import BlazeFaceDecoder
-from workers.decoders.ssd_anchors import SsdAnchorsDecoder
-from workers.decoders.tflite_ssd import TfliteSsdPostprocessDecoder
-from workers.decoders.yolo import YoloDecoder
-from workers.decoders.yolov3 import YoloV3NmsDecoder
-from workers.signature import ModelSignature
+from twinfer.decoders.base import DecodeParams, Decoder, Detections
+from twinfer.decoders.blazeface import BlazeFaceDecoder
+from twinfer.decoders.ssd_anchors import SsdAnchorsDecoder
+from twinfer.decoders.tflite_ssd import TfliteSsdPostprocessDecoder
+from twinfer.decoders.yolo import YoloDecoder
+from twinfer.decoders.yolov3 import YoloV3NmsDecoder
+from twinfer.signature import ModelSignature
 
 # Most specific first: detection tries them in this order.
 DECODERS: dict[str, type[Decoder]] = {

@@ -29,8 +29,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
 
-from workers.engines import format_of, runtime
-from workers.store_layout import HOST_DIR
+from twinfer.engines import format_of, runtime
+from twinfer.store_layout import HOST_DIR
 
 log = logging.getLogger("twinfer.engines")
 

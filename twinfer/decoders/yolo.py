@@ -14,10 +14,10 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from workers.decoders.base import DecodeParams, Detections, input_size, layout_of, nms
-from workers.imaging import Geometry
-from workers.signature import ModelSignature
-from workers.spec import NORMALIZE_PRESETS, InputSpec
+from twinfer.decoders.base import DecodeParams, Detections, input_size, layout_of, nms
+from twinfer.imaging import Geometry
+from twinfer.signature import ModelSignature
+from twinfer.spec import NORMALIZE_PRESETS, InputSpec
 
 VARIANTS = ("v5", "v8")
 BOX_UNITS = ("pixels", "normalized")

@@ -1,7 +1,7 @@
 """How a model wants its pixels and how its outputs are read: the bundle metadata schema.
 
 A bundle may carry ``twinfer.json``; every key is optional and anything missing is
-detected from the model's signature (see ``workers.decoders.detect``). Example::
+detected from the model's signature (see ``twinfer.decoders.detect``). Example::
 
     {"decoder": "ssd_anchors",
      "input": {"layout": "NHWC", "color": "RGB", "resize": "stretch",
@@ -135,6 +135,6 @@ def apply_overrides(defaults: ModelSpec, metadata: Mapping[str, Any]) -> ModelSp
     if "decoder_options" in metadata:
         if not isinstance(metadata["decoder_options"], Mapping):
             raise SpecError("decoder_options must be an object")
-        # Key by key over the defaults an export implies (see ``workers.ultralytics``).
+        # Key by key over the defaults an export implies (see ``twinfer.ultralytics``).
         spec = replace(spec, decoder_options={**spec.decoder_options, **metadata["decoder_options"]})
     return spec

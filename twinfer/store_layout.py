@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from workers.settings_table import read
+from twinfer.settings_table import read
 
 MANIFEST_FILE = "manifest.json"
 # In a version directory, models/<name>/<version>/, beside the model's own files:
 BUNDLE_FILE = ".twinfer-bundle"  # the bundle's bytes: the base of the next delta
 BUNDLE_RECORD = ".twinfer-bundle.json"  # the bundle's SHA-256 and MD5
-HOST_DIR = ".host"  # artifacts built on this device for its CPU (workers.engines.artifacts)
+HOST_DIR = ".host"  # artifacts built on this device for its CPU (twinfer.engines.artifacts)
 
 
 def store_from_env(environ: Mapping[str, str] = os.environ) -> Path:
@@ -32,7 +32,7 @@ class StoreLayout:
 
     @property
     def manifest(self) -> Path:
-        """The active model, published by the supervisor (workers.manifest)."""
+        """The active model, published by the supervisor (twinfer.manifest)."""
         return self.root / MANIFEST_FILE
 
     @property
@@ -84,7 +84,7 @@ class StoreLayout:
 
     @property
     def worker_states(self) -> Path:
-        """``<pid>.json`` per live worker (workers.worker_state)."""
+        """``<pid>.json`` per live worker (twinfer.worker_state)."""
         return self.run / "workers"
 
     @property

@@ -11,8 +11,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from workers.decoders.anchors import AnchorOptions, BoxScales, generate_anchors, resolve_options
-from workers.decoders.base import (
+from twinfer.decoders.anchors import AnchorOptions, BoxScales, generate_anchors, resolve_options
+from twinfer.decoders.base import (
     DecodeParams,
     Detections,
     input_size,
@@ -21,9 +21,9 @@ from workers.decoders.base import (
     per_anchor_output_dims,
     sigmoid,
 )
-from workers.imaging import Geometry
-from workers.signature import ModelSignature
-from workers.spec import NORMALIZE_PRESETS, InputSpec
+from twinfer.imaging import Geometry
+from twinfer.signature import ModelSignature
+from twinfer.spec import NORMALIZE_PRESETS, InputSpec
 
 
 def _output_indices(signature: ModelSignature) -> tuple[int, int]:

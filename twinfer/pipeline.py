@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from workers import imaging
-from workers.decoders.base import DecodeParams, Decoder, Detections, input_size
-from workers.engines.base import Engine
-from workers.signature import ModelSignature
-from workers.spec import ModelSpec
+from twinfer import imaging
+from twinfer.decoders.base import DecodeParams, Decoder, Detections, input_size
+from twinfer.engines.base import Engine
+from twinfer.signature import ModelSignature
+from twinfer.spec import ModelSpec
 
 
 @dataclass(frozen=True)

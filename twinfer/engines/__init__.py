@@ -1,7 +1,7 @@
 """Inference runtimes as plugins behind one small interface (``Engine``), chosen by file suffix.
 
 A runtime registers here with its suffix and its module; the module defines ``RUNTIME``
-(``workers.engines.base.Runtime``): how to open a model, its version, and how the
+(``twinfer.engines.base.Runtime``): how to open a model, its version, and how the
 supervisor builds its host artifact. Adding a runtime is one module and one row.
 """
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from workers.engines.base import Engine, EngineOptions, Runtime
+from twinfer.engines.base import Engine, EngineOptions, Runtime
 
 # format -> (model file suffix, module defining RUNTIME); imported on first use.
 _REGISTRY = {
-    "onnx": (".onnx", "workers.engines.onnx"),
-    "tflite": (".tflite", "workers.engines.litert"),
+    "onnx": (".onnx", "twinfer.engines.onnx"),
+    "tflite": (".tflite", "twinfer.engines.litert"),
 }
 ENGINE_FORMATS = {suffix: fmt for fmt, (suffix, _) in _REGISTRY.items()}  # suffix -> format
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from workers.store_layout import MANIFEST_FILE, StoreLayout
+from twinfer.store_layout import MANIFEST_FILE, StoreLayout
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence
 import cv2
 import numpy as np
 
-from workers.imaging import Geometry
-from workers.signature import ModelSignature
-from workers.spec import InputSpec
+from twinfer.imaging import Geometry
+from twinfer.signature import ModelSignature
+from twinfer.spec import InputSpec
 
 
 @dataclass(frozen=True)

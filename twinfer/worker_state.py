@@ -13,8 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from workers.manifest import write_atomic
-from workers.store_layout import StoreLayout
+from twinfer.manifest import write_atomic
+from twinfer.store_layout import StoreLayout
 
 KEPT_RELOADS = 50
 

@@ -2,7 +2,7 @@
 
 Two ways in, one interface:
 
-* with a host artifact (``workers.engines.artifacts``): LiteRT's ``CompiledModel`` on
+* with a host artifact (``twinfer.engines.artifacts``): LiteRT's ``CompiledModel`` on
   the CPU (XNNPACK) with the XNNPACK weight cache file the supervisor built; XNNPACK maps
   the packed weights from it, so every worker shares one copy in the page cache. The
   ``Interpreter`` of ai-edge-litert 2.x has no weight-cache option, hence ``CompiledModel``;
@@ -24,10 +24,10 @@ from typing import Mapping
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from workers.engines.artifacts import HostArtifact, find_host_artifact
-from workers.engines.base import EngineOptions, Runtime
-from workers.native_stderr import sorted_native_stderr
-from workers.signature import ModelSignature, TensorInfo
+from twinfer.engines.artifacts import HostArtifact, find_host_artifact
+from twinfer.engines.base import EngineOptions, Runtime
+from twinfer.native_stderr import sorted_native_stderr
+from twinfer.signature import ModelSignature, TensorInfo
 
 log = logging.getLogger("twinfer.engines")
 

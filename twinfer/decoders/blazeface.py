@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from workers.decoders.anchors import AnchorOptions, BoxScales, generate_anchors, resolve_options
-from workers.decoders.base import (
+from twinfer.decoders.anchors import AnchorOptions, BoxScales, generate_anchors, resolve_options
+from twinfer.decoders.base import (
     DecodeParams,
     Detections,
     input_size,
@@ -24,9 +24,9 @@ from workers.decoders.base import (
     per_anchor_output_dims,
     sigmoid,
 )
-from workers.imaging import Geometry
-from workers.signature import ModelSignature
-from workers.spec import NORMALIZE_PRESETS, InputSpec
+from twinfer.imaging import Geometry
+from twinfer.signature import ModelSignature
+from twinfer.spec import NORMALIZE_PRESETS, InputSpec
 
 # MediaPipe clips logits to this before the sigmoid (score_clipping_thresh).
 SCORE_CLIP = 100.0

@@ -13,13 +13,13 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from workers import ultralytics
-from workers.decoders import Decoder, decoder_by_name, detect_decoder
-from workers.decoders.base import layout_of
-from workers.engines import ENGINE_FORMATS, Engine, EngineOptions, open_engine
-from workers.labels import embedded_tflite_labels, label_offset, read_label_file
-from workers.pipeline import DetectionModel
-from workers.spec import ModelSpec, SpecError, apply_overrides
+from twinfer import ultralytics
+from twinfer.decoders import Decoder, decoder_by_name, detect_decoder
+from twinfer.decoders.base import layout_of
+from twinfer.engines import ENGINE_FORMATS, Engine, EngineOptions, open_engine
+from twinfer.labels import embedded_tflite_labels, label_offset, read_label_file
+from twinfer.pipeline import DetectionModel
+from twinfer.spec import ModelSpec, SpecError, apply_overrides
 
 METADATA_FILE = "twinfer.json"
 

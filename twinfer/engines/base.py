@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
-from workers.signature import ModelSignature
+from twinfer.signature import ModelSignature
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class EngineOptions:
     under several workers).
 
     ``use_host_artifacts``: open the host artifact the supervisor prepared (weights
-    memory-mapped, shared by every worker; see ``workers.engines.artifacts``) when there
+    memory-mapped, shared by every worker; see ``twinfer.engines.artifacts``) when there
     is a complete one; False always opens the original model file.
     """
 
@@ -52,8 +52,8 @@ class Engine(Protocol):
 class Runtime:
     """One inference runtime as a plugin: everything that differs between formats.
 
-    Each runtime's module (``workers.engines.onnx``, ``workers.engines.litert``) defines
-    one ``RUNTIME``; ``workers.engines`` imports a module only when a model of its format
+    Each runtime's module (``twinfer.engines.onnx``, ``twinfer.engines.litert``) defines
+    one ``RUNTIME``; ``twinfer.engines`` imports a module only when a model of its format
     is opened, so a worker serving ONNX never loads LiteRT (and its memory)."""
 
     format: str  # "onnx": the manifest's and the twin's name for it

@@ -3,7 +3,7 @@
 The supervisor's settings (``service.settings``), the workers' (``workers.settings``),
 gunicorn's (``workers.gunicorn_config``) and the twin factory read their variables through
 ``read``, so a default or a lower bound exists only here; the README's configuration
-table is generated from ``SETTINGS`` (``python -m workers.settings_table --readme``) and
+table is generated from ``SETTINGS`` (``python -m twinfer.settings_table --readme``) and
 ``tests/test_settings_table.py`` fails when the two differ.
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-README_BEGIN = "<!-- settings table: generated from workers/settings_table.py (python -m workers.settings_table --readme) -->"
+README_BEGIN = "<!-- settings table: generated from twinfer/settings_table.py (python -m twinfer.settings_table --readme) -->"
 README_END = "<!-- end of settings table -->"
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # holds ``workers`` and ``service``
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # holds ``twinfer``, ``service`` and ``workers``
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -95,7 +95,7 @@ def _cpu_count(environ: Mapping[str, str]) -> int:
 
 def _intra_op_default(environ: Mapping[str, str]) -> int:
     """Cores shared by the pool: every worker may infer at once without oversubscribing."""
-    from workers.engines.base import EngineOptions
+    from twinfer.engines.base import EngineOptions
 
     return EngineOptions.for_pool(read("TWINFER_WORKERS", environ)).intra_op_threads
 
@@ -228,13 +228,13 @@ def replace_readme_table(readme: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m workers.settings_table [--readme [FILE]]``: print the table, or rewrite it in the README."""
+    """``python -m twinfer.settings_table [--readme [FILE]]``: print the table, or rewrite it in the README."""
     args = sys.argv[1:] if argv is None else argv
     if not args:
         print(readme_table())
         return 0
     if args[0] != "--readme" or len(args) > 2:
-        print("usage: python -m workers.settings_table [--readme [README.md]]", file=sys.stderr)
+        print("usage: python -m twinfer.settings_table [--readme [README.md]]", file=sys.stderr)
         return 2
     readme = Path(args[1] if len(args) == 2 else "README.md")
     readme.write_text(replace_readme_table(readme.read_text()))

@@ -19,9 +19,9 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-from workers import allocator
-from workers.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedMediaType
-from workers.spec import InputSpec
+from twinfer import allocator
+from twinfer.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedMediaType
+from twinfer.spec import InputSpec
 
 SUPPORTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "WEBP": "image/webp"}
 _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
@@ -30,7 +30,7 @@ _TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 # Pillow warns about (and then refuses) huge images itself; our own limit is checked first.
 Image.MAX_IMAGE_PIXELS = None
 
-allocator.tune_heap()  # once, in every process that decodes (workers/allocator.py)
+allocator.tune_heap()  # once, in every process that decodes (twinfer/allocator.py)
 
 
 @dataclass(frozen=True)

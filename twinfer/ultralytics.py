@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from workers.signature import ModelSignature
+from twinfer.signature import ModelSignature
 
 log = logging.getLogger("twinfer.models")
 
@@ -118,7 +118,7 @@ def tflite_metadata(model_path: Path) -> dict[str, Any]:
 
     ``metadata.json`` (current exporter) is JSON; otherwise a single text entry holding
     a Python dict literal with ``names`` (tflite-support exports). A TFLite Model
-    Metadata label file (``workers.labels``) is neither, and is left alone."""
+    Metadata label file (``twinfer.labels``) is neither, and is left alone."""
     try:
         with zipfile.ZipFile(model_path) as archive:  # finds the ZIP after the flatbuffer
             entries = archive.infolist()

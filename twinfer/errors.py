@@ -1,0 +1,60 @@
+"""Client errors raised on the request path, each with its HTTP status and a metrics reason.
+
+The core raises them (a picture that does not decode is the client's fault, not a 500);
+``workers.errors`` writes them into the one error document every route answers with.
+"""
+from __future__ import annotations
+
+
+class RequestError(Exception):
+    """A client error, answered with ``status`` and the error document; never a 500."""
+
+    status: int = 400
+    reason: str = "bad_request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class EmptyBody(RequestError):
+    reason = "empty_body"
+
+
+class NotAnImage(RequestError):
+    reason = "not_an_image"
+
+
+class CorruptImage(RequestError):
+    reason = "corrupt_image"
+
+
+class UnsupportedMediaType(RequestError):
+    status = 415
+    reason = "unsupported_media_type"
+
+
+class BodyTooLarge(RequestError):
+    status = 413
+    reason = "body_too_large"
+
+
+class ImageTooLarge(RequestError):
+    status = 413
+    reason = "image_too_large"
+
+
+class BadParameter(RequestError):
+    reason = "bad_parameter"
+
+
+class NoModel(RequestError):
+    status = 503
+    reason = "no_model"
+
+
+class ModelNotFound(RequestError):
+    """A model name or version this server does not serve."""
+
+    status = 404
+    reason = "model_not_found"
