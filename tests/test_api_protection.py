@@ -24,6 +24,7 @@ from tests.support.local_twin import LocalTwinFiles, is_active, model_status
 from tests.support.paths import IMAGES, PROJECT_ROOT
 from tests.support.service_process import ServiceProcess, loaded_workers
 from tests.support.tls import issue_server_cert
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
@@ -147,8 +148,7 @@ def test_token_file_rotation_without_a_restart(protected):
 
 def _wait_for_tokens(url: str, accepted: tuple[str, ...], refused: tuple[str, ...], timeout: float = 10.0) -> None:
     """Every worker (seen by pid) accepts ``accepted`` and refuses ``refused``."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def applied() -> bool:
         good_on: dict[str, set[str]] = {}
         with ThreadPoolExecutor(4) as pool:
             checks = [(t, True) for t in accepted] * 4 + [(t, False) for t in refused] * 4
@@ -156,11 +156,9 @@ def _wait_for_tokens(url: str, accepted: tuple[str, ...], refused: tuple[str, ..
         for (token, wanted), response in results:
             ok = response.status_code == (200 if wanted else 401)
             good_on.setdefault(response.headers["X-Twinfer-Worker"], set()).add(token if ok else "")
-        if len(good_on) == 2 and all("" not in tokens for tokens in good_on.values()):
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"token file change not applied on every worker: {good_on}")
-        time.sleep(0.3)
+        return len(good_on) == 2 and all("" not in tokens for tokens in good_on.values())
+
+    wait_until(applied, "the token file change applied on every worker", timeout, interval=0.3)
 
 
 def test_refusals_are_counted_and_timed_as_401(protected):

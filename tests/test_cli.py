@@ -8,13 +8,13 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from tests.support.paths import MODELS, PROJECT_ROOT
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
@@ -257,14 +257,11 @@ def test_status_while_the_service_runs(tmp_path):
 
     store = tmp_path / "store"
     with ServiceProcess.start(store, workers=1):
-        deadline = time.monotonic() + 30
-        while True:
+        def active() -> dict | None:
             status = json.loads(cli("status", "--json", store=store).stdout)
-            twin = status["twin"] or {}
-            if status["workers"] and twin.get("state") == "active":
-                break
-            assert time.monotonic() < deadline, status
-            time.sleep(0.3)
+            return status if status["workers"] and (status["twin"] or {}).get("state") == "active" else None
+
+        status = wait_until(active, "status shows a worker and an active twin", 30, interval=0.3)
         [worker] = status["workers"]
         assert (worker["generation"], worker["version"], worker["last_error"]) == (1, "1.0.0", None)
         assert worker["loaded_at"] is not None

@@ -45,14 +45,15 @@ from tests.support.bundles import Bundle, face_bundle, make_bundle, model_desire
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, failed_with, is_active, model_status
 from tests.support.paths import IMAGES, MODELS, PROJECT_ROOT
-from tests.support.service_process import ServiceProcess
+from tests.support.service_process import QUICK_REPORTS, ServiceProcess
+from tests.support.waiting import wait_until
 from twinfer.manifest import MANIFEST_FILE, publish, read_manifest
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
 MiB = 1024 * 1024
 ENV = {
-    "TWINFER_REPORT_INTERVAL": "0.05",
+    **QUICK_REPORTS,
     "TWINFER_DOWNLOAD_READ_TIMEOUT": "1",
     "TWINFER_DOWNLOAD_CONNECT_TIMEOUT": "2",
     "TWINFER_DOWNLOAD_BACKOFF_INITIAL": "0.05",
@@ -131,10 +132,8 @@ def kill_9_tree(pid: int) -> list[int]:
             os.kill(victim, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    deadline = time.monotonic() + 20
-    while not all(_gone(v) for v in victims):
-        assert time.monotonic() < deadline, f"processes survived SIGKILL: {[v for v in victims if not _gone(v)]}"
-        time.sleep(0.02)
+    wait_until(lambda: all(_gone(v) for v in victims), f"every process of {victims} gone after SIGKILL", 20,
+               interval=0.02)
     return victims
 
 
@@ -204,10 +203,8 @@ def test_kill_9_mid_download_resumes_from_the_part_file_and_publishes_only_after
         with ServiceProcess.start(store, workers=1, extra_env=ENV) as first:
             twin.wait_reported(is_active("1.0.0"))
             twin.set_desired(model_desired("ssd-tflite", "2.0.0", url, bundle))
-            deadline = time.monotonic() + 30
-            while not (part.exists() and part.stat().st_size > 0.3 * size):
-                assert time.monotonic() < deadline, f"the download never passed 30%:\n{first.log()}"
-                time.sleep(0.01)
+            wait_until(lambda: part.exists() and part.stat().st_size > 0.3 * size, "the download passed 30%", 30,
+                       interval=0.01)
             victims = kill_9_tree(first.proc.pid)
             assert len(victims) >= 3, victims  # supervisor, gunicorn master, worker
             first.proc.wait(10)

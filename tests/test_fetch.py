@@ -21,6 +21,7 @@ from service.update.fetch import DownloadError, DownloadPolicy, download
 from service.update.http_answers import redact_url
 from tests.support.http_server import FileServer
 from tests.support.paths import PROJECT_ROOT
+from tests.support.waiting import wait_until
 
 MiB = 1024 * 1024
 POLICY = DownloadPolicy(connect_timeout=2.0, read_timeout=2.0, progress_interval=60.0)
@@ -166,9 +167,7 @@ def test_resume_after_the_process_is_killed(part):
         server.faults(PATH).throttle_bps = 2 * MiB
         child = subprocess.Popen([sys.executable, "-c", CHILD, server.url(PATH + SECRET_URL_QUERY), str(part)],
                                  cwd=PROJECT_ROOT)
-        deadline = time.monotonic() + 20
-        while not (part.exists() and part.stat().st_size >= MiB) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: part.exists() and part.stat().st_size >= MiB, "1 MiB downloaded", 20, interval=0.02)
         child.kill()
         assert child.wait() == -9
         have = part.stat().st_size

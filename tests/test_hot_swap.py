@@ -15,7 +15,8 @@ from tests.support.bundles import model_desired, ssd_tflite_bundle
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, model_status
 from tests.support.paths import IMAGES
-from tests.support.service_process import ServiceProcess
+from tests.support.service_process import QUICK_REPORTS, ServiceProcess
+from tests.support.waiting import wait_until
 from twinfer.manifest import publish, read_manifest
 from twinfer.worker_state import read_states
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.processes  # every test here starts processes
 
 ONNX = ("ssd-mobilenetv2-oidv4", "1.0.0")
 TFLITE = ("ssd-tflite", "2.0.0")
-ENV = {"TWINFER_REPORT_INTERVAL": "0.05"}
+ENV = QUICK_REPORTS
 
 
 @dataclass(frozen=True)
@@ -157,14 +158,12 @@ def test_model_that_fails_in_workers_is_rolled_back(pool):
         timeout=60,
     )
     assert "broken 1" in model_status(reported)["last_error"]["message"]
-    deadline = time.monotonic() + 30
-    while True:
-        manifest = read_manifest(service.store)
-        states = read_states(service.store)
-        if manifest.generation > bad.generation and all(s.generation == manifest.generation for s in states) and len(states) == 2:
-            break
-        assert time.monotonic() < deadline, (manifest, states)
-        time.sleep(0.1)
+    def rolled_back() -> tuple | None:
+        manifest, states = read_manifest(service.store), read_states(service.store)
+        back = manifest.generation > bad.generation and len(states) == 2
+        return (manifest, states) if back and all(s.generation == manifest.generation for s in states) else None
+
+    manifest, states = wait_until(rolled_back, "both workers on the rolled-back generation", 30)
     assert (manifest.name, manifest.version) == (before.name, before.version)
     data = (IMAGES / "chelsea.png").read_bytes()
     answers = {requests.post(service.url + "/detect", data=data, timeout=10).headers["X-Model-Version"] for _ in range(10)}
@@ -180,10 +179,11 @@ def test_kill_9_of_a_worker_under_load_fails_only_its_in_flight_request(pool):
         time.sleep(1.0)
         killed_at = time.time()
         os.kill(victim, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while len(read_states(service.store)) < 2 or victim in [s.pid for s in read_states(service.store)]:
-            assert time.monotonic() < deadline, "gunicorn did not respawn the worker"
-            time.sleep(0.1)
+        def respawned() -> bool:
+            states = read_states(service.store)
+            return len(states) >= 2 and victim not in [s.pid for s in states]
+
+        wait_until(respawned, "gunicorn respawned the killed worker", 30)
         time.sleep(2.0)
     failures = [s for s in load.samples if s.status != 200]
     # only the victim's in-flight requests may fail: with gthread workers that is at most

@@ -13,12 +13,12 @@ import requests
 from tests.support.bundles import face_bundle, make_bundle, model_desired, ssd_tflite_bundle
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, failed_with, is_active, model_status
-from tests.support.service_process import ServiceProcess
+from tests.support.service_process import QUICK_REPORTS, ServiceProcess
 from twinfer.manifest import read_manifest
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
-ENV = {"TWINFER_REPORT_INTERVAL": "0.05", "TWINFER_DOWNLOAD_READ_TIMEOUT": "5", "TWINFER_KEEP_VERSIONS": "3"}
+ENV = {**QUICK_REPORTS, "TWINFER_DOWNLOAD_READ_TIMEOUT": "5", "TWINFER_KEEP_VERSIONS": "3"}
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,12 @@ import pytest
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, is_active, model_status
 from tests.support.paths import MODELS, PROJECT_ROOT
-from tests.support.service_process import ServiceProcess
+from tests.support.service_process import QUICK_REPORTS, ServiceProcess
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
 FACE = MODELS / "blazeface_short_range.tflite"
-ENV = {"TWINFER_REPORT_INTERVAL": "0.05", "TWINFER_DOWNLOAD_BACKOFF_INITIAL": "0.05"}
+ENV = {**QUICK_REPORTS, "TWINFER_DOWNLOAD_BACKOFF_INITIAL": "0.05"}
 
 
 def cli(*args: str, store: Path | None = None, cwd: Path = PROJECT_ROOT,

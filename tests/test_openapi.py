@@ -8,12 +8,12 @@ checked strictly: an undocumented key in a response fails, as does a missing one
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.paths import IMAGES, PROJECT_ROOT
+from tests.support.waiting import wait_until
 
 DOCUMENT = PROJECT_ROOT / "workers" / "openapi.json"
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -166,10 +166,7 @@ def client(bootstrapped_store):
     from falcon import testing
 
     client = testing.TestClient(_app(bootstrapped_store))
-    deadline = time.monotonic() + 60
-    while client.simulate_get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "the model never loaded"
-        time.sleep(0.05)
+    wait_until(lambda: client.simulate_get("/readyz").status_code == 200, "the model loaded", 60, 0.05)
     return client
 
 

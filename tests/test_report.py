@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
 
 from service.report import Reporter
 from service.twin.base import TwinError
+from tests.support.waiting import wait_until
 
 
 class ManualClock:
@@ -42,16 +42,6 @@ class RecordingTwin:
         self.patches.append((self.clock(), patch))
 
 
-def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Whether the reporter's thread gets there (a deadline, not a measured gap)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def progress(i: int) -> dict:
     return {"model": {"state": "downloading", "progress": {"bytes": i}}}
 
@@ -62,7 +52,8 @@ def test_updates_are_coalesced_and_sent_at_most_once_per_interval():
     reporter = Reporter(twin, min_interval=2.0, clock=clock)
     try:
         reporter.update(progress(0))
-        assert eventually(lambda: len(twin.patches) == 1 and not reporter.sending)  # the first goes at once
+        # the first goes at once
+        wait_until(lambda: len(twin.patches) == 1 and not reporter.sending, "the reporter thread got there", 10, 0.01)
         for i in range(1, 50):
             reporter.update(progress(i))
         clock.advance(1.9)
@@ -71,7 +62,7 @@ def test_updates_are_coalesced_and_sent_at_most_once_per_interval():
         assert len(twin.patches) == 1
         clock.advance(0.1)
         reporter.update(progress(51))  # wakes the thread: the interval has passed
-        assert eventually(lambda: len(twin.patches) == 2)
+        wait_until(lambda: len(twin.patches) == 2, "the reporter thread got there", 10, 0.01)
     finally:
         reporter.close()
     (first_at, first), (second_at, second) = twin.patches
@@ -87,14 +78,14 @@ def test_failed_reports_are_retried_and_merged_with_later_ones():
     reporter = Reporter(twin, min_interval=0.05, max_backoff=8.0, clock=clock)
     try:
         reporter.update({"model": {"state": "downloading"}, "LatestAIModelFileName": "a.zip"})
-        assert eventually(lambda: twin.attempts == 1 and not reporter.sending)
+        wait_until(lambda: twin.attempts == 1 and not reporter.sending, "the reporter thread got there", 10, 0.01)
         reporter.update({"model": {"state": "active"}})
         twin.down.clear()
         time.sleep(0.2)  # within the backoff (1 s on the reporter's clock): no retry yet
         assert twin.attempts == 1
         clock.advance(1.0)
         reporter.update({"obsolete": None})
-        assert eventually(lambda: twin.patches)
+        wait_until(lambda: twin.patches, "the reporter thread got there", 10, 0.01)
     finally:
         reporter.close()
     assert twin.attempts == 2

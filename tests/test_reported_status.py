@@ -17,12 +17,15 @@ from tests.support.bundles import face_bundle, model_desired
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, failed_with, is_active, model_status
 from tests.support.paths import MODELS
-from tests.support.service_process import ServiceProcess
+from tests.support.service_process import QUICK_REPORTS, ServiceProcess
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
-ENV = {"TWINFER_REPORT_INTERVAL": "0.05", "TWINFER_DOWNLOAD_BACKOFF_INITIAL": "0.05",
-       "TWINFER_DOWNLOAD_MAX_ATTEMPTS": "1"}
+ENV = {
+    **QUICK_REPORTS,
+    "TWINFER_DOWNLOAD_BACKOFF_INITIAL": "0.05",
+    "TWINFER_DOWNLOAD_MAX_ATTEMPTS": "1",
+}
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from tests.support.bundles import Bundle, face_bundle, model_desired
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, failed_with, is_active, model_status
 from tests.support.paths import MODELS, PROJECT_ROOT
-from tests.support.service_process import ServiceProcess
+from tests.support.service_process import QUICK_REPORTS, ServiceProcess
 from twinfer.manifest import read_manifest
 
 SHA = hashlib.sha256(b"bundle bytes").hexdigest()
@@ -219,7 +219,7 @@ def test_desired_signature_and_allow_downgrade():
 
 # --- end to end: a device with trusted keys ---------------------------------------------------
 
-ENV = {"TWINFER_REPORT_INTERVAL": "0.05", "TWINFER_DOWNLOAD_READ_TIMEOUT": "5", "TWINFER_KEEP_VERSIONS": "4"}
+ENV = {**QUICK_REPORTS, "TWINFER_DOWNLOAD_READ_TIMEOUT": "5", "TWINFER_KEEP_VERSIONS": "4"}
 
 
 @pytest.fixture(scope="module")

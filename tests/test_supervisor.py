@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 import requests
@@ -12,6 +11,7 @@ from tests.support.bundles import face_bundle, model_desired
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, is_active, model_status
 from tests.support.service_process import ServiceProcess
+from tests.support.waiting import wait_until
 from twinfer.manifest import read_manifest
 
 
@@ -44,10 +44,7 @@ def test_empty_store_gets_the_bundled_model_and_sigterm_stops_everything(tmp_pat
         gunicorn = _gunicorn_pid(service)
         service.proc.send_signal(signal.SIGTERM)
         assert service.proc.wait(20) == 0
-        deadline = time.monotonic() + 10
-        while _alive(gunicorn) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(gunicorn)
+        wait_until(lambda: not _alive(gunicorn), "gunicorn gone after the supervisor stopped", 10)
     # A restart keeps the published model: no restaging, same generation.
     with ServiceProcess.start(store, workers=1) as service:
         assert read_manifest(store).generation == manifest.generation
@@ -107,10 +104,7 @@ def test_readyz_is_503_until_a_model_is_published(tmp_path):
     repo = ModelRepository(tmp_path)
     repo.prepare()
     ensure_active_model(repo, read("TWINFER_DEFAULT_MODEL_DIR", {}), "demo", "1")
-    deadline = time.monotonic() + 30
-    while client.simulate_get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "model never loaded"
-        time.sleep(0.05)
+    wait_until(lambda: client.simulate_get("/readyz").status_code == 200, "model loaded", 30, interval=0.05)
     assert client.simulate_get("/readyz").json["version"] == "1"
 
 
@@ -155,14 +149,12 @@ def test_dead_workers_series_are_removed_and_the_respawned_worker_serves(tmp_pat
         assert len(pids) == 2
         victim = sorted(pids)[0]
         os.kill(int(victim), signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while True:
+        def respawned() -> str | None:
             text = requests.get(service.url + "/metrics", timeout=5).text
             now = set(re.findall(r'^twinfer_worker_model_info\{[^}]*pid="(\d+)"[^}]*\} 1\.0$', text, re.M))
-            if len(now) == 2 and victim not in now:
-                break
-            assert time.monotonic() < deadline, text
-            time.sleep(0.2)
+            return text if len(now) == 2 and victim not in now else None
+
+        text = wait_until(respawned, "two live workers in the metrics, the killed one gone", 30, interval=0.2)
         assert f'pid="{victim}"' not in text
         assert re.search(r"^twinfer_workers 2\.0$", text, re.M)
         data = (images / "chelsea.png").read_bytes()

@@ -22,6 +22,7 @@ from service.twin.factory import create_twin_source
 from tests.support.mosquitto import Mosquitto, pick_address
 from tests.support.tls import TlsFiles, issue_server_cert
 from tests.support.twin_emulator import TwinEmulator
+from tests.support.waiting import wait_until
 from tests.support.workload_api import WorkloadApi
 
 HUB = "testhub.azure-devices.net"
@@ -61,14 +62,6 @@ class Deliveries:
                 if remaining <= 0:
                     raise TimeoutError(f"no matching delivery in {timeout} s; got {self.items!r}")
                 self._cond.wait(remaining)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.05)
 
 
 def whole_at(version: int) -> Callable[[dict, bool], bool]:
@@ -166,7 +159,7 @@ def test_reconnects_after_the_sdk_gives_up(hub: Hub, deliveries: Deliveries, cap
         wait_until(lambda: any(  # the SDK reports the refusal of its own reconnect, then stops
             record.name.startswith("azure.iot.device") and "UnauthorizedError" in record.getMessage()
             for record in list(caplog.records)
-        ))
+        ), "the SDK logged the refusal of its reconnect", 10, 0.05)
         version = hub.emulator.set_desired({"inference": {"score_threshold": 0.3}})  # lost: the emulator is out too
         hub.broker.restart()
         assert deliveries.wait_for(whole_at(version))[0]["inference"] == {"score_threshold": 0.3}

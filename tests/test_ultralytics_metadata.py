@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import zipfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from onnx import TensorProto, helper
 
 from tests.support.onnx_models import planted_output_nodes
 from tests.support.tflite_models import constant_output_tflite
+from tests.support.waiting import wait_until
 from twinfer.engines import EngineOptions
 from twinfer.loader import ModelLoadError, load_model
 
@@ -224,10 +224,7 @@ def test_served_over_http_with_the_embedded_names(tmp_path):
     ensure_active_model(repo, onnx_dir(tmp_path, ultralytics_metadata()), "yolov8n", "1")
     client = testing.TestClient(create_app(WorkerSettings(
         store=store, max_body_bytes=1 << 20, max_image_pixels=10**7, engine=EngineOptions())))
-    deadline = time.monotonic() + 60
-    while client.simulate_get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "the model never loaded"
-        time.sleep(0.05)
+    wait_until(lambda: client.simulate_get("/readyz").status_code == 200, "the model loaded", 60, 0.05)
     response = client.simulate_post("/detect", body=picture(), headers={"Content-Type": "image/png"},
                                     params={"threshold": "0.25"})
     assert response.status_code == 200, response.text

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Callable
 
+from tests.support.waiting import wait_until
 from twinfer.manifest import write_atomic
 
 
@@ -28,17 +28,12 @@ class LocalTwinFiles:
             return {}
 
     def wait_reported(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
+        def matching() -> dict[str, Any] | None:
             reported = self.reported()
-            try:
-                if predicate(reported):
-                    return reported
-            except (KeyError, TypeError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reported properties never matched: {json.dumps(reported, indent=1)}")
-            time.sleep(0.05)
+            return reported if predicate(reported) else None
+
+        return wait_until(matching, "reported properties matching", timeout, interval=0.05,
+                          ignoring=(KeyError, TypeError))
 
 
 def model_status(reported: dict[str, Any]) -> dict[str, Any]:

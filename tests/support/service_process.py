@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -14,6 +13,7 @@ from typing import Callable, Iterator
 import requests
 
 from tests.support.paths import PROJECT_ROOT
+from tests.support.waiting import wait_until
 
 
 def loaded_workers(metrics: str) -> int:
@@ -25,6 +25,10 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# Reported properties at once instead of every 2 s: what tests of the update pipeline start with.
+QUICK_REPORTS = {"TWINFER_REPORT_INTERVAL": "0.05"}
 
 
 class ServiceProcess:
@@ -72,17 +76,15 @@ class ServiceProcess:
     def wait_until(self, answered: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
         """Poll ``answered`` (an HTTP check) until it holds; a request that fails or times
         out (a loaded machine answers late) is one more try, an exited service an error."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def probe() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if answered():
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{what} in {timeout}s:\n{self.log()}")
+            return answered()
+
+        try:
+            wait_until(probe, what, timeout, interval=0.2, ignoring=(requests.RequestException,))
+        except AssertionError as exc:
+            raise TimeoutError(f"{exc}\n{self.log()}") from None
 
     def wait_workers_ready(
         self, workers: int, timeout: float = 60.0, url: str | None = None, **request_options
