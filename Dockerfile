@@ -6,7 +6,7 @@ COPY requirements.txt /tmp/requirements.txt
 # the venv's bundled pip installs these wheels, and the build stays reproducible).
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
-# What the service never loads (tests/test_image_trim.py runs the service's imports, both
+# What the service never loads (tests/ops/test_image_trim.py runs the service's imports, both
 # engines and a delta without it): LiteRT's WebGPU accelerator, C API library, NPU vendor
 # plugins and AOT tool (inference runs on the CPU through the Python wrappers' own runtime),
 # zstandard's CFFI backend (the C one is used), numpy's test suites, ONNX Runtime's offline

@@ -6,7 +6,7 @@ freed, and both extremes cost us.
 * Left adaptive, the mmap threshold climbs to the largest block freed so far (up to
   32 MiB), so after one big picture every later buffer up to that size comes from the
   heap, which keeps its high-water mark: a few requests declaring large JPEGs left each
-  worker 25-55 MiB bigger for good (``tests/test_fuzz.py``).
+  worker 25-55 MiB bigger for good (``tests/workers/test_fuzz.py``).
 * Fixing only the mmap threshold (``mallopt`` turns the adaptation off) leaves the trim
   threshold at 128 KiB: each request's freed buffers (the decoded picture, the float input,
   the model's 4.6 MB output array) were handed back to the kernel after every request

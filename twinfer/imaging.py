@@ -110,7 +110,7 @@ def _orientation(probe: Image.Image) -> int:
     """A JPEG's EXIF Orientation tag, 1 when absent, out of range or unreadable: a damaged
     EXIF block (Pillow's parser raises a variety of errors on one) must not lose the picture.
     JPEG only: Pillow reads a JPEG's EXIF when it opens the file, but a PNG's only by
-    decoding every pixel first (``tests/test_imaging.py``: a PNG declaring a huge size)."""
+    decoding every pixel first (``tests/twinfer/test_imaging.py``: a PNG declaring a huge size)."""
     try:
         value = probe.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # noqa: BLE001 - any EXIF parse failure means "no orientation"

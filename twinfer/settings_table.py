@@ -4,7 +4,7 @@ The supervisor's settings (``service.settings``), the workers' (``workers.settin
 gunicorn's (``workers.gunicorn_config``) and the twin factory read their variables through
 ``read``, so a default or a lower bound exists only here; the README's configuration
 table is generated from ``SETTINGS`` (``python -m twinfer.settings_table --readme``) and
-``tests/test_settings_table.py`` fails when the two differ.
+``tests/twinfer/test_settings_table.py`` fails when the two differ.
 """
 from __future__ import annotations
 

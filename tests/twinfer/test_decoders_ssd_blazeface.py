@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support.paths import PROJECT_ROOT
 from twinfer import imaging
 from twinfer.decoders import detect_decoder
 from twinfer.decoders.anchors import AnchorOptions, generate_anchors
@@ -24,7 +25,7 @@ from twinfer.loader import ModelLoadError, load_model
 from twinfer.pipeline import DetectionModel
 from twinfer.signature import ModelSignature, TensorInfo
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = PROJECT_ROOT
 MODELS = ROOT / "tests" / "fixtures" / "models"
 IMAGES = ROOT / "tests" / "fixtures" / "images"
 LABELS = MODELS / "oidv4_labelmap.txt"

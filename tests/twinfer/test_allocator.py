@@ -9,15 +9,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.support.paths import PROJECT_ROOT
 from twinfer import allocator
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # A gthread request in miniature: in a thread (its own malloc arena), allocate and touch
 # the buffers a 640x480 request frees when it answers (decoded picture, resized copy, float

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.paths import DEFAULT_MODEL, IMAGES, MODELS, PROJECT_ROOT
-from tests.test_dockerfile import parse_dockerfile, shell_segments
+from tests.ops.test_dockerfile import parse_dockerfile, shell_segments
 
 SITE = f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"  # of the venv built here
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from tests.support.images import encoded, png_declaring
-from tests.support.paths import DEFAULT_MODEL
+from tests.support.paths import DEFAULT_MODEL, IMAGES
 from twinfer import imaging
 from twinfer.engines import EngineOptions
 from twinfer.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage
@@ -167,7 +166,7 @@ def test_a_damaged_exif_block_does_not_lose_the_picture():
 def test_a_sideways_photo_gives_the_upright_detection(default_model):
     """End to end through the real model: the astronaut stored rotated with orientation 6
     is found where the upright picture has her, in shown-picture pixels."""
-    upright = cv2.imread(str(Path(__file__).parent / "fixtures" / "images" / "astronaut.png"))[:, :, ::-1]
+    upright = cv2.imread(str(IMAGES / "astronaut.png"))[:, :, ::-1]
     stored = np.ascontiguousarray(np.rot90(upright, k=1))  # rotated 90 degrees counter-clockwise
     sideways = _with_orientation(stored, 6)  # 6 = turn 90 degrees clockwise to show
     plain = _with_orientation(np.ascontiguousarray(upright), 1)

@@ -16,7 +16,7 @@ and serving continues.
   published instead.
 
 The hub being unreachable (MQTT broker down, then restarted) is covered over real
-transports by ``tests/test_lifecycle_azure.py::test_desired_change_while_broker_is_down_is_applied_once_after_reconnect``.
+transports by ``tests/service/test_lifecycle_azure.py::test_desired_change_while_broker_is_down_is_applied_once_after_reconnect``.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ import pytest
 
 from service.optimize import TOLERANCE, ensure_host_artifacts, prepare_host_artifacts
 from tests.support.memory import smaps_rollup, synthetic_onnx
+from tests.support.paths import PROJECT_ROOT
 from twinfer import imaging
 from twinfer.engines import EngineOptions, artifacts, open_engine
 from twinfer.engines.artifacts import READY_MARKER, find_host_artifact, host_artifact_dir, host_key
@@ -26,7 +27,7 @@ from twinfer.loader import find_model_file, load_model
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = PROJECT_ROOT
 MODELS = ROOT / "tests" / "fixtures" / "models"
 IMAGES = ROOT / "tests" / "fixtures" / "images"
 DEFAULT_MODEL = ROOT / "models" / "default"

@@ -195,7 +195,7 @@ def test_every_copy_source_exists_and_survives_dockerignore(stages):
 
 def test_dockerignore_matcher_follows_docker_semantics():
     patterns = dockerignore_patterns()
-    assert excluded("tests/test_cli.py", patterns) and excluded(".venv/bin/python", patterns)
+    assert excluded("tests/service/test_cli.py", patterns) and excluded(".venv/bin/python", patterns)
     assert excluded("service/__pycache__/cli.cpython-311.pyc", patterns)
     assert not excluded("service/cli.py", patterns) and not excluded("requirements.txt", patterns)
 

@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from tests.support.onnx_models import planted_output_nodes
+from tests.support.paths import FIXTURES
 from twinfer.decoders.base import DecodeParams
 from twinfer.decoders.tflite_ssd import TfliteSsdPostprocessDecoder
 from twinfer.decoders.yolo import YoloDecoder
@@ -24,7 +25,6 @@ from twinfer.loader import load_model
 from twinfer.signature import ModelSignature, TensorInfo
 from twinfer.spec import NORMALIZE_PRESETS
 
-FIXTURES = Path(__file__).parent / "fixtures"
 MODELS = FIXTURES / "models"
 ROCKET = (FIXTURES / "images" / "rocket.jpg").read_bytes()
 MAX_PIXELS = 50_000_000

@@ -1,0 +1,1 @@
+"""Tests of the update pipeline (``service/update/``)."""
