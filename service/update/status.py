@@ -79,6 +79,11 @@ class ModelStatus:
         with self._lock:
             self.target = None if target is None else {"name": target.name, "version": target.version}
 
+    def note_error(self, reason: str, message: str) -> None:
+        """An error the next report carries (the damaged versions replaced at start-up)."""
+        with self._lock:
+            self.last_error = error_record(reason, message)
+
     def clear_error(self) -> None:
         with self._lock:
             self.last_error = None
@@ -110,8 +115,7 @@ class ModelStatus:
     def failure(self, reason: str, message: str, state: str = "failed", serving: Manifest | None = None) -> None:
         """An update ended without its target serving; ``serving``: what the pool went back to
         (a rollback), reported as ``active`` with the failure."""
-        with self._lock:
-            self.last_error = error_record(reason, message)
+        self.note_error(reason, message)
         if serving is not None:
             self.write(state, active=active_record(serving), progress=None)
         else:

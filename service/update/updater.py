@@ -39,7 +39,7 @@ from service.update.rollout import RolloutMonitor
 from service.update.schedule import DownloadWindow
 from service.update.signing import TrustedKey
 from service.update.staging import Stager
-from service.update.status import ModelStatus, error_record, progress_record
+from service.update.status import ModelStatus, progress_record
 from service.update.trust import Trust
 from service.update.verify import VerifyError, verify_file
 from twinfer.manifest import Manifest, read_manifest
@@ -103,7 +103,7 @@ class ModelUpdater:
         if manifest is not None:  # the bootstrapped default, or what ran before rollback protection existed
             self._trust.note_activated(manifest.name, manifest.version)
         if startup_problems:
-            self.status.last_error = error_record(failures.DAMAGED_MODEL, "; ".join(startup_problems))
+            self.status.note_error(failures.DAMAGED_MODEL, "; ".join(startup_problems))
         metrics.STAGED_VERSIONS.set(len(self.repo.versions()))
         self.status.active(manifest, state=self._handled.outcome.get("state") or "active")
         self._thread.start()
