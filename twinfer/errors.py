@@ -29,6 +29,13 @@ class CorruptImage(RequestError):
     reason = "corrupt_image"
 
 
+class MalformedBody(RequestError):
+    """The body's HTTP framing is broken (a bad chunk size or terminator): the rest of the
+    connection cannot be read, so it is closed after the answer."""
+
+    reason = "malformed_body"
+
+
 class UnsupportedMediaType(RequestError):
     status = 415
     reason = "unsupported_media_type"

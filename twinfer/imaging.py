@@ -132,6 +132,9 @@ def jpeg_reduction(header: ImageHeader, target_width: int, target_height: int) -
     return 1
 
 
+_TRUNCATED_JPEG = ("premature end of jpeg file", "premature end of data segment")  # libjpeg-turbo's words
+
+
 def decode(data: bytes, header: ImageHeader, reduction: int = 1, color: str = "RGB") -> Decoded:
     """Decode upright, preferably in ``color`` order; truncated or corrupt data is a client error.
 
@@ -146,8 +149,13 @@ def decode(data: bytes, header: ImageHeader, reduction: int = 1, color: str = "R
                 min_height=math.ceil(height / reduction),
             )
             return Decoded(_upright(pixels, header.orientation), color)
-        except ValueError:
-            pass  # strict about damage OpenCV may decode anyway (e.g. a truncated scan)
+        except ValueError as exc:
+            # A truncated scan is never decoded: OpenCV would fill the rest with grey and
+            # answer 200 (and a few hundred bytes declaring 7000x7000 would cost 150 MB).
+            # Other refusals (warnings such as extraneous bytes before a marker) are left to
+            # OpenCV, whose answer decides.
+            if any(sign in str(exc).lower() for sign in _TRUNCATED_JPEG):
+                raise CorruptImage(f"JPEG image is truncated ({exc})") from None
     flags = _REDUCED_FLAGS.get(reduction, cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
     pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if pixels is None:

@@ -39,6 +39,14 @@ def _unexpected_error(req: falcon.Request, resp: falcon.Response, exc: Exception
     answer_error(resp, falcon.HTTP_500, "internal", "internal error")
 
 
+def _with_head(resource: object) -> object:
+    """HTTP allows HEAD wherever GET is (RFC 9110 9.3.2): the GET responder answers it, and
+    Falcon leaves the body out."""
+    if hasattr(resource, "on_get") and not hasattr(resource, "on_head"):
+        resource.on_head = resource.on_get
+    return resource
+
+
 def create_app(settings: WorkerSettings | None = None) -> falcon.App:
     """Build the app and start loading the published model in the background."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -56,22 +64,22 @@ def create_app(settings: WorkerSettings | None = None) -> falcon.App:
     app.resp_options.media_handlers.update({falcon.MEDIA_JSON: json})
     app.req_options.media_handlers.update({falcon.MEDIA_JSON: json})
     inference = InferenceHandler(holder, settings)  # what /detect and /v2 infer share
-    app.add_route("/detect", DetectResource(inference))
-    app.add_route("/healthz", HealthResource())
-    app.add_route("/readyz", ReadyResource(holder))
-    app.add_route("/models", ModelsResource(holder))
-    app.add_route("/metrics", MetricsResource())
-    app.add_route("/openapi.json", OpenApiResource())
+    app.add_route("/detect", _with_head(DetectResource(inference)))
+    app.add_route("/healthz", _with_head(HealthResource()))
+    app.add_route("/readyz", _with_head(ReadyResource(holder)))
+    app.add_route("/models", _with_head(ModelsResource(holder)))
+    app.add_route("/metrics", _with_head(MetricsResource()))
+    app.add_route("/openapi.json", _with_head(OpenApiResource()))
     # KServe v2 / Open Inference Protocol (workers/kserve); other /v2 paths get a v2-format 404.
-    app.add_route("/v2", kserve.ServerMetadataResource())
-    app.add_route("/v2/health/live", kserve.ServerLiveResource())
-    app.add_route("/v2/health/ready", kserve.ServerReadyResource(holder))
+    app.add_route("/v2", _with_head(kserve.ServerMetadataResource()))
+    app.add_route("/v2/health/live", _with_head(kserve.ServerLiveResource()))
+    app.add_route("/v2/health/ready", _with_head(kserve.ServerReadyResource(holder)))
     metadata, ready, infer = (kserve.ModelMetadataResource(inference), kserve.ModelReadyResource(inference),
                               kserve.InferResource(inference))
     for model in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        app.add_route(model, metadata)
-        app.add_route(model + "/ready", ready)
-        app.add_route(model + "/infer", infer)
+        app.add_route(model, _with_head(metadata))
+        app.add_route(model + "/ready", _with_head(ready))
+        app.add_route(model + "/infer", _with_head(infer))
     app.add_sink(kserve.not_found_sink, r"/v2(/|$)")
     app.add_error_handler(Exception, _unexpected_error)
     app.add_error_handler(RequestError, _request_error)

@@ -16,38 +16,16 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from twinfer.errors import BadParameter, ModelNotFound, NoModel, RequestError
+from twinfer.errors import ModelNotFound, NoModel, RequestError
 from twinfer.pipeline import DetectionResult
 from workers import metrics
+from workers.client_numbers import client_float, client_int
 from workers.holder import ModelHolder, ServingModel
 from workers.settings import WorkerSettings
 
 log = logging.getLogger("twinfer.worker")
 
 MAX_DETECTIONS_LIMIT = 1000
-
-
-def _threshold(raw: object, field: str) -> float | None:
-    if raw is None:
-        return None
-    try:
-        if isinstance(raw, bool):
-            raise ValueError
-        value = float(raw)  # a query string's text, or a JSON number
-    except (TypeError, ValueError):
-        raise BadParameter(f"{field} must be a number between 0 and 1, got {raw!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise BadParameter(f"{field} must be between 0 and 1, got {value}")
-    return value
-
-
-def _max_detections(raw: object, field: str) -> int | None:
-    if raw is None:
-        return None
-    value = int(raw) if isinstance(raw, str) and raw.isdigit() else raw
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_DETECTIONS_LIMIT:
-        raise BadParameter(f"{field} must be an integer 1..{MAX_DETECTIONS_LIMIT}, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -61,8 +39,11 @@ class DetectOptions:
     def parse(threshold: object, max_detections: object, prefix: str = "") -> "DetectOptions":
         """From a query string (text) or v2 parameters (JSON values); errors name the field
         as the client wrote it (``prefix``: ``parameters.`` for v2)."""
-        return DetectOptions(_threshold(threshold, f"{prefix}threshold"),
-                             _max_detections(max_detections, f"{prefix}max_detections"))
+        return DetectOptions(
+            None if threshold is None else client_float(threshold, f"{prefix}threshold", 0.0, 1.0),
+            None if max_detections is None else client_int(
+                max_detections, f"{prefix}max_detections", 1, MAX_DETECTIONS_LIMIT),
+        )
 
 
 def render(result: DetectionResult, serving: ServingModel) -> dict:

@@ -8,6 +8,15 @@ import falcon
 
 from workers import metrics
 
+# Label values a client chooses come from a closed set: a made-up method per request would
+# otherwise add a time series each (the multiprocess files and every scrape grow with them).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+OTHER = "other"
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else OTHER
+
 
 class RequestMetrics:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -21,5 +30,5 @@ class RequestMetrics:
         metrics.IN_FLIGHT.dec()
         route = req.uri_template or "unmatched"
         status = resp.status.split(" ", 1)[0] if isinstance(resp.status, str) else str(int(resp.status))
-        metrics.REQUEST_SECONDS.labels(route, req.method, status).observe(time.perf_counter() - started)
+        metrics.REQUEST_SECONDS.labels(route, method_label(req.method), status).observe(time.perf_counter() - started)
         resp.set_header("X-Twinfer-Worker", str(os.getpid()))

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.paths import DEFAULT_MODEL, IMAGES, MODELS, PROJECT_ROOT
 from tests.ops.test_dockerfile import parse_dockerfile, shell_segments
+from tests.support.paths import DEFAULT_MODEL, IMAGES, MODELS, PROJECT_ROOT
 
 SITE = f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"  # of the venv built here
 

@@ -25,6 +25,7 @@ import numpy as np
 import orjson
 
 from twinfer.errors import BodyTooLarge, RequestError, UnsupportedMediaType
+from workers.client_numbers import client_int
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES = "BYTES"
@@ -106,10 +107,8 @@ def inflate(body: bytes, coding: str, limit: int) -> bytes:
 
 
 def _header_length(raw: str, body_length: int) -> int:
-    value = raw.strip()
-    if not value.isdigit() or int(value) > body_length:
-        raise RequestError(f"{HEADER_LENGTH} must be a byte count within the {body_length}-byte body, got {raw!r}")
-    return int(value)
+    return client_int(raw, HEADER_LENGTH, 0, body_length, expected=f"a byte count within the {body_length}-byte body",
+                      error=RequestError)
 
 
 def _parameters(value: Any, where: str) -> dict:
@@ -268,7 +267,11 @@ def _from_json(tensor: InputTensor, dtype: np.dtype, count: int) -> np.ndarray:
         limits = np.iinfo(dtype)
         if array.min() < limits.min or array.max() > limits.max:
             raise RequestError(f"input {tensor.name!r}: values out of the {tensor.datatype} range")
-    return array.astype(dtype, copy=False).reshape(tensor.shape)
+    with np.errstate(over="ignore"):
+        converted = array.astype(dtype, copy=False)
+    if count and dtype.kind == "f" and not np.isfinite(converted).all():  # JSON numbers are finite: 1e39 -> inf in FP32
+        raise RequestError(f"input {tensor.name!r}: values out of the {tensor.datatype} range")
+    return converted.reshape(tensor.shape)
 
 
 def split_bytes(raw: memoryview, name: str) -> list[memoryview]:
@@ -287,20 +290,26 @@ def split_bytes(raw: memoryview, name: str) -> list[memoryview]:
 
 
 def json_strings(tensor: InputTensor) -> list[str]:
-    """The strings of a JSON BYTES tensor, nested arrays flattened."""
-
-    def flatten(value: Any):
-        if isinstance(value, list):
-            for item in value:
-                yield from flatten(item)
-        elif isinstance(value, str):
-            yield value
-        else:
-            raise RequestError(f"input {tensor.name!r}: BYTES data in JSON must be strings, got {type(value).__name__}")
-
+    """The strings of a JSON BYTES tensor, nested arrays flattened (with a stack of its own:
+    a client's nesting never becomes the interpreter's recursion)."""
     if not isinstance(tensor.data, list):
         raise RequestError(f"input {tensor.name!r}: data must be an array")
-    return list(flatten(tensor.data))
+    strings: list[str] = []
+    pending: list[Any] = [iter(tensor.data)]
+    while pending:
+        value = next(pending[-1], _END)
+        if value is _END:
+            pending.pop()
+        elif isinstance(value, list):
+            pending.append(iter(value))
+        elif isinstance(value, str):
+            strings.append(value)
+        else:
+            raise RequestError(f"input {tensor.name!r}: BYTES data in JSON must be strings, got {type(value).__name__}")
+    return strings
+
+
+_END = object()
 
 
 def decode_base64(text: str, name: str) -> bytes:

@@ -186,7 +186,7 @@ class InferResource:
         tensor = request.inputs[0]
         if tensor.datatype != BYTES:
             raise RequestError(f"input {IMAGE_INPUT!r} must be BYTES (the encoded image), got {tensor.datatype}")
-        if tensor.element_count != 1:
+        if list(tensor.shape) != [1]:
             raise RequestError(f"input {IMAGE_INPUT!r} holds one encoded image: shape [1], got {list(tensor.shape)}")
         if tensor.raw is not None:
             elements = split_bytes(tensor.raw, tensor.name)

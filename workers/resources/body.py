@@ -1,15 +1,29 @@
 """Getting the image bytes out of a request, within the size limit, without reading too much."""
 from __future__ import annotations
 
-import falcon
+from contextlib import contextmanager
 
-from twinfer.errors import BodyTooLarge, EmptyBody, RequestError, UnsupportedMediaType
+import falcon
+from gunicorn.http.errors import NoMoreData, ParseException
+
+from twinfer.errors import BodyTooLarge, EmptyBody, MalformedBody, RequestError, UnsupportedMediaType
 
 RAW_TYPES = ("image/", "application/octet-stream")
 
 
+@contextmanager
+def _http_framing():
+    """gunicorn's errors for a broken body (chunk sizes, terminators, extensions, trailers,
+    an early end) raised while the app reads it: the client's fault, a 400."""
+    try:
+        yield
+    except (ParseException, NoMoreData) as exc:
+        raise MalformedBody(f"the request body's HTTP framing is broken: {type(exc).__name__}: {exc}") from None
+
+
 def read_bounded(stream, limit: int) -> bytes:
-    data = stream.read(limit + 1)
+    with _http_framing():
+        data = stream.read(limit + 1)
     if len(data) > limit:
         raise BodyTooLarge(f"request body is over the limit of {limit} bytes")
     return data
@@ -47,6 +61,11 @@ def image_bytes(req: falcon.Request, limit: int) -> bytes:
 
 
 def _multipart_image(req: falcon.Request, limit: int) -> bytes:
+    with _http_framing():
+        return _first_image_part(req, limit)
+
+
+def _first_image_part(req: falcon.Request, limit: int) -> bytes:
     try:
         form = req.get_media()
         for part in form:
