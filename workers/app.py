@@ -69,7 +69,7 @@ def create_app(settings: WorkerSettings | None = None) -> falcon.App:
     app.add_route("/readyz", _with_head(ReadyResource(holder)))
     app.add_route("/models", _with_head(ModelsResource(holder)))
     app.add_route("/metrics", _with_head(MetricsResource()))
-    app.add_route("/openapi.json", _with_head(OpenApiResource()))
+    app.add_route("/openapi.json", _with_head(OpenApiResource(settings.auth)))
     # KServe v2 / Open Inference Protocol (workers/kserve); other /v2 paths get a v2-format 404.
     app.add_route("/v2", _with_head(kserve.ServerMetadataResource()))
     app.add_route("/v2/health/live", _with_head(kserve.ServerLiveResource()))

@@ -252,7 +252,9 @@ def test_live_status_routes_match_the_documented_schemas(client, doc, monkeypatc
         result = client.simulate_get(route)
         assert result.status_code == 200, (route, result.text)
         _check(doc, route, "get", result)
-    assert client.simulate_get("/openapi.json").json == doc
+    served = client.simulate_get("/openapi.json").json
+    assert _without_security(served) == _without_security(doc)  # the file, as this service runs it
+    assert not any(operation.get("security") for _, _, operation in operations(served))  # no token configured
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # the supervisor sets it for real workers
     metrics = client.simulate_get("/metrics")
     assert metrics.status_code == 200
@@ -379,3 +381,48 @@ def test_every_route_answers_errors_in_one_document(tmp_path, doc):
     v2 = client.simulate_get("/v2/repository/index")
     assert v2.status_code == 404 and v2.json["reason"] == "not_found"
     validate(doc, {"$ref": "#/components/schemas/V2Error"}, v2.json)
+
+
+def _without_security(document: dict) -> dict:
+    copy = json.loads(json.dumps(document))
+    for _, _, operation in operations(copy):
+        operation.pop("security", None)
+    return copy
+
+
+def test_served_document_asks_for_a_token_only_where_the_service_does(doc):
+    from workers.resources.openapi import describe
+    from workers.settings import AuthSettings
+
+    token = ("t" * 40,)
+    protected = {(route, method) for route, method, operation in operations(doc) if operation.get("security")}
+    assert ("/detect", "post") in protected and ("/healthz", "get") not in protected
+    open_service = describe(doc, AuthSettings())
+    assert [op["security"] for _, _, op in operations(open_service) if op.get("security")] == []
+    assert describe(doc, AuthSettings(tokens=token)) == doc
+    private_metrics = describe(doc, AuthSettings(tokens=token, metrics_public=False))
+    assert private_metrics["paths"]["/metrics"]["get"]["security"] == [{"bearerAuth": []}]
+    assert doc["paths"]["/metrics"]["get"]["security"] == [{}, {"bearerAuth": []}]  # describe copied, not edited
+
+
+@pytest.mark.processes
+def test_every_request_example_is_a_request_the_service_answers(client, doc):
+    """A client copying an example from the document gets a 200, not a 400."""
+    import base64
+
+    tried = 0
+    for route, method, operation in operations(doc):
+        example = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("example")
+        if example is None:
+            continue
+        for tensor in example.get("inputs", ()):
+            if tensor.get("parameters", {}).get("content_type") == "base64":
+                for element in tensor["data"]:
+                    base64.b64decode(element, validate=True)
+        path = route.replace("{name}", V2_MODEL).replace("{version}", V2_VERSION)
+        result = client.simulate_request(method.upper(), path, body=json.dumps(example).encode(),
+                                         headers={"Content-Type": "application/json"})
+        assert result.status_code == 200, (route, result.text)
+        _check(doc, route, method, result)
+        tried += 1
+    assert tried >= 2
