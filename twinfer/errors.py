@@ -11,6 +11,7 @@ class RequestError(Exception):
 
     status: int = 400
     reason: str = "bad_request"
+    retry_after: int | None = None  # seconds, sent as ``Retry-After``: the request may work if retried
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -51,6 +52,14 @@ class ImageTooLarge(RequestError):
     reason = "image_too_large"
 
 
+class JsonTooComplex(RequestError):
+    """A JSON request with more values, arrays or strings than the model's inputs take,
+    refused before it is parsed (``workers.kserve.json_budget``)."""
+
+    status = 413
+    reason = "json_too_complex"
+
+
 class BadParameter(RequestError):
     reason = "bad_parameter"
 
@@ -58,6 +67,15 @@ class BadParameter(RequestError):
 class NoModel(RequestError):
     status = 503
     reason = "no_model"
+    retry_after = 1
+
+
+class DecodeBusy(RequestError):
+    """The worker is decoding as many pixels as it may at once (``twinfer.decode_budget``)."""
+
+    status = 503
+    reason = "decode_busy"
+    retry_after = 1
 
 
 class ModelNotFound(RequestError):

@@ -5,12 +5,14 @@ supervisor and runs the in-process ceiling benchmark, so all three measure one p
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from twinfer import imaging
+from twinfer.decode_budget import DecodeBudget, decode_bytes
 from twinfer.decoders.base import DecodeParams, Decoder, Detections, input_size
 from twinfer.engines.base import Engine
 from twinfer.signature import ModelSignature
@@ -79,15 +81,25 @@ class DetectionModel:
         return self.engine.run(feeds)
 
     def detect(
-        self, data: bytes, max_pixels: int, threshold: float | None = None, max_detections: int | None = None
+        self,
+        data: bytes,
+        max_pixels: int,
+        threshold: float | None = None,
+        max_detections: int | None = None,
+        budget: DecodeBudget | None = None,
     ) -> DetectionResult:
-        """Image bytes -> detections, with decode/inference/postprocess timings."""
+        """Image bytes -> detections, with decode/inference/postprocess timings. With a
+        ``budget`` the decode waits for its memory in it (the HTTP workers' concurrent requests)."""
         started = time.perf_counter()
         header = imaging.read_header(data, max_pixels)
         content_w, content_h = imaging.content_size(header, self.spec.input, self.input_width, self.input_height)
         reduction = imaging.jpeg_reduction(header, content_w, content_h)
-        image = imaging.decode(data, header, reduction, self.spec.input.color)
-        pixels, geometry = imaging.to_input(image, header, self.spec.input, self.input_width, self.input_height)
+        cost = decode_bytes(header.format, header.width, header.height, reduction)
+        what = f"this {header.width}x{header.height} {header.format}"
+        with budget.reserve(cost, what) if budget is not None else contextlib.nullcontext():
+            image = imaging.decode(data, header, reduction, self.spec.input.color)
+            pixels, geometry = imaging.to_input(image, header, self.spec.input, self.input_width, self.input_height)
+            del image  # the full-size picture is freed before its pixels are handed back
         decoded = time.perf_counter()
         outputs = self._forward(pixels, geometry)
         inferred = time.perf_counter()

@@ -136,6 +136,14 @@ SETTINGS: tuple[Setting, ...] = (
             minimum=1),
     Setting("TWINFER_MAX_IMAGE_PIXELS", "int", 50_000_000, "images declaring more pixels get 413 before decoding",
             minimum=1),
+    Setting("TWINFER_DECODE_MEMORY", "int", 128 * 1024 * 1024,
+            "bytes a worker's picture decodes may hold at once, all its requests together; a picture whose decode "
+            "alone takes more gets 413 `image_too_large` before decoding (a PNG over ~22 Mpixel at this default; "
+            "JPEGs decode at 1/2-1/8 scale and cost far less), others wait their turn", shown_default="`134217728` "
+            "(128 MiB)", minimum=1),
+    Setting("TWINFER_DECODE_WAIT", "seconds", 10.0,
+            "seconds a picture waits for room in its worker's decode memory (`TWINFER_DECODE_MEMORY`), then 503 "
+            "`decode_busy` with `Retry-After: 1`", minimum=0),
     Setting("TWINFER_HEADER_TIMEOUT", "seconds", 10.0,
             "seconds for a request's header block to arrive, then the connection is closed; `0` = no limit",
             minimum=0),

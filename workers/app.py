@@ -28,6 +28,8 @@ log = logging.getLogger("twinfer.worker")
 def _request_error(req: falcon.Request, resp: falcon.Response, exc: RequestError, params: dict) -> None:
     metrics.REQUEST_ERRORS.labels(exc.reason).inc()
     answer_error(resp, exc.status, exc.reason, exc.message)
+    if exc.retry_after is not None:
+        resp.set_header("Retry-After", str(exc.retry_after))
 
 
 def _unexpected_error(req: falcon.Request, resp: falcon.Response, exc: Exception, params: dict) -> None:

@@ -16,6 +16,7 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from twinfer.decode_budget import DecodeBudget
 from twinfer.errors import ModelNotFound, NoModel, RequestError
 from twinfer.pipeline import DetectionResult
 from workers import metrics
@@ -87,6 +88,7 @@ class InferenceHandler:
     def __init__(self, holder: ModelHolder, settings: WorkerSettings) -> None:
         self._holder = holder
         self._settings = settings
+        self._decode_budget = DecodeBudget(settings.decode_memory, settings.decode_wait)  # twinfer/decode_budget.py
 
     @property
     def max_body_bytes(self) -> int:
@@ -105,7 +107,8 @@ class InferenceHandler:
 
     def detect(self, serving: ServingModel, image: bytes, options: DetectOptions) -> dict:
         """Encoded picture -> the detection document."""
-        result = serving.model.detect(image, self._settings.max_image_pixels, options.threshold, options.max_detections)
+        result = serving.model.detect(image, self._settings.max_image_pixels, options.threshold, options.max_detections,
+                                      self._decode_budget)
         _observe(serving, result.timings.inference_ms / 1e3)
         return render(result, serving)
 

@@ -83,6 +83,8 @@ class WorkerSettings:
     engine: EngineOptions
     auth: AuthSettings = AuthSettings()
     body_timeout: float = 10.0  # seconds for a request body to arrive; 0 = no deadline
+    decode_memory: int = 128 * 1024 * 1024  # bytes the worker's decodes hold at once
+    decode_wait: float = 10.0  # seconds a picture waits for room in them
 
     @staticmethod
     def from_env() -> "WorkerSettings":
@@ -95,6 +97,8 @@ class WorkerSettings:
             ),
             auth=AuthSettings.from_env(),
             body_timeout=read("TWINFER_BODY_TIMEOUT"),
+            decode_memory=read("TWINFER_DECODE_MEMORY"),
+            decode_wait=read("TWINFER_DECODE_WAIT"),
         )
 
 
@@ -102,7 +106,7 @@ def check_server_protection(environ: Mapping[str, str] = os.environ) -> None:
     """Fail at start with a clear message (naming variables, never token values) for the
     settings gunicorn's config and every worker would otherwise trip over one by one."""
     AuthSettings.from_env(environ)
-    for name in ("TWINFER_BODY_TIMEOUT", "TWINFER_HEADER_TIMEOUT", "TWINFER_KEEPALIVE_LINGER",
+    for name in ("TWINFER_BODY_TIMEOUT", "TWINFER_DECODE_WAIT", "TWINFER_HEADER_TIMEOUT", "TWINFER_KEEPALIVE_LINGER",
                  "TWINFER_WORKER_CLASS", "TWINFER_THREADS", "TWINFER_WORKER_TIMEOUT", "TWINFER_LOG_LEVEL"):
         read(name, environ)
     cert, key = read("TWINFER_TLS_CERT", environ), read("TWINFER_TLS_KEY", environ)

@@ -3,9 +3,11 @@ never a 500, and no label a client can grow without bound (issue: hardening, rou
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -108,13 +110,71 @@ def test_malformed_chunked_bodies_are_a_400_and_the_connection_closes(service, c
         assert document["reason"] in ("malformed_body", "not_an_image", "bad_request"), document
 
 
+# --- JSON that costs more to parse than it weighs ----------------------------------------------
+
+
+@pytest.mark.parametrize("token", [b"[],", b"{},"])
+def test_a_compressed_flood_of_empty_containers_is_refused_unparsed(service, token):
+    flood = b'{"inputs": [{"name": "%s", "datatype": "FP32", "shape": [1], "data": [' % INPUT.encode()
+    flood += token * (6 * 1024 * 1024) + b"0]}]}"  # 18 MiB of JSON: 6 M Python objects if parsed
+    body = gzip.compress(flood, 9)
+    assert len(body) < 100_000
+    response = requests.post(f"{service.url}/v2/models/{MODEL}/infer", data=body,
+                             headers={"Content-Encoding": "gzip"}, timeout=30)
+    assert "more than this model" in _error(response, 413, "json_too_complex")
+
+
+# --- pictures that are cheap to send and dear to decode -----------------------------------------
+
+
+DECODE_MEMORY = 60_000_000
+
+
+@pytest.fixture(scope="module")
+def impatient_worker(tmp_path_factory):
+    """One worker with two inference slots (2 cores, one intra-op thread), 60 MB of decode
+    memory, and pictures that never wait for room in it."""
+    env = {"TWINFER_INTRA_OP_THREADS": "1", "TWINFER_DECODE_WAIT": "0", "TWINFER_DECODE_MEMORY": str(DECODE_MEMORY)}
+    with ServiceProcess.start(tmp_path_factory.mktemp("store"), workers=1, extra_env=env) as proc:
+        yield proc
+
+
+def _flat_png(side: int) -> bytes:
+    import cv2
+
+    return cv2.imencode(".png", np.zeros((side, side, 3), np.uint8))[1].tobytes()
+
+
+def _post_png(service, picture: bytes) -> requests.Response:
+    return requests.post(f"{service.url}/detect", data=picture, headers={"Content-Type": "image/png"}, timeout=60)
+
+
+def test_large_pictures_decoding_at_once_beyond_the_decode_memory_get_503_with_retry_after(impatient_worker):
+    picture = _flat_png(3000)  # 54 MB at the decoder's peak: one at a time fits
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: _post_png(impatient_worker, picture), range(6)))
+    busy = [answer for answer in answers if answer.status_code == 503]
+    assert busy and len(busy) < len(answers), [answer.status_code for answer in answers]
+    assert all(answer.status_code in (200, 503) for answer in answers)
+    for answer in busy:
+        assert "TWINFER_DECODE_WAIT" in _error(answer, 503, "decode_busy")
+        assert answer.headers["Retry-After"] == "1"
+
+
+def test_a_picture_whose_decode_alone_exceeds_the_decode_memory_is_refused_undecoded(impatient_worker):
+    picture = _flat_png(3200)  # 61 MB at the decoder's peak
+    assert len(picture) < 200_000
+    message = _error(_post_png(impatient_worker, picture), 413, "image_too_large")
+    assert "3200x3200 PNG" in message and "TWINFER_DECODE_MEMORY" in message
+
+
 # --- a truncated JPEG is a truncated JPEG ----------------------------------------------------
 
 
-def test_a_header_only_jpeg_declaring_7000x7000_is_corrupt_not_decoded(service):
+def test_a_header_only_jpeg_declaring_6000x6000_is_corrupt_not_decoded(service):
     import cv2
 
-    big = cv2.imencode(".jpg", np.full((7000, 7000, 3), 127, np.uint8))[1].tobytes()
+    big = cv2.imencode(".jpg", np.full((6000, 6000, 3), 127, np.uint8))[1].tobytes()
     start_of_scan = big.index(b"\xff\xda")
     bomb = big[: start_of_scan + 40] + b"\xff\xd9"  # headers, a sliver of scan, an end marker
     assert len(bomb) < 2000

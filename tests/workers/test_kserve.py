@@ -371,10 +371,17 @@ def test_binary_bytes_framing_of_the_response(service, png):
 # --- the codec alone (no service) ------------------------------------------------------------
 
 
+def _envelope_budget():
+    """What any request may hold beyond its tensors: enough for these small ones."""
+    from workers.kserve.json_budget import JsonBudget
+
+    return JsonBudget.for_inputs((), 0)
+
+
 def _parsed(inputs: list[dict], **extra):
     from workers.kserve.codec import parse_request
 
-    return parse_request(json.dumps({"inputs": inputs, **extra}).encode(), None)
+    return parse_request(json.dumps({"inputs": inputs, **extra}).encode(), None, _envelope_budget())
 
 
 @pytest.mark.parametrize(
@@ -429,7 +436,7 @@ def test_binary_inputs_are_views_of_the_body_unless_misaligned():
         head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3],
                                        "parameters": {"binary_data_size": 24}}]}).encode() + b" " * pad
         body = head + values.tobytes()
-        array = to_array(parse_request(body, str(len(head))).inputs[0])
+        array = to_array(parse_request(body, str(len(head)), _envelope_budget()).inputs[0])
         np.testing.assert_array_equal(array, values.reshape(2, 3))
         assert array.flags.aligned
         shares = np.shares_memory(array, np.frombuffer(body, np.uint8))
@@ -457,17 +464,30 @@ def test_bytes_framing_and_response_encoding():
 
 
 def test_compressed_bodies_are_bounded():
+    import zlib
+
     from twinfer.errors import BodyTooLarge, RequestError, UnsupportedMediaType
     from workers.kserve.codec import inflate
 
+    budget = _envelope_budget()
     data = b'{"inputs": []}'
-    assert inflate(gzip.compress(data), "gzip", 100) == data
-    import zlib
-
-    assert inflate(zlib.compress(data), "deflate", 100) == data
+    assert inflate(gzip.compress(data), "gzip", 100, budget, None) == data
+    assert inflate(zlib.compress(data), "deflate", 100, budget, None) == data
     with pytest.raises(BodyTooLarge):
-        inflate(gzip.compress(b"\0" * 101), "gzip", 100)
+        inflate(gzip.compress(b"\0" * 101), "gzip", 100, budget, None)
     with pytest.raises(RequestError):
-        inflate(gzip.compress(data)[:-6], "gzip", 100)  # truncated
+        inflate(gzip.compress(data)[:-6], "gzip", 100, budget, None)  # truncated
     with pytest.raises(UnsupportedMediaType):
-        inflate(data, "br", 100)
+        inflate(data, "br", 100, budget, None)
+
+
+def test_a_compressed_json_flood_is_refused_in_its_first_piece():
+    from twinfer.errors import JsonTooComplex
+    from workers.kserve.codec import INFLATE_PIECE, inflate
+
+    flood = gzip.compress(b'{"inputs": [' + b"[]," * (40 * INFLATE_PIECE) + b"[]]}")
+    with pytest.raises(JsonTooComplex):  # not the body limit: counting stopped it long before
+        inflate(flood, "gzip", 10 * INFLATE_PIECE, _envelope_budget(), None)
+    head = b'{"inputs": []}'
+    binary = head + b"[],{}," * INFLATE_PIECE  # tensor bytes after the JSON are not JSON
+    assert inflate(gzip.compress(binary), "gzip", 10 * INFLATE_PIECE, _envelope_budget(), str(len(head))) == binary

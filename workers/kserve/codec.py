@@ -26,6 +26,7 @@ import orjson
 
 from twinfer.errors import BodyTooLarge, RequestError, UnsupportedMediaType
 from workers.client_numbers import client_int
+from workers.kserve.json_budget import JsonBudget
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES = "BYTES"
@@ -89,21 +90,35 @@ class InferenceRequest:
     parameters: dict
 
 
-def inflate(body: bytes, coding: str, limit: int) -> bytes:
+INFLATE_PIECE = 1 << 20  # bytes decompressed at a time, each counted before the next
+
+
+def inflate(body: bytes, coding: str, limit: int, budget: JsonBudget, header_length: str | None) -> bytes:
     """A ``Content-Encoding: gzip|deflate`` body (tritonclient's request compression),
-    decompressed to at most ``limit`` bytes: the body limit holds after decompression too."""
+    decompressed to at most ``limit`` bytes: the body limit holds after decompression too.
+    It is inflated a piece at a time and the JSON request's tokens counted as they come, so
+    a 20 KB body of ``[],[],...`` is refused after its first piece, not its 20 MiB."""
     if coding not in ("gzip", "deflate"):
         raise UnsupportedMediaType(f"Content-Encoding {coding!r} is not supported (gzip, deflate or identity)")
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if coding == "gzip" else zlib.MAX_WBITS)
+    json_end = limit if header_length is None else _header_length(header_length, limit)
+    tally, pieces, size, pending = budget.tally(), [], 0, body
     try:
-        data = inflater.decompress(body, limit + 1)
+        while not inflater.eof:
+            piece = inflater.decompress(pending, INFLATE_PIECE)
+            pending = inflater.unconsumed_tail
+            if not piece and not pending:
+                break  # the data ended before the stream did
+            if size + len(piece) > limit:
+                raise BodyTooLarge(f"decompressed request body is over the limit of {limit} bytes")
+            tally.add(piece, max(0, json_end - size))
+            pieces.append(piece)
+            size += len(piece)
     except zlib.error as exc:
         raise RequestError(f"body is not valid {coding} data ({exc})") from None
-    if len(data) > limit:
-        raise BodyTooLarge(f"decompressed request body is over the limit of {limit} bytes")
     if not inflater.eof or inflater.unused_data:
         raise RequestError(f"{coding} body is truncated or has trailing data")
-    return data
+    return b"".join(pieces)
 
 
 def _header_length(raw: str, body_length: int) -> int:
@@ -139,15 +154,14 @@ def _flag(params: dict, key: str, default: bool, where: str) -> bool:
     return value
 
 
-def parse_request(body: bytes, header_length: str | None) -> InferenceRequest:
+def parse_request(body: bytes, header_length: str | None, budget: JsonBudget) -> InferenceRequest:
     """The inference request in ``body``: JSON alone, or (with ``Inference-Header-Content-Length``)
-    a JSON header followed by the binary tensor data. Binary inputs are views of ``body``."""
+    a JSON header followed by the binary tensor data. Binary inputs are views of ``body``.
+    The JSON is parsed only within ``budget`` (``workers.kserve.json_budget``)."""
     view = memoryview(body)
-    if header_length is None:
-        head, binary = view, view[:0]
-    else:
-        split = _header_length(header_length, len(body))
-        head, binary = view[:split], view[split:]
+    split = len(body) if header_length is None else _header_length(header_length, len(body))
+    head, binary = view[:split], view[split:]
+    budget.check(body, split)
     try:
         doc = orjson.loads(head)
     except orjson.JSONDecodeError as exc:

@@ -40,6 +40,7 @@ from workers.kserve.codec import (
     split_bytes,
     to_array,
 )
+from workers.kserve.json_budget import JsonBudget
 from workers.resources.body import bounded_body
 
 log = logging.getLogger("twinfer.worker")
@@ -143,12 +144,12 @@ class ModelReadyResource:
 # --- inference -------------------------------------------------------------------------------
 
 
-def read_body(req: falcon.Request, limit: int) -> bytes:
-    """The whole body within ``limit``, decompressed (within ``limit`` too) when it has a
-    ``Content-Encoding``."""
+def read_body(req: falcon.Request, limit: int, budget: JsonBudget) -> bytes:
+    """The whole body within ``limit``, decompressed (within ``limit`` and ``budget`` too)
+    when it has a ``Content-Encoding``."""
     body = bounded_body(req, limit)
     coding = (req.get_header("Content-Encoding") or "identity").strip().lower()
-    return body if coding == "identity" else inflate(body, coding, limit)
+    return body if coding == "identity" else inflate(body, coding, limit, budget, req.get_header(HEADER_LENGTH))
 
 
 class InferResource:
@@ -158,10 +159,13 @@ class InferResource:
         self._inference = inference
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str, version: str | None = None) -> None:
-        body = read_body(req, self._inference.max_body_bytes)  # before taking the model: a slow upload holds no swap
+        limit = self._inference.max_body_bytes
+        expected = JsonBudget.for_inputs(self._inference.current(name, version).model.engine.signature.inputs, limit)
+        body = read_body(req, limit, expected)  # before taking the model: a slow upload holds no swap
         with self._inference.serving(name, version) as serving:  # a swap meanwhile waits for this request
-            request = parse_request(body, req.get_header(HEADER_LENGTH))
             signature = serving.model.engine.signature
+            # counted again against the model that serves it (a swap may have changed its inputs)
+            request = parse_request(body, req.get_header(HEADER_LENGTH), JsonBudget.for_inputs(signature.inputs, limit))
             if any(t.name == IMAGE_INPUT for t in request.inputs) and all(i.name != IMAGE_INPUT for i in signature.inputs):
                 outputs = self._detect(serving, request)
             else:
