@@ -147,6 +147,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TWINFER_HEADER_TIMEOUT", "seconds", 10.0,
             "seconds for a request's header block to arrive, then the connection is closed; `0` = no limit",
             minimum=0),
+    Setting("TWINFER_CLIENT_PENDING_LIMIT", "int", 32,
+            "connections one client address may have sending their TLS handshake or header block at once, per "
+            "`gthread` worker; more are closed at accept (\"Security\"); `0` = no limit", minimum=0),
     Setting("TWINFER_BODY_TIMEOUT", "seconds", 10.0,
             "seconds for a request body to arrive after its headers, then 408 `body_timeout` and the connection is "
             "closed; `0` = no limit", minimum=0),

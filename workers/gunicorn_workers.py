@@ -27,30 +27,44 @@ client that reconnects after its ``Connection: close`` is refused instead of bei
 on a listener nobody accepts from any more and reset when the worker exits (``hey -c 2``
 saw one reset per connection at every stop, with either class).
 
-The watchdog gets a ``dup()`` of the socket: a TLS connection is wrapped (and the
-original socket object detached) after the deadline is armed, and the duplicate keeps
-the right connection addressable until the deadline is disarmed.
+The gthread worker gathers each request's TLS handshake and header block in its main
+thread and gives a pool thread only complete header blocks (``workers.header_gate``): a
+client trickling its headers or its ClientHello costs a file descriptor, not a thread, and
+one client address may have at most TWINFER_CLIENT_PENDING_LIMIT connections gathering
+per worker.
+
+The watchdog gets a duplicate of the socket's descriptor, which keeps the right
+connection addressable until the deadline is disarmed whatever happens to the socket
+object (a TLS one may be closed and its descriptor number reused meanwhile).
 """
 from __future__ import annotations
 
 import select
+import selectors
 import socket
 import threading
 import time
 from functools import partial
 from typing import Any
 
-from gunicorn import util
+from gunicorn import http, util
+from gunicorn.sock import ssl_context
 from gunicorn.workers.gthread import TConn, ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
 from twinfer.settings_table import read
-from workers import inference_slots
+from workers import inference_slots, metrics
+from workers.header_gate import Gathering, HeaderGate, handshake_step, header_block_complete, read_available
 from workers.inference_slots import InferenceSlots
 from workers.limits import WATCHDOG, close_connection
+from workers.protocol_errors import error_response, protocol_error
 
 HEADER_TIMEOUT = read("TWINFER_HEADER_TIMEOUT")
 KEEPALIVE_LINGER = read("TWINFER_KEEPALIVE_LINGER")
+CLIENT_PENDING_LIMIT = read("TWINFER_CLIENT_PENDING_LIMIT")
+# handle()'s answer for a kept-alive connection whose next header block is not all in:
+# the main thread gathers the rest (ThreadDeadlineWorker.finish_request).
+_GATHER = object()
 # Sharing clients between several gthread workers (ThreadDeadlineWorker.accept): how long
 # a worker holds back from the next client while the last one's request has not asked
 # for an inference slot (a client that sends nothing, or trickles its upload, cannot keep
@@ -63,8 +77,8 @@ CONTENTION_MEMORY = 1.0
 def _arm(sock) -> int | None:
     if HEADER_TIMEOUT <= 0:
         return None
-    try:
-        duplicate = sock.dup()
+    try:  # a duplicate of the descriptor: an SSLSocket refuses dup() itself
+        duplicate = socket.fromfd(sock.fileno(), sock.family, sock.type)
     except OSError:
         return None
     return WATCHDOG.arm(time.monotonic() + HEADER_TIMEOUT, duplicate, owned=True)
@@ -126,7 +140,22 @@ class _ClosedListener:
         return self._address
 
 
-class ThreadDeadlineWorker(ThreadWorker):
+class _JsonProtocolErrors:
+    """gunicorn's answer to a request it cannot parse, as the service's JSON error
+    document and never a 5xx (``workers.protocol_errors``); anything else as gunicorn has it."""
+
+    def handle_error(self, req, client, addr, exc):
+        answer = protocol_error(exc)
+        if answer is None:
+            return super().handle_error(req, client, addr, exc)
+        self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
+        try:
+            util.write_nonblock(client, error_response(*answer, exc))
+        except OSError:
+            self.log.debug("Failed to send error message.")
+
+
+class ThreadDeadlineWorker(_JsonProtocolErrors, ThreadWorker):
     """gthread: each request's header block must arrive within TWINFER_HEADER_TIMEOUT, and a
     kept-alive connection whose next request comes within TWINFER_KEEPALIVE_LINGER is served
     by the same thread.
@@ -152,6 +181,13 @@ class ThreadDeadlineWorker(ThreadWorker):
         self._promise_ends = 0.0
         self._serving = threading.local()  # .conn: the connection this pool thread serves
         self._contended_at = -CONTENTION_MEMORY
+        self._gate: HeaderGate | None = None  # set in init_process, for HTTP/1 only
+
+    def init_process(self):
+        # gunicorn's HTTP/2 set-up (ALPN, prior knowledge) stays its own, in the thread.
+        if "h2" not in self.cfg.http_protocols:
+            self._gate = HeaderGate(CLIENT_PENDING_LIMIT, HEADER_TIMEOUT)
+        super().init_process()  # runs the worker
 
     # -- sharing clients with the other workers (workers.inference_slots) -------------
     # Main thread only, like the poller: pool threads ask for it through method_queue.
@@ -161,9 +197,7 @@ class ThreadDeadlineWorker(ThreadWorker):
         taken, and the previous new client's request in line for one (or ACCEPT_PROMISE
         passed). Otherwise the client stays in the kernel's queue, which every worker
         accepts from, for the first one that is free: the way sync workers share clients."""
-        if self._slots is None:
-            return super().accept(listener)
-        if not self._free_to_accept():
+        if self._slots is not None and not self._free_to_accept():
             if self._slots.full:  # a client came while this worker had no slot for it
                 self._contended_at = time.monotonic()
             super().set_accept_enabled(False)
@@ -172,12 +206,109 @@ class ThreadDeadlineWorker(ThreadWorker):
             client, address = listener.accept()
         except (BlockingIOError, ConnectionAbortedError, InterruptedError):
             return
+        if self._gate is not None and not self._gate.admits(address):
+            client.close()
+            metrics.CONNECTIONS_DROPPED.labels("client_limit").inc()
+            return
         self.nr_conns += 1
-        client.setblocking(True)
         conn = TConn(self.cfg, client, address, listener.getsockname())
-        self._promised, self._promise_ends = conn, time.monotonic() + ACCEPT_PROMISE
-        super().set_accept_enabled(False)
+        if self._slots is not None:
+            self._promised, self._promise_ends = conn, time.monotonic() + ACCEPT_PROMISE
+            super().set_accept_enabled(False)
+        self._take(conn)
+
+    # -- header blocks gathered in the main thread (workers.header_gate) --------------
+
+    def _take(self, conn, buffered: bytes = b"") -> None:
+        """Serve ``conn``: in a pool thread once its header block is in."""
+        if self._gate is None:
+            conn.sock.setblocking(True)
+            self.enqueue_req(conn)
+            return
+        handshaking = False
+        if conn.parser is None and self.cfg.is_ssl:
+            try:
+                conn.sock = ssl_context(self.cfg).wrap_socket(
+                    conn.sock, server_side=True, suppress_ragged_eofs=self.cfg.suppress_ragged_eofs,
+                    do_handshake_on_connect=False,
+                )
+            except OSError:  # the client is gone already
+                self.nr_conns -= 1
+                conn.close()
+                return
+            handshaking = True
+        conn.sock.setblocking(False)
+        gathering = self._gate.start(conn, conn.client, buffered, handshaking)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._gather, gathering))
+        self._gather(gathering)  # what has arrived already
+
+    def _gather(self, gathering: Gathering, _fileobj=None) -> None:
+        conn = gathering.conn
+        try:
+            if gathering.handshaking:
+                if not handshake_step(conn.sock):
+                    return
+                gathering.handshaking = False
+            data, closed = read_available(conn.sock)
+        except OSError:  # ssl.SSLError too: a failed handshake, a reset
+            self._drop(gathering, "tls_handshake" if gathering.handshaking else None)
+            return
+        if gathering.feed(data):
+            self._hand_over(gathering)
+        elif closed:
+            self._drop(gathering, None)
+
+    def _hand_over(self, gathering: Gathering) -> None:
+        """The header block is in: a pool thread parses it (the bytes given back to
+        gunicorn's parser) and serves the request."""
+        conn = gathering.conn
+        self.poller.unregister(conn.sock)
+        self._gate.finish(gathering)
+        conn.sock.setblocking(True)
+        if conn.parser is None:
+            conn.initialized = True
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        conn.parser.unreader.unread(bytes(gathering.buffer))
+        conn.data_ready = True
         self.enqueue_req(conn)
+
+    def _drop(self, gathering: Gathering, reason: str | None) -> None:
+        """Close a connection that never completed its header block; ``reason`` (a closed
+        set: header_timeout, tls_handshake) is counted, a client that left is not."""
+        conn = gathering.conn
+        self.poller.unregister(conn.sock)
+        self._gate.finish(gathering)
+        self.nr_conns -= 1
+        conn.close()
+        if reason is not None:
+            metrics.CONNECTIONS_DROPPED.labels(reason).inc()
+
+    def _drop_expired(self) -> None:
+        for gathering in self._gate.expired():
+            self._drop(gathering, "header_timeout")
+
+    def on_client_socket_readable(self, conn, client):
+        """A kept-alive connection's next request starts: gathered like a new one."""
+        if self._gate is None:
+            return super().on_client_socket_readable(conn, client)
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._regather(conn, b"")
+
+    def _regather(self, conn, buffered: bytes) -> None:
+        if not self._gate.admits(conn.client):
+            self.nr_conns -= 1
+            conn.close()
+            metrics.CONNECTIONS_DROPPED.labels("client_limit").inc()
+            return
+        self._take(conn, buffered)
+
+    def finish_request(self, conn, fs):
+        if not fs.cancelled() and fs.exception() is None and fs.result() is _GATHER:
+            self._regather(conn, conn.twinfer_gathered)
+            conn.twinfer_gathered = None
+            return
+        super().finish_request(conn, fs)
 
     def _free_to_accept(self) -> bool:
         if self._promised is not None and time.monotonic() >= self._promise_ends:
@@ -196,7 +327,13 @@ class ThreadDeadlineWorker(ThreadWorker):
     def wait_for_and_dispatch_events(self, timeout):
         if self._promised is not None:  # wake up when the promise runs out
             timeout = max(0.0, min(timeout, self._promise_ends - time.monotonic()))
+        if self._gate is not None:  # and when a header deadline passes
+            next_deadline = self._gate.seconds_to_next_deadline()
+            if next_deadline is not None:
+                timeout = min(timeout, next_deadline)
         super().wait_for_and_dispatch_events(timeout)
+        if self._gate is not None:
+            self._drop_expired()
         if self._slots is not None and not self._accepting:
             self._resume_accepting()
 
@@ -220,6 +357,28 @@ class ThreadDeadlineWorker(ThreadWorker):
             read_ahead = conn.parser.unreader.buf.getvalue()  # a drained body read into the next request
             if not read_ahead and not _readable_within(conn.sock, KEEPALIVE_LINGER):
                 return keep_alive
+            if self._gate is not None and not self._next_header_block_in(conn):
+                return _GATHER
+
+    @staticmethod
+    def _next_header_block_in(conn) -> bool:
+        """Whether the next request's header block is all in (or the client closed): then
+        this thread serves it. Otherwise what has come is kept for the main thread, which
+        gathers the rest: a client cannot hold the thread by trickling that request."""
+        buffered = conn.parser.unreader.take_buffered()
+        conn.sock.setblocking(False)
+        try:
+            data, closed = read_available(conn.sock)
+        except OSError:
+            data, closed = b"", True
+        finally:
+            conn.sock.setblocking(True)
+        received = buffered + data
+        if closed or header_block_complete(received):
+            conn.parser.unreader.unread(received)
+            return True
+        conn.twinfer_gathered = received
+        return False
 
     def _handle_one(self, conn):
         conn.twinfer_header_ticket = _arm(conn.sock)
@@ -306,13 +465,12 @@ class ThreadDeadlineWorker(ThreadWorker):
             address = listener.getsockname()
             for client, peer in _take_queued(listener, self.cfg.backlog):
                 self.nr_conns += 1
-                client.setblocking(True)
-                self.enqueue_req(TConn(self.cfg, client, peer, address))
+                self._take(TConn(self.cfg, client, peer, address))
             listener.close()
         self._refusing = True
 
 
-class SyncDeadlineWorker(SyncWorker):
+class SyncDeadlineWorker(_JsonProtocolErrors, SyncWorker):
     """sync: the header block must arrive within TWINFER_HEADER_TIMEOUT (instead of holding
     the worker until the arbiter kills it after TWINFER_WORKER_TIMEOUT).
 

@@ -24,6 +24,12 @@ INFERENCE_SECONDS = Histogram(
 )
 IN_FLIGHT = Gauge("twinfer_http_requests_in_flight", "Requests being served now.", multiprocess_mode="livesum")
 REQUEST_ERRORS = Counter("twinfer_request_errors_total", "Requests refused or failed, by reason.", ["reason"])
+CONNECTIONS_DROPPED = Counter(
+    "twinfer_connections_dropped_total",
+    "Connections closed before their header block was in (workers/header_gate.py), by reason: header_timeout, "
+    "client_limit (TWINFER_CLIENT_PENDING_LIMIT), tls_handshake (a failed handshake).",
+    ["reason"],
+)
 WORKER_MODEL = Gauge(
     "twinfer_worker_model_info",
     "1 for the model version each live worker serves (label pid added by multiprocess mode).",

@@ -19,6 +19,7 @@ import re
 import resource
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -201,11 +202,12 @@ def service_env(store: Path, port: int, workers: int, threads: int | None, model
     return env
 
 
-def loaded_workers(url: str) -> int:
+def loaded_workers(url: str, context: ssl.SSLContext | None = None) -> int:
     """Workers whose model is loaded, as the shared metrics report them; 0 while the
-    service does not answer in time (a loaded machine produces read timeouts)."""
+    service does not answer in time (a loaded machine produces read timeouts).
+    ``context`` verifies an https service's certificate."""
     try:
-        with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        with urllib.request.urlopen(url + "/metrics", timeout=5, context=context) as response:
             text = response.read().decode()
     except (OSError, http.client.HTTPException):
         return 0
@@ -213,13 +215,15 @@ def loaded_workers(url: str) -> int:
     return sum(1 for line in lines if line.startswith("twinfer_worker_model_info{") and line.endswith(" 1.0"))
 
 
-def wait_ready(proc: subprocess.Popen, url: str, workers: int, log_path: Path) -> None:
+def wait_ready(
+    proc: subprocess.Popen, url: str, workers: int, log_path: Path, context: ssl.SSLContext | None = None
+) -> None:
     """Measuring before every worker has its model would time model loading, not serving."""
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"service exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
-        if loaded_workers(url) >= workers:
+        if loaded_workers(url, context) >= workers:
             return
         time.sleep(0.2)
     raise TimeoutError(f"service not ready in {READY_TIMEOUT:.0f}s:\n{log_path.read_text(errors='replace')}")

@@ -10,8 +10,10 @@ the real service (``python -m service``) and measures:
    one worker run several inferences at once, each with its own activation buffers);
 2. under attack: K slow clients (default K = workers x 2) each send a complete header
    block for a 640x480 JPEG upload and then the body one byte per second ("slow POST";
-   ``--mode headers`` trickles the header block instead: slowloris). An attacker that is
-   cut off reconnects at once, so the pressure never stops. Meanwhile C normal clients
+   ``--mode headers`` trickles the header block instead: slowloris; ``--mode hello``, over
+   TLS, trickles the ClientHello itself; ``--interval`` sets the pace). An attacker that
+   is cut off reconnects at once, so the pressure never stops. ``--tls`` runs the service
+   with a throwaway certificate and every client over https. Meanwhile C normal clients
    (default C = workers) post the same JPEG in a closed loop with a per-request timeout;
    their success rate (200 within the timeout) and latency percentiles (a timed-out or
    failed request counts with the time it took) tell whether the service stayed usable.
@@ -25,6 +27,8 @@ separate runs.
 Run from the project root, e.g.:
 ``.venv/bin/python ops/bench/slow_clients.py --configs sync,gthread8+deadline --rounds 3``
 ``.venv/bin/python ops/bench/slow_clients.py --configs sync,gthread8+deadline --paired``
+``.venv/bin/python ops/bench/slow_clients.py --configs gthread6+deadline --skip-throughput --mode headers --slow 20 --interval 2``
+``.venv/bin/python ops/bench/slow_clients.py --configs gthread6+deadline --skip-throughput --mode hello --slow 16``
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ import json
 import os
 import select
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -58,6 +63,8 @@ from serving import (
     wait_ready,
     wrk_script,
 )
+
+from tests.support.tls import issue_server_cert  # noqa: E402  (after serving: the project root on sys.path)
 
 PICTURE = "640x480"
 CONFIGS: dict[str, dict[str, str]] = {
@@ -136,24 +143,32 @@ def tree_pss_mib(root: int) -> float:
 class Running:
     url: str
     pid: int
+    context: ssl.SSLContext | None  # a client context that trusts the service's certificate (--tls)
 
 
 @contextmanager
-def service(workdir: Path, workers: int, extra: dict[str, str]) -> Iterator[Running]:
-    """``python -m service`` with ``extra`` settings on a fresh store."""
+def service(workdir: Path, workers: int, extra: dict[str, str], tls: bool = False) -> Iterator[Running]:
+    """``python -m service`` with ``extra`` settings on a fresh store; with ``tls``, on
+    https with a throwaway certificate."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "service.log"
     env = service_env(workdir / "store", port, workers, None, DEFAULT_MODEL_DIR)
     env.update(extra)
+    context = None
+    if tls:
+        certs = issue_server_cert(workdir / "certs")
+        env.update(TWINFER_TLS_CERT=str(certs.cert_file), TWINFER_TLS_KEY=str(certs.key_file))
+        context = ssl.create_default_context(cafile=str(certs.ca_file))
+        url = f"https://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
-        wait_ready(proc, url, workers, log_path)
-        yield Running(url, proc.pid)
+        wait_ready(proc, url, workers, log_path, context)
+        yield Running(url, proc.pid, context)
     finally:
         stop(proc)
 
@@ -168,12 +183,28 @@ class SlowOutcome:
     bytes_sent: int
 
 
-class SlowClient(threading.Thread):
-    """One attacker: trickle a request one byte per second, reconnect when cut off."""
+def client_hello(context: ssl.SSLContext) -> bytes:
+    """The ClientHello ``context`` would send, for an attacker to trickle."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
 
-    def __init__(self, port: int, body_size: int, mode: str, stop_event: threading.Event) -> None:
+
+class SlowClient(threading.Thread):
+    """One attacker: trickle a request (or over TLS its ClientHello) one byte per
+    ``interval`` seconds, reconnect when cut off."""
+
+    def __init__(
+        self, port: int, body_size: int, mode: str, interval: float, context: ssl.SSLContext | None,
+        stop_event: threading.Event,
+    ) -> None:
         super().__init__(daemon=True)
         self.port, self.body_size, self.mode, self.stop_event = port, body_size, mode, stop_event
+        self.interval, self.context = interval, context
         self.outcomes: list[SlowOutcome] = []
 
     def run(self) -> None:
@@ -192,20 +223,29 @@ class SlowClient(threading.Thread):
         except OSError:
             time.sleep(0.2)
             return SlowOutcome(time.monotonic() - started, "connect_failed", 0)
+        try:
+            if self.context is not None and self.mode != "hello":
+                sock = self.context.wrap_socket(sock, server_hostname="127.0.0.1")
+        except (OSError, ssl.SSLError):
+            sock.close()
+            time.sleep(0.2)
+            return SlowOutcome(time.monotonic() - started, "handshake_failed", 0)
         with sock:
             try:
                 if self.mode == "body":
                     sock.sendall(headers)
                     sent = len(headers)
                     trickle = b"\xff" * self.body_size
-                else:  # headers: the request line at once, then the header block byte by byte
+                elif self.mode == "headers":  # the request line at once, then the header block byte by byte
                     line_end = headers.index(b"\r\n") + 2
                     sock.sendall(headers[:line_end])
                     sent = line_end
                     trickle = headers[line_end:] + b"\xff" * self.body_size
+                else:  # hello: the TLS ClientHello byte by byte, on the plain socket
+                    trickle = client_hello(self.context)
                 for byte in trickle:
-                    # Wait a second for the server to answer or close, then send one byte.
-                    readable, _, _ = select.select([sock], [], [], 1.0)
+                    # Wait for the server to answer or close, then send one byte.
+                    readable, _, _ = select.select([sock], [], [], self.interval)
                     if readable:
                         return self._ended(sock, started, sent)
                     if self.stop_event.is_set():
@@ -213,7 +253,7 @@ class SlowClient(threading.Thread):
                     sock.sendall(bytes([byte]))
                     sent += 1
                 return self._ended(sock, started, sent)
-            except (ConnectionResetError, BrokenPipeError):
+            except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
                 return SlowOutcome(time.monotonic() - started, "reset", sent)
 
     @staticmethod
@@ -221,7 +261,7 @@ class SlowClient(threading.Thread):
         sock.settimeout(5)
         try:
             data = sock.recv(4096)
-        except (ConnectionResetError, socket.timeout):
+        except (ConnectionResetError, socket.timeout, ssl.SSLError):
             return SlowOutcome(time.monotonic() - started, "reset", sent)
         held = time.monotonic() - started
         if not data:
@@ -240,7 +280,9 @@ class NormalResult:
     ok: int = 0
 
 
-def normal_client(port: int, body: bytes, timeout: float, until: float, result: NormalResult, lock) -> None:
+def normal_client(
+    port: int, body: bytes, timeout: float, until: float, result: NormalResult, lock, context: ssl.SSLContext | None
+) -> None:
     """POST the JPEG in a closed loop; a new connection whenever the last one ended."""
     conn = None
     while time.monotonic() < until:
@@ -248,7 +290,10 @@ def normal_client(port: int, body: bytes, timeout: float, until: float, result: 
         outcome = "ok"
         try:
             if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+                conn = (
+                    http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context) if context
+                    else http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+                )
             conn.request("POST", "/detect", body=body, headers={"Content-Type": "image/jpeg"})
             response = conn.getresponse()
             response.read()
@@ -296,16 +341,19 @@ class AttackResult:
     slow_held_max_s: float
 
 
-def attack(port: int, body: bytes, slow: int, normal: int, seconds: float, timeout: float, mode: str) -> AttackResult:
+def attack(
+    port: int, body: bytes, slow: int, normal: int, seconds: float, timeout: float, mode: str, interval: float,
+    context: ssl.SSLContext | None,
+) -> AttackResult:
     stop_event = threading.Event()
-    attackers = [SlowClient(port, len(body), mode, stop_event) for _ in range(slow)]
+    attackers = [SlowClient(port, len(body), mode, interval, context, stop_event) for _ in range(slow)]
     for a in attackers:
         a.start()
     time.sleep(1.0)  # let them take their workers / threads first
     result, lock = NormalResult(), threading.Lock()
     until = time.monotonic() + seconds
     clients = [
-        threading.Thread(target=normal_client, args=(port, body, timeout, until, result, lock), daemon=True)
+        threading.Thread(target=normal_client, args=(port, body, timeout, until, result, lock, context), daemon=True)
         for _ in range(normal)
     ]
     for c in clients:
@@ -353,11 +401,11 @@ class ConfigResult:
 def measure(
     name: str, settings: dict[str, str], workdir: Path, picture: Path, script: Path, args: argparse.Namespace
 ) -> ConfigResult:
-    with service(workdir / name, args.workers, settings) as running:
+    with service(workdir / name, args.workers, settings, args.tls) as running:
         url = running.url
         port = int(url.rsplit(":", 1)[1])
         c2 = c4 = cpu_ms = pss = float("nan")
-        if not args.skip_throughput:
+        if not args.skip_throughput and not args.tls:  # wrk here speaks plain http
             run_wrk(url, script, args.workers, 2)  # warm-up
             c2 = run_wrk(url, script, 2, args.duration).rps
             cpu_before = tree_cpu_seconds(running.pid)
@@ -370,7 +418,8 @@ def measure(
         if not args.skip_attack:
             slow = args.slow or args.workers * 2
             normal = args.normal or args.workers
-            under = attack(port, picture.read_bytes(), slow, normal, args.attack_seconds, args.timeout, args.mode)
+            under = attack(port, picture.read_bytes(), slow, normal, args.attack_seconds, args.timeout, args.mode,
+                           args.interval, running.context)
     return ConfigResult(name, settings, c2, c4, cpu_ms, pss, under)
 
 
@@ -379,7 +428,8 @@ def print_table(results: list[ConfigResult], args: argparse.Namespace) -> None:
     normal = args.normal or args.workers
     print(
         f"\nworkers={args.workers} cores={os.cpu_count()} picture={PICTURE} wrk {args.duration}s; attack: "
-        f"{slow} slow clients ({args.mode}, 1 byte/s, reconnecting), {normal} normal clients, "
+        f"{slow} slow clients ({args.mode}{' over TLS' if args.tls else ''}, 1 byte per {args.interval:g}s, "
+        f"reconnecting), {normal} normal clients, "
         f"{args.attack_seconds:g}s, timeout {args.timeout:g}s"
     )
     header = (
@@ -436,7 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--slow", type=int, default=0, help="slow clients (default workers x 2)")
     parser.add_argument("--normal", type=int, default=0, help="normal clients (default workers)")
     parser.add_argument("--timeout", type=float, default=5.0, help="normal clients' per-request timeout (s)")
-    parser.add_argument("--mode", choices=("body", "headers"), default="body", help="what the slow clients trickle")
+    parser.add_argument("--mode", choices=("body", "headers", "hello"), default="body",
+                        help="what the slow clients trickle (hello: the TLS ClientHello, implies --tls)")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between two trickled bytes")
+    parser.add_argument("--tls", action="store_true", help="the service on https, every client over TLS")
     parser.add_argument("--body-timeout", type=float, help="TWINFER_BODY_TIMEOUT for the +deadline configs")
     parser.add_argument("--skip-throughput", action="store_true", help="no wrk runs (attack only)")
     parser.add_argument(
@@ -497,6 +550,7 @@ def paired_throughput(names: list[str], workdir: Path, script: Path, args: argpa
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.tls = args.tls or args.mode == "hello"
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
