@@ -122,6 +122,7 @@ def test_document_is_openapi_3_structure(doc):
 def test_detect_is_documented_as_implemented(doc):
     from twinfer.errors import JsonTooComplex, ModelNotFound, RequestError
     from workers.inference import MAX_DETECTIONS_LIMIT
+    from workers.protocol_errors import REASONS as PROTOCOL_REASONS
 
     detect = doc["paths"]["/detect"]["post"]
     content = detect["requestBody"]["content"]
@@ -140,6 +141,7 @@ def test_detect_is_documented_as_implemented(doc):
             yield sub
             yield from subclasses(sub)
 
+    assert PROTOCOL_REASONS <= reasons  # gunicorn's refusals, in the same document
     for cls in [RequestError, *subclasses(RequestError)]:
         assert cls.reason in reasons, cls
         if cls in (ModelNotFound, JsonTooComplex):  # only the v2 routes name a model or parse JSON tensors
