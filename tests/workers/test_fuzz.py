@@ -29,30 +29,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from service.update.bundle import BundleError, UnpackLimits, unpack_bundle
 from service.update.desired import DesiredError, DesiredState, merge_patch, parse_desired
+from tests.support.fuzzing import fuzz
 from tests.support.images import encoded, jpeg_with_declared_size, png_declaring
 from tests.support.paths import IMAGES
 from tests.support.service_process import ServiceProcess
-
-
-def fuzz(examples: int, shrink: bool = False) -> settings:
-    """Bounded, reproducible runs. Shrinking is off where one example costs an HTTP round
-    trip or a ZIP on disk (it can take minutes): the failing example is reported as found."""
-    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if shrink else [])
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        print_blob=False,
-        phases=phases,
-        suppress_health_check=list(HealthCheck),
-    )
-
 
 # === POST /detect on a real pool ===============================================================
 
