@@ -20,7 +20,7 @@ workers = read("TWINFER_WORKERS")
 # puts one on the body (TWINFER_BODY_TIMEOUT, workers/limits.py).
 WORKER_CLASSES = {
     "gthread": "workers.gunicorn_workers.ThreadDeadlineWorker",
-    "sync": "workers.gunicorn_workers.SyncDeadlineWorker",
+    "sync": "workers.sync_worker.SyncDeadlineWorker",
 }
 # gthread is the default. (POSTs on a reused connection used to fail with
 # RemoteDisconnected after an error answer, ops/bench/soak.py --keep-alive: the app closed

@@ -1,65 +1,68 @@
-"""gunicorn worker classes with a deadline on the request header block (README "Security").
+"""gunicorn's gthread worker with a deadline on the request header block (README "Security").
 
 gunicorn reads a request's header block before the app runs, with no time limit: a client
 that sends its headers one byte a second (slowloris) holds a sync worker until the
 arbiter kills it after ``timeout``, and a gthread thread for as long as it keeps sending
 (there is room for ~800 kB of headers). It needs no bearer token either: tokens are
-checked once the headers are in. These subclasses give the header block
+checked once the headers are in. This subclass gives the header block
 TWINFER_HEADER_TIMEOUT seconds from the moment the worker starts reading the connection
 (for a kept-alive connection: from when its next request starts to arrive); when it
 passes, the watchdog of ``workers.limits`` shuts the socket's read side, gunicorn's parser
 sees the end of the stream and the connection is closed. The body then has its own
 deadline (TWINFER_BODY_TIMEOUT, ``workers.limits.BodyDeadline``).
 
-They also let the app close a connection after its answer with ``Connection: close``
+It also lets the app close a connection after its answer with ``Connection: close``
 (``workers.limits.close_connection``), which gunicorn otherwise offers no way to do.
 
-The gthread worker also serves a kept-alive connection's next request in the same thread
+It serves a kept-alive connection's next request in the same thread
 when it arrives within TWINFER_KEEPALIVE_LINGER (``ThreadDeadlineWorker``). With several
 workers it shares busy clients with the others the way sync workers do: it accepts a
 client only when it would start that client's request at once, and while clients wait
 (for its inference slot, ``workers.inference_slots``, or in the kernel's accept queue)
 it ends connections after their answer, so they queue where every worker takes from.
 
-When told to stop, both close their listeners at the start of the drain, after taking the
+When told to stop, it closes its listeners at the start of the drain, after taking the
 connections the kernel had already queued on them (closing a listener resets those): a
 client that reconnects after its ``Connection: close`` is refused instead of being queued
 on a listener nobody accepts from any more and reset when the worker exits (``hey -c 2``
-saw one reset per connection at every stop, with either class).
+saw one reset per connection at every stop, with either worker class).
 
-The gthread worker gathers each request's TLS handshake and header block in its main
+It gathers each request's TLS handshake and header block in its main
 thread and gives a pool thread only complete header blocks (``workers.header_gate``): a
 client trickling its headers or its ClientHello costs a file descriptor, not a thread, and
 one client address may have at most TWINFER_CLIENT_PENDING_LIMIT connections gathering
 per worker.
 
-The watchdog gets a duplicate of the socket's descriptor, which keeps the right
-connection addressable until the deadline is disarmed whatever happens to the socket
-object (a TLS one may be closed and its descriptor number reused meanwhile).
+The sync worker class, with the same header deadline, is ``workers.sync_worker``; the
+socket-level steps both share are ``workers.connection_sockets``.
 """
 from __future__ import annotations
 
-import select
 import selectors
-import socket
 import threading
 import time
 from functools import partial
-from typing import Any
 
-from gunicorn import http, util
+from gunicorn import http
 from gunicorn.sock import ssl_context
 from gunicorn.workers.gthread import TConn, ThreadWorker
-from gunicorn.workers.sync import SyncWorker
 
 from twinfer.settings_table import read
 from workers import inference_slots, metrics
+from workers.connection_sockets import (
+    HEADER_TIMEOUT,
+    arm_header_deadline,
+    connection_queued,
+    disarm_header_deadline,
+    offer_close,
+    readable_within,
+    take_queued,
+)
 from workers.header_gate import Gathering, HeaderGate, handshake_step, header_block_complete, read_available
 from workers.inference_slots import InferenceSlots
-from workers.limits import WATCHDOG, close_connection
-from workers.protocol_errors import error_response, protocol_error
+from workers.limits import close_connection
+from workers.protocol_errors import JsonProtocolErrors
 
-HEADER_TIMEOUT = read("TWINFER_HEADER_TIMEOUT")
 KEEPALIVE_LINGER = read("TWINFER_KEEPALIVE_LINGER")
 CLIENT_PENDING_LIMIT = read("TWINFER_CLIENT_PENDING_LIMIT")
 # handle()'s answer for a kept-alive connection whose next header block is not all in:
@@ -74,88 +77,7 @@ ACCEPT_PROMISE = 0.02
 CONTENTION_MEMORY = 1.0
 
 
-def _arm(sock) -> int | None:
-    if HEADER_TIMEOUT <= 0:
-        return None
-    try:  # a duplicate of the descriptor: an SSLSocket refuses dup() itself
-        duplicate = socket.fromfd(sock.fileno(), sock.family, sock.type)
-    except OSError:
-        return None
-    return WATCHDOG.arm(time.monotonic() + HEADER_TIMEOUT, duplicate, owned=True)
-
-
-def _disarm(ticket: int | None) -> None:
-    if ticket is not None:
-        WATCHDOG.disarm(ticket)
-
-
-def _offer_close(req) -> None:
-    """Let the app end the connection after its answer, with ``Connection: close``
-    (``workers.limits.close_connection``): gunicorn ignores a Connection header from the
-    app, but honours its request's ``must_close`` when it writes the response headers."""
-    if req.body is not None:
-        req.body.twinfer_close = partial(setattr, req, "must_close", True)
-
-
-def _readable_within(sock, seconds: float) -> bool:
-    """Whether the next request on a kept-alive connection starts within ``seconds``."""
-    if getattr(sock, "pending", None) and sock.pending():  # TLS: bytes already decrypted
-        return True
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(seconds * 1000))
-
-
-def _connection_queued(listeners) -> bool:
-    """Whether a client waits in the kernel's accept queue of one of ``listeners``."""
-    poller = select.poll()
-    for listener in listeners:
-        poller.register(listener, select.POLLIN)
-    return bool(poller.poll(0))
-
-
-def _take_queued(listener, limit: int) -> list[tuple[socket.socket, Any]]:
-    """The connections the kernel already completed on ``listener`` (at most ``limit``, a
-    full backlog): taken before it is closed, which would reset them."""
-    listener.setblocking(False)
-    taken = []
-    while len(taken) < limit:
-        try:
-            taken.append(listener.accept())
-        except ConnectionAbortedError:
-            continue
-        except BlockingIOError:
-            break
-    return taken
-
-
-class _ClosedListener:
-    """A listener closed at the stop, for the connections taken from its queue: gunicorn's
-    sync worker only asks it for its address."""
-
-    def __init__(self, address) -> None:
-        self._address = address
-
-    def getsockname(self):
-        return self._address
-
-
-class _JsonProtocolErrors:
-    """gunicorn's answer to a request it cannot parse, as the service's JSON error
-    document and never a 5xx (``workers.protocol_errors``); anything else as gunicorn has it."""
-
-    def handle_error(self, req, client, addr, exc):
-        answer = protocol_error(exc)
-        if answer is None:
-            return super().handle_error(req, client, addr, exc)
-        self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
-        try:
-            util.write_nonblock(client, error_response(*answer, exc))
-        except OSError:
-            self.log.debug("Failed to send error message.")
-
-
-class ThreadDeadlineWorker(_JsonProtocolErrors, ThreadWorker):
+class ThreadDeadlineWorker(JsonProtocolErrors, ThreadWorker):
     """gthread: each request's header block must arrive within TWINFER_HEADER_TIMEOUT, and a
     kept-alive connection whose next request comes within TWINFER_KEEPALIVE_LINGER is served
     by the same thread.
@@ -355,7 +277,7 @@ class ThreadDeadlineWorker(_JsonProtocolErrors, ThreadWorker):
             if keep_alive is not True or not self.alive or KEEPALIVE_LINGER <= 0 or self._waiting > 0:
                 return keep_alive
             read_ahead = conn.parser.unreader.buf.getvalue()  # a drained body read into the next request
-            if not read_ahead and not _readable_within(conn.sock, KEEPALIVE_LINGER):
+            if not read_ahead and not readable_within(conn.sock, KEEPALIVE_LINGER):
                 return keep_alive
             if self._gate is not None and not self._next_header_block_in(conn):
                 return _GATHER
@@ -381,17 +303,17 @@ class ThreadDeadlineWorker(_JsonProtocolErrors, ThreadWorker):
         return False
 
     def _handle_one(self, conn):
-        conn.twinfer_header_ticket = _arm(conn.sock)
+        conn.twinfer_header_ticket = arm_header_deadline(conn.sock)
         try:
             return super().handle(conn)
         finally:
-            _disarm(conn.twinfer_header_ticket)
+            disarm_header_deadline(conn.twinfer_header_ticket)
             conn.twinfer_header_ticket = None
 
     def handle_request(self, req, conn):
-        _disarm(conn.twinfer_header_ticket)  # the headers are in
+        disarm_header_deadline(conn.twinfer_header_ticket)  # the headers are in
         conn.twinfer_header_ticket = None
-        _offer_close(req)
+        offer_close(req)
         self._serving.conn = conn
         try:
             return super().handle_request(req, conn)
@@ -436,7 +358,7 @@ class ThreadDeadlineWorker(_JsonProtocolErrors, ThreadWorker):
         than CONTENTION_MEMORY ago): a kept-alive client would go before them, so its
         connection ends and it queues as they do. A lone client keeps its connection."""
         now = time.monotonic()
-        if self._slots.waiting or _connection_queued(self.sockets):
+        if self._slots.waiting or connection_queued(self.sockets):
             self._contended_at = now
         # A request that queued for a slot counts too: with two clients on one slot, the
         # one waiting has its slot by the time the other's answer is checked here.
@@ -463,64 +385,8 @@ class ThreadDeadlineWorker(_JsonProtocolErrors, ThreadWorker):
         super().set_accept_enabled(False)
         for listener in self.sockets:
             address = listener.getsockname()
-            for client, peer in _take_queued(listener, self.cfg.backlog):
+            for client, peer in take_queued(listener, self.cfg.backlog):
                 self.nr_conns += 1
                 self._take(TConn(self.cfg, client, peer, address))
             listener.close()
         self._refusing = True
-
-
-class SyncDeadlineWorker(_JsonProtocolErrors, SyncWorker):
-    """sync: the header block must arrive within TWINFER_HEADER_TIMEOUT (instead of holding
-    the worker until the arbiter kills it after TWINFER_WORKER_TIMEOUT).
-
-    Every sync answer says ``Connection: close``, so its client reconnects at once: a stop
-    that arrives during a request closes the listeners when the app has answered, before
-    gunicorn writes that answer, and the connections queued meanwhile are served after it."""
-
-    _header_ticket: int | None = None
-    _queued: list | None = None  # (listener address, socket, peer) taken at the stop
-
-    def load_wsgi(self):
-        super().load_wsgi()
-        app = self.wsgi
-
-        def stop_listening_before_the_answer(environ, start_response):
-            answer = app(environ, start_response)
-            if not self.alive:
-                self._stop_listening()
-            return answer
-
-        self.wsgi = stop_listening_before_the_answer
-
-    def run(self):
-        super().run()
-        self._stop_listening()
-        for address, client, peer in self._queued:
-            self.handle(_ClosedListener(address), client, peer)
-
-    def _stop_listening(self) -> None:
-        if self._queued is not None:
-            return
-        self._queued = []
-        for listener in self.sockets:
-            address = listener.getsockname()
-            for client, peer in _take_queued(listener, self.cfg.backlog):
-                client.setblocking(True)
-                util.close_on_exec(client)
-                self._queued.append((address, client, peer))
-            listener.close()
-
-    def handle(self, listener, client, addr):
-        self._header_ticket = _arm(client)
-        try:
-            super().handle(listener, client, addr)
-        finally:
-            _disarm(self._header_ticket)
-            self._header_ticket = None
-
-    def handle_request(self, listener, req, client, addr):
-        _disarm(self._header_ticket)
-        self._header_ticket = None
-        _offer_close(req)
-        return super().handle_request(listener, req, client, addr)

@@ -4,13 +4,14 @@ gunicorn refuses a malformed request line or header block, an unknown ``Expect``
 transfer coding, or oversized headers before the app sees the request, with an HTML page
 (and a 501 for a transfer coding it does not know). These map each of its client errors
 to a status and a reason, so every answer of the service is ``{"error", "reason"}`` JSON
-and nothing a client sends gets a 5xx (``workers.gunicorn_workers`` writes them).
+and nothing a client sends gets a 5xx (``JsonProtocolErrors`` writes them, in both worker classes).
 """
 from __future__ import annotations
 
 import ssl
 from http import HTTPStatus
 
+from gunicorn import util
 from gunicorn.http import errors as parse
 
 from workers.errors import error_document_bytes
@@ -63,3 +64,19 @@ def error_response(status: int, reason: str, exc: BaseException) -> bytes:
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode("latin-1") + body
+
+
+class JsonProtocolErrors:
+    """gunicorn's answer to a request it cannot parse, as the service's JSON error
+    document and never a 5xx (``workers.protocol_errors``); anything else as gunicorn has it."""
+
+    def handle_error(self, req, client, addr, exc):
+        answer = protocol_error(exc)
+        if answer is None:
+            return super().handle_error(req, client, addr, exc)
+        self.log.warning("Invalid request from ip=%s: %s", (addr or ("",))[0], exc)
+        try:
+            util.write_nonblock(client, error_response(*answer, exc))
+        except OSError:
+            self.log.debug("Failed to send error message.")
+

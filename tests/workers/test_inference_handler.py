@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 
 from twinfer.errors import BadParameter, ModelNotFound, NoModel
+from twinfer.engines import EngineOptions
 from workers.inference import MAX_DETECTIONS_LIMIT, DetectOptions, InferenceHandler
+from workers.settings import WorkerSettings
 
 
 @pytest.mark.parametrize(("threshold", "max_detections", "expected"), [
@@ -44,8 +46,9 @@ class _Holder:
         self.current = current
 
 
-def test_the_model_a_request_names_must_be_the_one_serving():
-    handler = InferenceHandler(_Holder(_Serving()), settings=None)
+def test_the_model_a_request_names_must_be_the_one_serving(tmp_path):
+    settings = WorkerSettings(store=tmp_path, max_body_bytes=10**6, max_image_pixels=10**7, engine=EngineOptions())
+    handler = InferenceHandler(_Holder(_Serving()), settings)
     assert handler.current().manifest.name == "face"
     assert handler.current("face", "2").manifest.version == "2"
     with pytest.raises(ModelNotFound, match="unknown model 'body'; this server serves 'face'"):
@@ -53,4 +56,4 @@ def test_the_model_a_request_names_must_be_the_one_serving():
     with pytest.raises(ModelNotFound, match="model 'face' has no version '1'; the active version is '2'"):
         handler.current("face", "1")
     with pytest.raises(NoModel):
-        InferenceHandler(_Holder(None), settings=None).current("face")
+        InferenceHandler(_Holder(None), settings).current("face")
