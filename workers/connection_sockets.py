@@ -1,4 +1,4 @@
-"""Socket-level steps the gunicorn worker classes share (``workers.gunicorn_workers``,
+"""Socket-level steps of the gunicorn worker classes (``workers.gunicorn_workers``,
 ``workers.sync_worker``): the header deadline on a connection, letting the app close a
 connection after its answer, and taking a listener's queued connections before it closes.
 
@@ -74,14 +74,3 @@ def take_queued(listener, limit: int) -> list[tuple[socket.socket, Any]]:
         except BlockingIOError:
             break
     return taken
-
-
-class ClosedListener:
-    """A listener closed at the stop, for the connections taken from its queue: gunicorn's
-    sync worker only asks it for its address."""
-
-    def __init__(self, address) -> None:
-        self._address = address
-
-    def getsockname(self):
-        return self._address

@@ -79,4 +79,3 @@ class JsonProtocolErrors:
             util.write_nonblock(client, error_response(*answer, exc))
         except OSError:
             self.log.debug("Failed to send error message.")
-

@@ -14,13 +14,23 @@ from gunicorn import util
 from gunicorn.workers.sync import SyncWorker
 
 from workers.connection_sockets import (
-    ClosedListener,
     arm_header_deadline,
     disarm_header_deadline,
     offer_close,
     take_queued,
 )
 from workers.protocol_errors import JsonProtocolErrors
+
+
+class ClosedListener:
+    """A listener closed at the stop, for the connections taken from its queue: gunicorn's
+    sync worker only asks it for its address."""
+
+    def __init__(self, address) -> None:
+        self._address = address
+
+    def getsockname(self):
+        return self._address
 
 
 class SyncDeadlineWorker(JsonProtocolErrors, SyncWorker):

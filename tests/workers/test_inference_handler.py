@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from twinfer.errors import BadParameter, ModelNotFound, NoModel
 from twinfer.engines import EngineOptions
+from twinfer.errors import BadParameter, ModelNotFound, NoModel
 from workers.inference import MAX_DETECTIONS_LIMIT, DetectOptions, InferenceHandler
 from workers.settings import WorkerSettings
 
