@@ -1,9 +1,11 @@
 """First start on an empty store: stage the bundled model and publish it.
 
 This is the embedded default (no twin, no download): ``make run`` serves a real
-detector out of the box. Every start also checks that the active model is complete (a
-version damaged while the service was down is replaced by the newest complete one) and
-makes sure it has its host artifact (weights shared by the workers; ``service.optimize``).
+detector out of the box. Every start also checks that every model of the manifest is
+complete (a version damaged while the service was down is replaced by the newest complete
+one of that model; a model with none left leaves the pool, the default falls back to
+the bundled one) and makes sure each has its host artifact (weights shared by the
+workers; ``service.optimize``).
 """
 from __future__ import annotations
 
@@ -16,12 +18,12 @@ from service.repository import ModelRepository
 from service.update import failures
 from service.update.validation import VERDICT_FILE, recorded_verdict, validate_model_dir
 from twinfer.loader import ModelLoadError, find_model_file
-from twinfer.manifest import Manifest, publish, read_manifest, remove_stale_temp_files
+from twinfer.manifest import Manifest, ModelEntry, publish, read_manifest, remove_stale_temp_files, unpublish
 
 log = logging.getLogger("twinfer.supervisor")
 
 
-def stage_directory(repo: ModelRepository, source: Path, name: str, version: str) -> Manifest:
+def stage_directory(repo: ModelRepository, source: Path, name: str, version: str) -> ModelEntry:
     """Copy ``source`` into staging, validate it, promote it and publish it."""
     candidate = repo.copy_into_staging(source, f"{name}-{version}")
     try:
@@ -30,7 +32,7 @@ def stage_directory(repo: ModelRepository, source: Path, name: str, version: str
     except BaseException:
         shutil.rmtree(candidate, ignore_errors=True)
         raise
-    return publish(repo.store, name, version, repo.relative(target), validated.format, validated.decoder)
+    return publish(repo.store, name, version, repo.relative(target), validated.format, validated.decoder, default=True)
 
 
 def version_problem(directory: Path, name: str, version: str) -> str | None:
@@ -55,12 +57,48 @@ def version_problem(directory: Path, name: str, version: str) -> str | None:
     return None
 
 
-def _publish_staged(repo: ModelRepository, name: str, version: str, threshold: float | None = None) -> Manifest:
+def _publish_staged(
+    repo: ModelRepository, name: str, version: str, threshold: float | None = None, default: bool = True
+) -> ModelEntry:
     """Publish a complete staged version (``version_problem`` said None: its verdict is there)."""
     directory = repo.version_dir(name, version)
     validated = recorded_verdict(directory) or validate_model_dir(directory, name, version)
     ensure_host_artifacts(directory)
-    return publish(repo.store, name, version, repo.relative(directory), validated.format, validated.decoder, threshold)
+    return publish(repo.store, name, version, repo.relative(directory), validated.format, validated.decoder, threshold,
+                   default=default)
+
+
+def _count_damaged() -> None:
+    from service import metrics  # prometheus_client: imported once the multiprocess dir is set
+
+    metrics.DOWNLOAD_FAILURES.labels(failures.DAMAGED_MODEL).inc()
+    metrics.UPDATES.labels("failed").inc()
+
+
+def _check_other_models(repo: ModelRepository, pool: Manifest, damaged: list[str] | None) -> None:
+    """Every model besides the default: keep it when complete, else its newest complete
+    version, else take it out of the pool."""
+    for entry in [e for e in pool.models.values() if e.name != pool.default]:
+        directory = entry.model_dir(repo.store)
+        problem = version_problem(directory, entry.name, entry.version)
+        if problem is None:
+            ensure_host_artifacts(directory)
+            continue
+        log.error("model %s %s is damaged: %s", entry.name, entry.version, problem)
+        _count_damaged()
+        _drop_damaged(repo, directory)
+        notes = [f"model {entry.name} {entry.version} was damaged: {problem}"]
+        others = [(v, d) for n, v, d in reversed(repo.versions()) if n == entry.name]
+        usable = next((v for v, d in others if version_problem(d, entry.name, v) is None), None)
+        if usable is not None:
+            _publish_staged(repo, entry.name, usable, entry.score_threshold, default=False)
+            notes.append(f"serving {entry.name} {usable} instead")
+        else:
+            unpublish(repo.store, entry.name)
+            notes.append(f"{entry.name} left the pool: no complete version of it is in the store")
+        log.warning("; ".join(notes))
+        if damaged is not None:
+            damaged.extend(notes)
 
 
 def _drop_damaged(repo: ModelRepository, directory: Path) -> None:
@@ -73,7 +111,7 @@ def _drop_damaged(repo: ModelRepository, directory: Path) -> None:
 
 def ensure_active_model(
     repo: ModelRepository, default_dir: Path, name: str, version: str, damaged: list[str] | None = None
-) -> Manifest:
+) -> ModelEntry:
     """Keep a manifest that names a complete model; otherwise publish the newest other
     complete version in the store, and failing that the bundled default.
 
@@ -86,7 +124,10 @@ def ensure_active_model(
     removed = remove_stale_temp_files(repo.store)
     if removed:
         log.info("removed %d manifest temp file(s) left by an interrupted publish", len(removed))
-    current = read_manifest(repo.store)
+    pool = read_manifest(repo.store)
+    if pool is not None:
+        _check_other_models(repo, pool, damaged)
+    current = pool.default_entry if pool else None
     threshold = None
     if current is not None:
         directory = current.model_dir(repo.store)
@@ -103,13 +144,13 @@ def ensure_active_model(
         )
         if damaged is not None:
             damaged.append(f"the active model {current.name} {current.version} was damaged: {problem}")
-        from service import metrics  # prometheus_client: imported once the multiprocess dir is set
-
-        metrics.DOWNLOAD_FAILURES.labels(failures.DAMAGED_MODEL).inc()
-        metrics.UPDATES.labels("failed").inc()
+        _count_damaged()
         _drop_damaged(repo, directory)
         threshold = current.score_threshold
+        held = set(pool.models) - {current.name} if pool else set()
         for other_name, other_version, other_dir in reversed(repo.versions()):
+            if other_name in held:  # serving as another model of the pool
+                continue
             other_problem = version_problem(other_dir, other_name, other_version)
             if other_problem is not None:
                 log.error("staged model %s %s is damaged too: %s", other_name, other_version, other_problem)

@@ -19,7 +19,8 @@ DOWNLOAD_SECONDS = Histogram(
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600),
 )
 DOWNLOAD_RATE = Gauge(
-    "twinfer_download_rate_bytes_per_second", "Current download rate (0 when idle).", multiprocess_mode="livemax"
+    "twinfer_download_rate_bytes_per_second", "Current download rate, by model (0 when idle).", ["model"],
+    multiprocess_mode="livemax",
 )
 DOWNLOAD_FAILURES = Counter("twinfer_download_failures_total", "Failed model updates, by reason.", ["reason"])
 STAGED_VERSIONS = Gauge(

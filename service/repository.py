@@ -52,16 +52,29 @@ class ModelRepository:
             stale.unlink(missing_ok=True)
 
     def download_path(self, name: str, version: str) -> Path:
-        return self.downloads / f"{check_part('name', name)}-{check_part('version', version)}.part"
+        """``downloads/<name>/<version>.part``: one folder per model, whose lane alone touches it."""
+        folder = self.downloads / check_part("name", name)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{check_part('version', version)}.part"
 
-    def drop_downloads_except(self, keep: Path | None) -> list[Path]:
-        """Garbage-collect partial downloads of models no longer desired."""
+    def drop_downloads_except(self, name: str, keep: Path | None) -> list[Path]:
+        """Garbage-collect ``name``'s partial downloads of versions no longer desired (and
+        files earlier releases left directly in ``downloads``)."""
         removed = []
-        for path in self.downloads.iterdir():
+        folder = self.downloads / check_part("name", name)
+        leftovers = [p for p in self.downloads.iterdir() if p.is_file()]
+        for path in [*(folder.iterdir() if folder.is_dir() else ()), *leftovers]:
             if keep is None or not path.name.startswith(keep.name):
                 path.unlink(missing_ok=True)
                 removed.append(path)
         return removed
+
+    def tidy_downloads(self, name: str) -> None:
+        """Remove ``name``'s download folder once nothing is left in it."""
+        try:
+            (self.downloads / check_part("name", name)).rmdir()
+        except OSError:  # not empty (a download to resume), or gone
+            pass
 
     def version_dir(self, name: str, version: str) -> Path:
         return self.models / check_part("name", name) / check_part("version", version)
@@ -97,12 +110,15 @@ class ModelRepository:
         return sorted(found, key=lambda item: item[2].stat().st_mtime)
 
     def prune(self, keep: int, protect: set[Path]) -> list[Path]:
-        """Delete the oldest versions beyond ``keep``, never one in ``protect`` (the
-        active and previous versions stay for instant rollback)."""
-        versions = [path for _, _, path in self.versions()]
-        removable = [p for p in versions if p not in protect]
-        surplus = max(0, len(versions) - keep)
-        removed = removable[:surplus]
+        """Delete each model's oldest versions beyond ``keep`` of that model, never one in
+        ``protect`` (the active and previous versions stay for instant rollback)."""
+        by_name: dict[str, list[Path]] = {}
+        for name, _, path in self.versions():
+            by_name.setdefault(name, []).append(path)
+        removed = []
+        for versions in by_name.values():
+            removable = [p for p in versions if p not in protect]
+            removed += removable[:max(0, len(versions) - keep)]
         for path in removed:
             shutil.rmtree(path, ignore_errors=True)
             if not any(path.parent.iterdir()):

@@ -40,6 +40,7 @@ class ServiceSettings:
     report_interval: float
     model_output: str
     max_bundle_bytes: int
+    model_memory_budget: int  # bytes; 0: no cap
     max_bundle_files: int
     trusted_keys: Path | None = None  # PEM public key file or directory; None = signatures not required
     download_range_bytes: int = 1024 * 1024  # 0 = one request per download
@@ -66,6 +67,7 @@ class ServiceSettings:
             report_interval=read("TWINFER_REPORT_INTERVAL"),
             model_output=read("TWINFER_MODEL_OUTPUT"),
             max_bundle_bytes=read("TWINFER_MAX_BUNDLE_BYTES"),
+            model_memory_budget=read("TWINFER_MODEL_MEMORY_BUDGET"),
             max_bundle_files=read("TWINFER_MAX_BUNDLE_FILES"),
             trusted_keys=read("TWINFER_TRUSTED_KEYS"),
             download_range_bytes=_range_bytes(),

@@ -3,7 +3,8 @@
 gunicorn runs as a child; signals are forwarded to it. Nothing is restarted silently:
 if gunicorn dies without being asked to, the supervisor exits non-zero so the container
 runtime (IoT Edge's restart policy) sees the failure. Beside it, the twin source feeds
-desired properties to the model updater, which publishes new manifests.
+desired properties to the model pool (one update lane per model), which publishes new
+manifests.
 
 Headless (``TWINFER_SERVE=0``): no gunicorn and no HTTP, only the update pipeline. A
 download-only device keeps its store current for another consumer, and a fleet benchmark
@@ -26,11 +27,11 @@ from service.settings import PROJECT_ROOT, ServiceSettings
 from service.twin.factory import create_twin_source
 from service.update.bundle import UnpackLimits
 from service.update.fetch import DownloadPolicy
-from service.update.inbox import HandledRecord
-from service.update.rollout import RolloutMonitor
+from service.update.link import SharedLink
+from service.update.memory_budget import MemoryBudget
+from service.update.pool import ModelPool
 from service.update.status import ModelStatus
-from service.update.updater import ModelUpdater, UpdaterConfig
-from twinfer.store_layout import StoreLayout
+from service.update.updater import UpdaterConfig
 
 log = logging.getLogger("twinfer.supervisor")
 GUNICORN_CONFIG_MODULE = "workers.gunicorn_config"  # by module name: found wherever twinfer is installed
@@ -80,7 +81,9 @@ def updater_config(settings: ServiceSettings) -> UpdaterConfig:
             backoff_initial=settings.download_backoff_initial,
             rate_limit_bps=settings.download_max_bps or None,
             range_bytes=settings.download_range_bytes,
+            link=SharedLink(),  # one link: downloads of several models at once share its cap
         ),
+        memory_budget=MemoryBudget(settings.model_memory_budget or None),
         windows=settings.download_windows,
         limits=UnpackLimits(max_files=settings.max_bundle_files, max_total_bytes=settings.max_bundle_bytes),
         model_output=settings.model_output,
@@ -126,20 +129,15 @@ class Supervisor:
             log.info("headless (TWINFER_SERVE=0): no gunicorn, no HTTP; updating the store until SIGTERM/SIGINT")
         twin = create_twin_source(self.settings.store, os.environ)
         reporter = Reporter(twin, min_interval=self.settings.report_interval)
-        # No pool to follow when headless: every published generation is complete at once.
-        handled = HandledRecord(StoreLayout(self.settings.store).updater_state)
-        status = ModelStatus(reporter, handled.outcome)  # the one writer of the reported model
-        rollout = RolloutMonitor(self.settings.store, status, self.settings.workers if self.serve else 0)
-        rollout.start()
-        updater = ModelUpdater(self.repo, twin, status, rollout, handled, updater_config(self.settings))
-        updater.start(startup_problems=damaged)
-        twin.start(updater.on_desired)
+        pool = ModelPool(self.repo, twin, lambda outcome, lane: ModelStatus(reporter, outcome, lane),
+                         self.settings.workers if self.serve else 0, updater_config(self.settings))
+        pool.start(startup_problems=damaged)
+        twin.start(pool.on_desired)
         log.info("following the %s twin", twin.kind)
         try:
             code = self._child.wait() if self._child is not None else self._wait_for_signal()
         finally:
-            updater.stop()
-            rollout.stop()
+            pool.stop()
             reporter.close()
             twin.close()
         if self._child is None:

@@ -184,7 +184,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TWINFER_MODEL_OUTPUT", "text", "DLModelOutput", "module output for the model-ready message"),
     # --- updates
     Setting("TWINFER_KEEP_VERSIONS", "int", 3,
-            "model versions kept in the store (active and previous always kept)", minimum=2),
+            "versions kept in the store per model (active and previous always kept)", minimum=2),
     Setting("TWINFER_DOWNLOAD_MAX_BPS", "int", 0,
             "download bandwidth cap, bytes/s (the twin's `download.max_bytes_per_second` wins)",
             shown_default="`0` (no cap)", minimum=0),
@@ -212,6 +212,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TWINFER_MAX_BUNDLE_BYTES", "int", 2 * 1024**3, "unpack limit: bytes of a bundle's files",
             shown_default="2 GiB", minimum=1),
     Setting("TWINFER_MAX_BUNDLE_FILES", "int", 16, "unpack limit: files in a bundle", minimum=1),
+    Setting("TWINFER_MODEL_MEMORY_BUDGET", "int", 0,
+            "bytes of model weights the pool may hold, all models together (mapped once per host); a desired "
+            "model that does not fit is refused with `memory_budget`", shown_default="`0` (no cap)", minimum=0),
     Setting("TWINFER_TRUSTED_KEYS", "path", None,
             "PEM file or directory of `*.pem` Ed25519 public keys; when set, only bundles signed by one of them "
             "activate (see \"Signed bundles\")", shown_default="unset (signatures not required)"),

@@ -62,10 +62,10 @@ class StoreLayout:
         """The local twin of the embedded default (service.twin.local)."""
         return self.root / "twin"
 
-    @property
-    def updater_state(self) -> Path:
-        """The last desired document handled, and its outcome."""
-        return self.root / "updater.json"
+    def updater_state_of(self, lane: str | None) -> Path:
+        """The last desired document a model's lane handled, and its outcome: the default
+        model's in ``updater.json``, each other model's in ``updater/<name>.json``."""
+        return self.root / "updater.json" if lane is None else self.root / "updater" / f"{lane}.json"
 
     @property
     def versions(self) -> Path:

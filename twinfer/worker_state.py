@@ -1,7 +1,7 @@
 """Each worker's own account of what it serves, in a small JSON file the supervisor reads.
 
-``store/run/workers/<pid>.json``: pid, generation, version, loaded-at, last error and
-the recent reload intervals. The supervisor decides from these when a rollout is
+``store/run/workers/<pid>.json``: pid, each model it serves (generation, version,
+loaded-at, shared weights), its last load error and the recent reload intervals. The supervisor decides from these when a rollout is
 complete (every live worker on the new generation) or failed (a worker could not load
 it); gunicorn's ``child_exit`` hook removes a dead worker's file.
 """
@@ -26,25 +26,31 @@ def state_path(store: Path, pid: int) -> Path:
 @dataclass
 class WorkerState:
     pid: int
-    generation: int | None = None
-    name: str | None = None
-    version: str | None = None
-    loaded_at: float | None = None
-    shared_weights: bool | None = None
-    last_error: dict | None = None  # {"generation", "message", "at"}
-    reloads: list[dict] = field(default_factory=list)  # {"generation", "version", "started", "finished", "ok"}
+    models: dict[str, dict] = field(default_factory=dict)  # name -> {"generation", "version", "loaded_at", "shared_weights"}
+    last_error: dict | None = None  # {"model", "generation", "message", "at"}
+    reloads: list[dict] = field(default_factory=list)  # {"model", "generation", "version", "started", "finished", "ok"}
+
+    def generation_of(self, name: str) -> int | None:
+        """The generation of ``name`` this worker serves (None: not loaded)."""
+        loaded = self.models.get(name)
+        return loaded["generation"] if loaded else None
+
+    def record_loaded(self, name: str, generation: int, version: str, loaded_at: float, shared: bool | None) -> None:
+        self.models[name] = {"generation": generation, "version": version, "loaded_at": loaded_at,
+                             "shared_weights": shared}
 
     def save(self, store: Path) -> None:
         path = state_path(store, self.pid)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(asdict(self)).encode())
 
-    def record_reload(self, generation: int, version: str, started: float, finished: float, ok: bool) -> None:
-        entry = {"generation": generation, "version": version, "started": started, "finished": finished, "ok": ok}
+    def record_reload(self, name: str, generation: int, version: str, started: float, finished: float, ok: bool) -> None:
+        entry = {"model": name, "generation": generation, "version": version, "started": started, "finished": finished,
+                 "ok": ok}
         self.reloads = (self.reloads + [entry])[-KEPT_RELOADS:]
 
-    def record_error(self, generation: int, message: str) -> None:
-        self.last_error = {"generation": generation, "message": message, "at": time.time()}
+    def record_error(self, name: str, generation: int, message: str) -> None:
+        self.last_error = {"model": name, "generation": generation, "message": message, "at": time.time()}
 
 
 def _alive(pid: int) -> bool:
@@ -69,7 +75,8 @@ def read_states(store: Path) -> list[WorkerState]:
         except (FileNotFoundError, json.JSONDecodeError):
             continue
         if _alive(raw.get("pid", -1)):
-            states.append(WorkerState(**raw))
+            known = set(WorkerState.__dataclass_fields__)
+            states.append(WorkerState(**{k: v for k, v in raw.items() if k in known}))
     return sorted(states, key=lambda s: s.pid)
 
 

@@ -16,7 +16,7 @@ from workers.inference import InferenceHandler
 from workers.inference_slots import InferenceSlots, slots_per_worker
 from workers.kserve import resources as kserve
 from workers.limits import create_body_deadline
-from workers.middleware import RequestMetrics
+from workers.middleware import RequestMetrics, model_label
 from workers.resources.detect import DetectResource
 from workers.resources.openapi import OpenApiResource
 from workers.resources.status import HealthResource, MetricsResource, ModelsResource, ReadyResource
@@ -26,7 +26,7 @@ log = logging.getLogger("twinfer.worker")
 
 
 def _request_error(req: falcon.Request, resp: falcon.Response, exc: RequestError, params: dict) -> None:
-    metrics.REQUEST_ERRORS.labels(exc.reason).inc()
+    metrics.REQUEST_ERRORS.labels(exc.reason, model_label(req)).inc()
     answer_error(resp, exc.status, exc.reason, exc.message)
     if exc.retry_after is not None:
         resp.set_header("Retry-After", str(exc.retry_after))
@@ -37,7 +37,7 @@ def _unexpected_error(req: falcon.Request, resp: falcon.Response, exc: Exception
     (404, 405) keep their own handler, which is more specific than this one, and are
     written by ``serialize_http_error``."""
     log.exception("unhandled error on %s %s", req.method, req.path)
-    metrics.REQUEST_ERRORS.labels("internal").inc()
+    metrics.REQUEST_ERRORS.labels("internal", model_label(req)).inc()
     answer_error(resp, falcon.HTTP_500, "internal", "internal error")
 
 
@@ -50,7 +50,7 @@ def _with_head(resource: object) -> object:
 
 
 def create_app(settings: WorkerSettings | None = None) -> falcon.App:
-    """Build the app and start loading the published model in the background."""
+    """Build the app; the published models are loaded before it returns (``ModelHolder.start``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings or WorkerSettings.from_env()
     slots = inference_slots.install(InferenceSlots(slots_per_worker(read("TWINFER_WORKERS"), settings.engine.intra_op_threads)))
@@ -76,6 +76,7 @@ def create_app(settings: WorkerSettings | None = None) -> falcon.App:
     app.add_route("/v2", _with_head(kserve.ServerMetadataResource()))
     app.add_route("/v2/health/live", _with_head(kserve.ServerLiveResource()))
     app.add_route("/v2/health/ready", _with_head(kserve.ServerReadyResource(holder)))
+    app.add_route("/v2/repository/index", kserve.RepositoryIndexResource(holder))
     metadata, ready, infer = (kserve.ModelMetadataResource(inference), kserve.ModelReadyResource(inference),
                               kserve.InferResource(inference))
     for model in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):

@@ -138,7 +138,7 @@ class ApiAuth:
 
 def handle_unauthorized(req: falcon.Request, resp: falcon.Response, exc: Unauthorized, params: dict) -> None:
     """Error handler: the usual error document, counted by reason, plus the challenge."""
-    metrics.REQUEST_ERRORS.labels(exc.reason).inc()
+    metrics.REQUEST_ERRORS.labels(exc.reason, "").inc()
     answer_error(resp, exc.status, exc.reason, exc.message)
     resp.set_header("WWW-Authenticate", exc.challenge)
 

@@ -3,7 +3,8 @@
 ``POST /detect`` and KServe v2's ``.../infer`` differ only in how a request arrives and
 how its answer is written (``workers.resources.detect``, ``workers.kserve.resources``);
 what is asked of the model, and what is checked and counted on the way, is here, once:
-the detection options and their bounds, which model serves (with a clear 404 or 503),
+the detection options and their bounds, which model serves (by name, the default one
+without; a clear 404 naming the models there are, or 503 while one loads),
 the detection document, the raw tensor run, and the inference-time histogram.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
+import falcon
 import numpy as np
 
 from twinfer.decode_budget import DecodeBudget
@@ -94,16 +96,31 @@ class InferenceHandler:
     def max_body_bytes(self) -> int:
         return self._settings.max_body_bytes
 
-    def current(self, name: str | None = None, version: str | None = None) -> ServingModel:
-        """The model this worker serves, checked against the name (and version) a request asks for."""
-        return _checked(self._holder.current, name, version)
+    def current(self, req: falcon.Request, name: str | None = None, version: str | None = None) -> ServingModel:
+        """The model a request asks for (the default one without a name), checked against
+        the version it asks for; the request's metrics are labelled with it."""
+        return self._checked(req, self._holder.serving_now(name), name, version)
 
     @contextmanager
-    def serving(self, name: str | None = None, version: str | None = None) -> Iterator[ServingModel]:
+    def serving(self, req: falcon.Request, name: str | None = None, version: str | None = None) -> Iterator[ServingModel]:
         """The model for one request, in one of the worker's inference slots; a swap
         meanwhile waits for it. Read the request body before: a slow upload holds no slot."""
-        with self._holder.serving() as serving:
-            yield _checked(serving, name, version)
+        with self._holder.serving(name) as serving:
+            yield self._checked(req, serving, name, version)
+
+    def _checked(self, req: falcon.Request, serving: ServingModel | None, name: str | None,
+                 version: str | None) -> ServingModel:
+        if serving is None:
+            if name is None or name in self._holder.missing():
+                raise NoModel(f"{'no model' if name is None else repr(name)} loaded in this worker yet; retry shortly")
+            served = sorted(self._holder.models)
+            raise ModelNotFound(f"unknown model {name[:100]!r}; this server serves {served}")
+        manifest = serving.manifest
+        req.context.model = manifest.name
+        if version is not None and version != manifest.version:
+            raise ModelNotFound(
+                f"model {manifest.name!r} has no version {version[:100]!r}; the active version is {manifest.version!r}")
+        return serving
 
     def detect(self, serving: ServingModel, image: bytes, options: DetectOptions) -> dict:
         """Encoded picture -> the detection document."""
@@ -122,17 +139,6 @@ class InferenceHandler:
             raise RequestError(f"the model could not run on these inputs: {type(exc).__name__}: {str(exc)[:400]}") from None
         _observe(serving, time.perf_counter() - started)
         return arrays
-
-
-def _checked(serving: ServingModel | None, name: str | None, version: str | None) -> ServingModel:
-    if serving is None:
-        raise NoModel("no model loaded in this worker yet; retry shortly")
-    manifest = serving.manifest
-    if name is not None and name != manifest.name:
-        raise ModelNotFound(f"unknown model {name!r}; this server serves {manifest.name!r}")
-    if version is not None and version != manifest.version:
-        raise ModelNotFound(f"model {name!r} has no version {version!r}; the active version is {manifest.version!r}")
-    return serving
 
 
 def _observe(serving: ServingModel, seconds: float) -> None:

@@ -12,8 +12,8 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25,
 
 REQUEST_SECONDS = Histogram(
     "twinfer_http_request_duration_seconds",
-    "HTTP request latency, by route template, method and status.",
-    ["route", "method", "status"],
+    "HTTP request latency, by route template, method, status and model (empty: a route that names none).",
+    ["route", "method", "status", "model"],
     buckets=LATENCY_BUCKETS,
 )
 INFERENCE_SECONDS = Histogram(
@@ -23,7 +23,10 @@ INFERENCE_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 IN_FLIGHT = Gauge("twinfer_http_requests_in_flight", "Requests being served now.", multiprocess_mode="livesum")
-REQUEST_ERRORS = Counter("twinfer_request_errors_total", "Requests refused or failed, by reason.", ["reason"])
+REQUEST_ERRORS = Counter(
+    "twinfer_request_errors_total", "Requests refused or failed, by reason and model (empty: none resolved).",
+    ["reason", "model"],
+)
 CONNECTIONS_DROPPED = Counter(
     "twinfer_connections_dropped_total",
     "Connections closed before their header block was in (workers/header_gate.py), by reason: header_timeout, "
@@ -37,12 +40,16 @@ WORKER_MODEL = Gauge(
     multiprocess_mode="liveall",
 )
 WORKER_GENERATION = Gauge(
-    "twinfer_worker_model_generation", "Manifest generation each live worker serves.", multiprocess_mode="liveall"
+    "twinfer_worker_model_generation", "Manifest generation of each model each live worker serves (0: unloaded).",
+    ["model"], multiprocess_mode="liveall",
 )
-MODEL_RELOADS = Counter("twinfer_model_reloads_total", "Worker model loads (start-up and swaps), by result.", ["result"])
+MODEL_RELOADS = Counter(
+    "twinfer_model_reloads_total", "Worker model loads (start-up and swaps), by model and result.", ["model", "result"]
+)
 MODEL_RELOAD_SECONDS = Histogram(
     "twinfer_model_reload_duration_seconds",
-    "Load + warm-up + drain time of a worker's model swap.",
+    "Load + warm-up + drain time of a worker's model swap, by model.",
+    ["model"],
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
 )
 WORKERS = Gauge("twinfer_workers", "Live gunicorn workers.", multiprocess_mode="livesum")

@@ -1,4 +1,4 @@
-"""Request accounting for every route: latency by route/status, requests in flight."""
+"""Request accounting for every route: latency by route/status/model, requests in flight."""
 from __future__ import annotations
 
 import os
@@ -18,6 +18,12 @@ def method_label(method: str) -> str:
     return method if method in METHODS else OTHER
 
 
+def model_label(req: falcon.Request) -> str:
+    """The model a request was served by (``workers.inference`` sets it once resolved, so
+    the value comes from the manifest, never from the client); empty for other routes."""
+    return getattr(req.context, "model", "")
+
+
 class RequestMetrics:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
@@ -30,5 +36,5 @@ class RequestMetrics:
         metrics.IN_FLIGHT.dec()
         route = req.uri_template or "unmatched"
         status = resp.status.split(" ", 1)[0] if isinstance(resp.status, str) else str(int(resp.status))
-        metrics.REQUEST_SECONDS.labels(route, method_label(req.method), status).observe(time.perf_counter() - started)
+        metrics.REQUEST_SECONDS.labels(route, method_label(req.method), status, model_label(req)).observe(time.perf_counter() - started)
         resp.set_header("X-Twinfer-Worker", str(os.getpid()))

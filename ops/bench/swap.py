@@ -31,7 +31,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from serving import make_pictures, parse_wrk, run_wrk, running_service, wrk_script  # noqa: E402
 from update import serve_directory  # noqa: E402
 
-from twinfer.manifest import read_manifest  # noqa: E402
+from twinfer.manifest import read_default  # noqa: E402
 from twinfer.worker_state import read_states  # noqa: E402
 
 MODELS = PROJECT_ROOT / "tests" / "fixtures" / "models"
@@ -114,7 +114,7 @@ def main() -> int:
             rollouts = []
             for i in range(args.swaps):
                 generation = twin.roll_out(TFLITE if i % 2 == 0 else ONNX)
-                rollouts.append(rollout_seconds(store, generation, read_manifest(store).published_at))
+                rollouts.append(rollout_seconds(store, generation, read_default(store).published_at))
             swapping_seconds = time.monotonic() - started
             wrk.send_signal(signal.SIGINT)
             during = parse_wrk(wrk.communicate(timeout=30)[0])

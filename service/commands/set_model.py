@@ -1,9 +1,10 @@
 """``python -m service set-model``: roll out a model on the local twin (no IoT Hub).
 
 The same options as ``twin-patch`` (downgrade permission, compression, delta-free
-windows, rate cap, urgent, signature), applied to the local twin by
-``service.commands.local_apply``; a version already in the store needs only its name and
-version (the runbook's rollback), its SHA-256 read from the store's record of the bundle.
+windows, rate cap, urgent, signature, ``--pool`` for ``models.<name>``, ``--remove``),
+applied to the local twin by ``service.commands.local_apply``; a version already in the
+store needs only its name and version (the runbook's rollback), its SHA-256 read from the
+store's record of the bundle.
 """
 from __future__ import annotations
 
@@ -19,15 +20,22 @@ HELP = "set the desired model in the local twin ($TWINFER_STORE/twin/desired.jso
 DESCRIPTION = (
     "Write the desired model into the local twin's desired.json (the embedded default's stand-in for IoT Hub) "
     "and bump its $version; a running supervisor picks it up within a second. Takes every option of "
-    "twin-patch; for a version already in the store --url and --bundle/--sha256 may be left out. Exits 2, "
+    "twin-patch; for a version already in the store --url and --bundle/--sha256 may be left out. With --pool "
+    "the model goes to models.<--name>, served beside the default model (`model`); --remove NAME takes a "
+    "model of the pool out (models.NAME: null), alone or with a rollout. Exits 2, "
     "writing nothing, for what the device would refuse (a malformed document, a downgrade without "
-    "--allow-downgrade) and for a directory that is not a service's store."
+    "--allow-downgrade, a name both the default model and a key of models), for a removal that would change "
+    "nothing (a model the pool does not hold, the default model) and for a directory that is not a service's "
+    "store."
 )
 EPILOG = (
     "examples:\n"
     "  python -m service set-model --name ssd-oidv4 --version 2.0.0 \\\n"
     "      --url http://files.local/ssd-2.0.0.zip --bundle ssd-2.0.0.zip --threshold 0.4\n"
-    "  python -m service set-model --name ssd-oidv4 --version 1.0.0 --allow-downgrade   # roll back to a staged version"
+    "  python -m service set-model --name ssd-oidv4 --version 1.0.0 --allow-downgrade  # back to a staged version\n"
+    "  python -m service set-model --name plates --version 2.1 --pool \\\n"
+    "      --url http://files.local/plates-2.1.zip --bundle plates-2.1.zip   # models.plates, beside the default\n"
+    "  python -m service set-model --remove plates   # models.plates: null, out of the pool"
 )
 
 
@@ -58,7 +66,9 @@ def _from_store(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        if args.url is None:
+        if not twin_patch.is_rollout(args):  # only removals: no bundle to find
+            pass
+        elif args.url is None:
             _from_store(args)
         elif args.bundle is None and args.sha256 is None:
             raise LocalApplyError("with --url give --bundle or --sha256: an unverified download is never staged")

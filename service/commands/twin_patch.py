@@ -9,7 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from service.commands.local_apply import add_store_option, apply_and_say
+from service.commands.local_apply import add_store_option, apply_and_say, desired_models
 
 NAME = "twin-patch"
 HELP = "print the desired-properties patch (and the az command) that rolls out a bundle"
@@ -20,7 +20,11 @@ DESCRIPTION = (
     "FileName/DownloadUrl/ContentMD5 keys (ContentMD5 in base64, as Blob Storage gives it). The patch is checked "
     "with the device's own parser first. The JSON goes to stdout and a ready `az iot hub module-twin update` "
     "command to stderr; with --az only the command is printed, on stdout. With --apply-local the patch is "
-    "applied to the local twin of the embedded default instead (as `apply-patch` does)."
+    "applied to the local twin of the embedded default instead (as `apply-patch` does). With --pool the bundle "
+    "goes to `models.<--name>` instead of `model`: a model served beside the default one (requests name it), "
+    "its threshold in `models.<name>.inference`; `model` keeps naming the default model. --remove NAME (repeat "
+    "for several) adds `\"models\": {\"NAME\": null}`, which takes that model out of the pool; alone it needs no "
+    "bundle options."
 )
 EPILOG = (
     "examples:\n"
@@ -31,7 +35,10 @@ EPILOG = (
     "  python -m service twin-patch --url <URL> --bundle face_1.0.zip --name face --version 1.0 \\\n"
     "      --sign keys/private.pem\n"
     "  python -m service twin-patch --url <URL> --bundle face_1.0.zip --name face --version 1.0 \\\n"
-    "      --window 01:00-05:00 --apply-local   # the embedded default: no IoT Hub"
+    "      --window 01:00-05:00 --apply-local   # the embedded default: no IoT Hub\n"
+    "  python -m service twin-patch --url <URL> --bundle plates_2.1.zip --name plates --version 2.1 \\\n"
+    "      --threshold 0.5 --pool   # models.plates: served beside the default model\n"
+    "  python -m service twin-patch --remove plates   # {\"models\": {\"plates\": null}}: out of the pool"
 )
 REFERENCE_KEYS = ("FileName", "DownloadUrl", "ContentMD5")
 
@@ -40,20 +47,35 @@ class PatchError(Exception):
     pass
 
 
+ONLY_REMOVING = "; not needed when only removing models (--remove)"
+
+
 def configure(parser: argparse.ArgumentParser, local: bool = False) -> None:
     """The options of a rollout; ``local`` (``set-model``): for the local twin, where a
-    version already in the store needs neither the URL nor the digests."""
-    parser.add_argument("--url", required=not local,
+    version already in the store needs neither the URL nor the digests. --url, the bundle
+    and --name/--version are required unless the patch only removes models (``--remove``):
+    ``build_patch`` checks that, as argparse cannot."""
+    parser.add_argument("--url",
                         help="where devices download the bundle (http/https, e.g. a Blob SAS URL)"
-                             + ("; not needed for a version already in the store" if local else ""))
-    source = parser.add_mutually_exclusive_group(required=not local)
+                             + ("; not needed for a version already in the store" if local else "; required")
+                             + ONLY_REMOVING)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--bundle", type=Path, metavar="OUT.zip",
-                        help="the bundle file: SHA-256, MD5 and size are read from it")
+                        help="the bundle file: SHA-256, MD5 and size are read from it"
+                             + ("" if local else " (this or --sha256 is required)"))
     source.add_argument("--sha256", metavar="H", help="the bundle's SHA-256 (hex), when the file is not at hand")
     parser.add_argument("--md5", metavar="M", help="with --sha256: the bundle's MD5 (hex or base64)")
     parser.add_argument("--size", type=int, metavar="N", help="with --sha256: the bundle's size in bytes")
-    parser.add_argument("--name", required=True, help="model name")
-    parser.add_argument("--version", required=True, help="model version")
+    parser.add_argument("--name", help="model name; required" + ONLY_REMOVING)
+    parser.add_argument("--version", help="model version; required" + ONLY_REMOVING)
+    parser.add_argument("--pool", action="store_true",
+                        help="roll the bundle out as models.<--name> (a model served beside the default one, "
+                             "which requests name) instead of model (the default model); --threshold goes to "
+                             "models.<name>.inference, the download settings stay top-level (every model's)")
+    parser.add_argument("--remove", action="append", metavar="NAME", default=[],
+                        help="take model NAME out of the pool: models.NAME set to null (repeat for several); "
+                             "alone, or with a rollout of another model (e.g. --name NAME without --pool makes "
+                             "a pool model the default one)")
     signature = parser.add_mutually_exclusive_group()
     signature.add_argument("--signature", metavar="SIG",
                            help="model.signature: the bundle's base64 signature (as `bundle --sign` printed it)")
@@ -61,7 +83,8 @@ def configure(parser: argparse.ArgumentParser, local: bool = False) -> None:
                            help="compute model.signature over name, version and SHA-256 with this Ed25519 key")
     parser.add_argument("--allow-downgrade", action="store_true",
                         help="model.allow_downgrade: true, to roll back below the highest version the device ran")
-    parser.add_argument("--threshold", type=float, metavar="T", help="inference.score_threshold (0..1)")
+    parser.add_argument("--threshold", type=float, metavar="T",
+                        help="inference.score_threshold (0..1); with --pool models.<name>.inference.score_threshold")
     parser.add_argument("--max-bps", type=int, metavar="B",
                         help="download.max_bytes_per_second (>= 1024, or 0 for no cap)")
     parser.add_argument("--window", action="append", metavar="HH:MM-HH:MM[@BPS]",
@@ -76,8 +99,10 @@ def configure(parser: argparse.ArgumentParser, local: bool = False) -> None:
                         help="--url serves this zstd frame of --bundle (`bundle --compressed`): model.compression "
                              "and model.size (the frame's) are set from it")
     parser.add_argument("--reference", action="store_true",
-                        help="add the reference design's FileName/DownloadUrl/ContentMD5 keys (needs the MD5)")
+                        help="add the reference design's FileName/DownloadUrl/ContentMD5 keys (needs the MD5); "
+                             "the default model only, not with --pool")
     add_store_option(parser)
+    parser.set_defaults(url_optional=local)
     if local:
         return
     parser.add_argument("--az", action="store_true", help="print only the az command, on stdout")
@@ -161,10 +186,73 @@ def _download_settings(args: argparse.Namespace) -> dict:
     return download
 
 
-def build_patch(args: argparse.Namespace, delta: dict | None = None) -> dict:
-    """The desired patch for the bundle (``delta``: a ``model.delta`` object to add)."""
-    from service.update.desired import MODEL_KEYS, DesiredError, parse_desired
+ROLLOUT_OPTIONS = {  # dest -> option: what only a rollout (--name/--version) uses
+    "url": "--url", "bundle": "--bundle", "sha256": "--sha256", "md5": "--md5", "size": "--size",
+    "signature": "--signature", "sign": "--sign", "allow_downgrade": "--allow-downgrade", "threshold": "--threshold",
+    "urgent": "--urgent", "compressed": "--compressed", "reference": "--reference", "pool": "--pool",
+}
 
+
+def is_rollout(args: argparse.Namespace) -> bool:
+    """False: the patch only removes models (``--remove`` without ``--name``/``--version``)."""
+    if args.remove and args.name is None and args.version is None:
+        used = [option for dest, option in ROLLOUT_OPTIONS.items()
+                if getattr(args, dest, None) is not None and getattr(args, dest, None) is not False]
+        if used:
+            raise PatchError(f"{', '.join(used)}: options of a rollout, which needs --name and --version "
+                             f"(a removal takes only --remove NAME)")
+        return False
+    missing = [option for option, value in (("--name", args.name), ("--version", args.version)) if value is None]
+    if missing:
+        raise PatchError(f"the following arguments are required: {', '.join(missing)} (or only --remove NAME)")
+    return True
+
+
+def check_document(document: dict) -> list:
+    """The patch as the device parses it (the default model's part and each ``models.<name>``);
+    raises ``PatchError``."""
+    from service.update.desired import DesiredError
+
+    try:
+        return desired_models(document)
+    except DesiredError as exc:
+        raise PatchError(f"the device would refuse this patch: {exc}") from None
+
+
+def _removals(args: argparse.Namespace) -> dict:
+    from service.repository import RepositoryError, check_part
+
+    removed = {}
+    for name in args.remove:
+        try:
+            check_part("name", name)
+        except RepositoryError as exc:
+            raise PatchError(f"--remove {name!r}: {exc}") from None
+        if args.pool and name == args.name:
+            raise PatchError(f"--remove {name} and --pool --name {name} exclude each other")
+        removed[name] = None
+    return removed
+
+
+def build_patch(args: argparse.Namespace, delta: dict | None = None) -> dict:
+    """The desired patch for the bundle (``delta``: a ``model.delta`` object to add): ``model``,
+    or with ``--pool`` ``models.<name>``; plus ``models.<name>: null`` per ``--remove``."""
+    from service.update.desired import MODEL_KEYS
+
+    removals = _removals(args)
+    if not is_rollout(args):
+        patch = {"models": removals}
+        download = _download_settings(args)  # top-level, every model's: may ride along
+        if download:
+            patch["download"] = download
+        check_document(patch)
+        return patch
+    if args.url is None and not getattr(args, "url_optional", False):
+        raise PatchError("the following arguments are required: --url")
+    if args.bundle is None and args.sha256 is None:
+        raise PatchError("one of the arguments --bundle --sha256 is required")
+    if args.pool and args.reference:
+        raise PatchError("--reference describes the default model (model) only: leave it out with --pool")
     sha256, md5, size = _digests(args)
     model = {"name": args.name, "version": args.version, "sha256": sha256}
     if args.url is not None:
@@ -188,9 +276,19 @@ def build_patch(args: argparse.Namespace, delta: dict | None = None) -> dict:
     # into the model object, and a delta, compression or permission of the last rollout must
     # not ride along with this one.
     model.update({key: None for key in MODEL_KEYS if key not in model})
-    patch: dict = {"model": model}
-    if args.threshold is not None:
-        patch["inference"] = {"score_threshold": args.threshold}
+    inference = {"score_threshold": args.threshold} if args.threshold is not None else None
+    patch: dict
+    if args.pool:
+        entry = {key: value for key, value in model.items() if key != "name"}  # the key is the name
+        if inference is not None:
+            entry["inference"] = inference
+        patch = {"models": {args.name: entry, **removals}}
+    else:
+        patch = {"model": model}
+        if inference is not None:
+            patch["inference"] = inference
+        if removals:
+            patch["models"] = removals
     download = _download_settings(args)
     if download:
         patch["download"] = download
@@ -201,10 +299,7 @@ def build_patch(args: argparse.Namespace, delta: dict | None = None) -> dict:
         patch["FileName"] = f"{args.name}_{args.version}.zip"
         patch["DownloadUrl"] = args.url
         patch["ContentMD5"] = base64.b64encode(bytes.fromhex(md5)).decode()
-    try:
-        parse_desired(patch)
-    except DesiredError as exc:
-        raise PatchError(f"the device would refuse this patch: {exc}") from None
+    check_document(patch)
     if args.reference:
         _warn_if_reference_names_differ(patch)
     return patch

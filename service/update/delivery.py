@@ -177,7 +177,7 @@ class BundleDelivery:
         gate = ProgressGate()
 
         def progress(p: DownloadProgress) -> None:
-            metrics.DOWNLOAD_RATE.set(p.rate_bps)
+            metrics.DOWNLOAD_RATE.labels(target.name).set(p.rate_bps)
             if gate.passes(p, time.monotonic()):
                 self._on_progress(target, p)
 

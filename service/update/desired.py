@@ -19,7 +19,8 @@ Two shapes are accepted:
   says ``url`` serves the bundle as a zstd frame (``size`` is the frame's, the hashes and
   the signature the bundle's). The reference design's keys carry none of these.
 
-``model`` wins when both are present. A malformed document raises ``DesiredError`` and
+``model`` wins when both are present. Several models at once: ``models``, split into one
+document per model by ``service.update.pool_desired``. A malformed document raises ``DesiredError`` and
 changes nothing. IoT Hub limits each property to 4 KB and the desired document to 32 KB.
 """
 from __future__ import annotations
@@ -308,6 +309,8 @@ def parse_desired(desired: Mapping[str, Any]) -> DesiredState:
         raise DesiredError("desired properties must be an object")
     if "$invalid" in desired:  # the local twin's file did not parse
         raise DesiredError(f"desired document is not valid JSON: {desired['$invalid']}")
+    if "$error" in desired:  # service.update.pool_desired: the part of the document for this model is bad
+        raise DesiredError(desired["$error"])
     _check_sizes(desired)
     version = desired.get("$version")
     download = _download(desired)

@@ -32,6 +32,8 @@ BAD_BUNDLE = "bad_bundle"  # prefix: ``bad_bundle_<why>`` (service.update.bundle
 INVALID_MODEL = "invalid_model"  # the model did not load or run in validation (the message says why)
 WORKER_LOAD_FAILED = "worker_load_failed"  # validated, but a worker could not load it: rolled back
 DAMAGED_MODEL = "damaged_model"  # a staged version was damaged at start-up and replaced
+MEMORY_BUDGET = "memory_budget"  # the pool would outgrow TWINFER_MODEL_MEMORY_BUDGET: raise it or remove a model
+DEFAULT_NOT_REMOVABLE = "default_not_removable"  # models.<the default> removed: the twin's model names another
 
 # --- the device ------------------------------------------------------------------------
 STORE_NOT_WRITABLE = "store_not_writable"  # the model store's volume is read-only or not ours

@@ -23,7 +23,7 @@ import random
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -40,6 +40,7 @@ from service.update.http_answers import (
     retry_after,
     scrub,
 )
+from service.update.link import SharedLink
 from twinfer.manifest import write_atomic
 
 log = logging.getLogger("twinfer.fetch")
@@ -59,6 +60,7 @@ class DownloadPolicy:
     chunk_size: int = 64 * 1024
     range_bytes: int = 0  # > 0: request the blob in ranges of this size; 0: one request for the rest
     min_free_bytes: int = 64 * 1024 * 1024  # keep this much free on the store's filesystem
+    link: SharedLink | None = field(default=None, compare=False)  # the cap shared with other downloads; None: own
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,7 @@ class _Download:
         self.started = time.monotonic()
         self.last_report = self.started
         self.saved: tuple[str | None, int | None] | None = None
-        self.schedule_start = 0.0
-        self.schedule_bytes = 0
+        self.link = policy.link or SharedLink()
 
     # -- state on disk -------------------------------------------------------------------
 
@@ -237,11 +238,10 @@ class _Download:
         return random.uniform(0, ceiling)
 
     def pace(self, size: int) -> None:
-        """Sleep by schedule: byte n of an attempt is not taken before start + n / rate."""
+        """Sleep until the link's schedule allows the bytes just taken (``service.update.link``)."""
         rate = self.policy.rate_limit_bps
         if rate:
-            self.schedule_bytes += size
-            self.wait(self.schedule_start + self.schedule_bytes / rate - time.monotonic())
+            self.wait(self.link.reserve(size, rate))
 
     # -- the transfer --------------------------------------------------------------------
 
@@ -383,7 +383,6 @@ class _Download:
         size = self.policy.chunk_size
         if self.policy.rate_limit_bps:
             size = max(1024, min(size, self.policy.rate_limit_bps // 10))  # pace in ~0.1 s steps
-        self.schedule_start, self.schedule_bytes = time.monotonic(), 0
         chunks = body_chunks(response, size)
         with open(self.part_path, "ab") as out:
             while True:

@@ -2,7 +2,7 @@
 
 The twin calls in from its own thread, with a full document (at connect) or a patch; the
 updater takes the merged document when it is free. A document handled to a final outcome
-is remembered by its fingerprint in ``updater.json`` (``HandledRecord``), so the same
+is remembered by its fingerprint in ``updater.json`` (per model: ``StoreLayout.updater_state_of``), so the same
 document delivered again by a reconnect or a restart does nothing, while one interrupted
 mid-download is taken up again. A newer document that asks for another model cancels the
 work on the older one (``cancel``); a document whose handling must be tried again later
@@ -24,12 +24,14 @@ from twinfer.manifest import write_atomic
 log = logging.getLogger("twinfer.updater")
 
 
+TWIN_METADATA = ("$version", "$metadata")  # what IoT Hub adds to a desired document
+
+
 def fingerprint(document: dict) -> str:
-    """The twin's ``$version`` when it has one, else a hash of the content."""
-    version = document.get("$version")
-    if isinstance(version, int):
-        return f"v{version}"
-    content = {k: v for k, v in document.items() if not k.startswith("$")}
+    """A hash of the content, not the twin's ``$version``: a lane's document is its part of
+    the desired document, and a patch to another model's part (a new ``$version``) must not
+    make this lane handle its own part again (a failed download retried, say)."""
+    content = {k: v for k, v in document.items() if k not in TWIN_METADATA}
     return "sha256:" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -113,4 +115,5 @@ class HandledRecord:
 
     def save(self, mark: str, outcome: dict) -> None:
         self.fingerprint, self.outcome = mark, outcome
+        self._path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self._path, json.dumps({"handled": mark, "outcome": outcome}).encode())

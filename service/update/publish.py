@@ -1,10 +1,11 @@
 """A validated version -> the manifest, the pool, the twin and the routing message.
 
-Publishing writes the manifest (workers follow it, one at a time) and then follows the
-rollout until every worker serves the new generation; a version the workers refuse has
+Publishing writes the model's entry in the manifest (the memory budget checked under its
+lock; workers follow it, one at a time) and then follows the rollout until every worker
+serves the new generation; a version the workers refuse has
 been rolled back by the rollout monitor by then and the update fails with
 ``worker_load_failed``. Once it serves: the version's high-water mark is raised, old
-versions are pruned (never the new one nor the one it replaced), and the reference
+versions are pruned (never a version serving, nor the one the new one replaced), and the reference
 design's model-ready message names where the model lives.
 """
 from __future__ import annotations
@@ -19,11 +20,12 @@ from service.twin.base import TwinSource
 from service.update import failures
 from service.update.desired import DesiredModel
 from service.update.failures import UpdateFailed
+from service.update.memory_budget import MemoryBudget, weights_bytes
 from service.update.rollout import RolloutMonitor
 from service.update.status import ModelStatus
 from service.update.trust import Trust
 from twinfer.engines import ENGINE_FORMATS
-from twinfer.manifest import Manifest, publish, read_manifest
+from twinfer.manifest import Manifest, ModelEntry, publish, read_manifest
 
 log = logging.getLogger("twinfer.updater")
 
@@ -33,13 +35,16 @@ class PublishConfig:
     keep_versions: int
     rollout_timeout: float  # for every worker to serve a published model
     model_output: str  # the output the model-ready message goes to (the reference design's routing)
+    memory_budget: MemoryBudget = MemoryBudget(None)
 
 
 class Publisher:
     def __init__(
         self, repo: ModelRepository, twin: TwinSource, status: ModelStatus, rollout: RolloutMonitor, trust: Trust,
-        config: PublishConfig,
+        config: PublishConfig, lane: str | None = None,
     ) -> None:
+        """``lane``: the model name of a ``models`` lane; None for the default model's."""
+        self._lane = lane
         self._repo = repo
         self._twin = twin
         self._status = status
@@ -47,12 +52,20 @@ class Publisher:
         self._trust = trust
         self.config = config
 
-    def publish(self, target: DesiredModel, format: str, decoder: str, threshold: float | None) -> Manifest:
+    def publish(self, target: DesiredModel, format: str, decoder: str, threshold: float | None) -> ModelEntry:
         """Publish, then follow the rollout: active once every worker serves it."""
-        previous = read_manifest(self._repo.store)
+        store = self._repo.store
+        before = read_manifest(store)
+        previous = before.entry(self._lane) if before else None
         directory = self._repo.version_dir(target.name, target.version)
+        weights = weights_bytes(directory)
+
+        def admit(current: Manifest | None) -> None:
+            self.config.memory_budget.check(store, current, target.name, target.version, weights)
+
         manifest = publish(
-            self._repo.store, target.name, target.version, self._repo.relative(directory), format, decoder, threshold
+            store, target.name, target.version, self._repo.relative(directory), format, decoder, threshold,
+            default=self._lane is None, admit=admit,
         )
         self._status.active(manifest, state="rolling_out")
         outcome = self._rollout.wait(manifest.generation, self.config.rollout_timeout)
@@ -66,7 +79,9 @@ class Publisher:
             log.warning("rollout of generation %d incomplete after %.0f s (%d of %d workers)",
                         manifest.generation, self.config.rollout_timeout, outcome.workers_on_new, outcome.workers)
         self._trust.note_activated(target.name, target.version, target.version_is_digest)
-        protect = {directory} | ({previous.model_dir(self._repo.store)} if previous else set())
+        serving = read_manifest(store)
+        protect = {directory} | ({previous.model_dir(store)} if previous else set())
+        protect |= {entry.model_dir(store) for entry in (serving.models.values() if serving else ())}
         for removed in self._repo.prune(self.config.keep_versions, protect):
             log.info("removed old model version %s", removed)
         metrics.STAGED_VERSIONS.set(len(self._repo.versions()))
@@ -78,7 +93,7 @@ class Publisher:
         self._announce(manifest)
         return manifest
 
-    def _announce(self, manifest: Manifest) -> None:
+    def _announce(self, manifest: ModelEntry) -> None:
         """The reference design's routing message: where the new model lives."""
         directory = manifest.model_dir(self._repo.store)
         model_file = next((p for p in directory.iterdir() if p.suffix.lower() in ENGINE_FORMATS), None)

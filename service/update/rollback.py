@@ -7,6 +7,7 @@ updater and the operator commands that write the local twin ask the same questio
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from twinfer.manifest import write_atomic
@@ -33,6 +34,8 @@ def compare_versions(a: str, b: str) -> int:
 
 
 class RollbackGuard:
+    _write_lock = threading.Lock()  # every model's lane writes the one file: read, raise, write, one at a time
+
     def __init__(self, store: Path) -> None:
         self._path = StoreLayout(store).versions
         self._highest = self._load()
@@ -58,8 +61,10 @@ class RollbackGuard:
 
     def note_activated(self, name: str, version: str) -> None:
         """Raise the high-water mark of ``name`` (never lower it: an allowed downgrade keeps it)."""
-        highest = self._highest.get(name)
-        if highest is not None and compare_versions(version, highest) <= 0:
-            return
-        self._highest = {**self._highest, name: version}
-        write_atomic(self._path, json.dumps({"highest_activated": self._highest}, indent=1).encode())
+        with self._write_lock:
+            self._highest = self._load()  # other lanes' guards may have raised their models'
+            highest = self._highest.get(name)
+            if highest is not None and compare_versions(version, highest) <= 0:
+                return
+            self._highest = {**self._highest, name: version}
+            write_atomic(self._path, json.dumps({"highest_activated": self._highest}, indent=1).encode())

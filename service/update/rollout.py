@@ -1,11 +1,13 @@
 """Watches the pool follow the manifest: progress, completion, and rollback on failure.
 
-A rollout of generation G is complete when every live worker (as many as gunicorn
-runs) serves G. If a worker records that it could not load G, the pool would otherwise
-run two versions forever: the monitor publishes the last generation that completed
-(same model, new generation number), so the pool converges back, and says why.
-With no pool (``expected_workers`` 0: a headless supervisor) there is nobody to wait
-for, and every generation is complete at its first check.
+Each model rolls out on its own. A rollout of model M at generation G is complete when
+every live worker (as many as gunicorn runs) serves M at G. If a worker records that it
+could not load G, the pool would otherwise run two versions of M forever: the monitor
+publishes the last version of M that completed (same model, new generation number), so
+the pool converges back, and says why on M's status. A default model replaced by one of
+another name that fails goes back to the last default that completed. With no pool
+(``expected_workers`` 0: a headless supervisor) there is nobody to wait for, and every
+generation is complete at its first check.
 """
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from service.update import failures
 from service.update.status import ModelStatus
-from twinfer.manifest import Manifest, publish, read_manifest
-from twinfer.worker_state import read_states
+from twinfer.manifest import Manifest, ModelEntry, publish, read_manifest
+from twinfer.worker_state import WorkerState, read_states
 
 log = logging.getLogger("twinfer.rollout")
 
@@ -32,14 +35,19 @@ class RolloutOutcome:
 
 
 class RolloutMonitor:
-    def __init__(self, store: Path, status: ModelStatus, expected_workers: int, poll_seconds: float = 0.1) -> None:
+    def __init__(
+        self, store: Path, status_of: Callable[[str, bool], ModelStatus], expected_workers: int,
+        poll_seconds: float = 0.1,
+    ) -> None:
+        """``status_of(name, is_default)``: the status writer of that model's lane."""
         self.store = store
-        self.status = status
+        self.status_of = status_of
         self.expected_workers = expected_workers
         self.poll_seconds = poll_seconds
-        self._last_good: Manifest | None = None
+        self._last_good: dict[str, ModelEntry] = {}
+        self._last_good_default: ModelEntry | None = None
         self._outcomes: dict[int, RolloutOutcome] = {}
-        self._progress: tuple[int, int, int] | None = None
+        self._progress: dict[str, tuple[int, int, int]] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rollout-monitor", daemon=True)
@@ -58,8 +66,8 @@ class RolloutMonitor:
             while generation not in self._outcomes:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    on_new, total = (self._progress or (0, 0, 0))[1:]
-                    return RolloutOutcome("timeout", "workers did not all load it in time", on_new, total)
+                    progress = next((p for p in self._progress.values() if p[0] == generation), (0, 0, 0))
+                    return RolloutOutcome("timeout", "workers did not all load it in time", progress[1], progress[2])
                 self._cond.wait(remaining)
             return self._outcomes[generation]
 
@@ -76,39 +84,55 @@ class RolloutMonitor:
         if manifest is None:
             return
         states = read_states(self.store)
-        on_new = sum(1 for s in states if s.generation == manifest.generation)
-        total = max(len(states), self.expected_workers)
-        self._report_progress(manifest.generation, on_new, total)
-        failures = [
-            s.last_error["message"] for s in states if s.last_error and s.last_error.get("generation") == manifest.generation
-        ]
-        if failures:
-            self._fail(manifest, failures[0], on_new, total)
-        elif on_new >= total and manifest.generation not in self._outcomes:
-            self._last_good = manifest
-            self._settle(manifest.generation, RolloutOutcome("complete", None, on_new, total))
-            log.info("rollout of %s %s (generation %d) complete on %d workers", manifest.name, manifest.version, manifest.generation, total)
+        for entry in list(manifest.models.values()):
+            self._check_model(manifest, entry, states)
 
-    def _report_progress(self, generation: int, on_new: int, total: int) -> None:
-        if self._progress == (generation, on_new, total):
+    def _check_model(self, manifest: Manifest, entry: ModelEntry, states: list[WorkerState]) -> None:
+        on_new = sum(1 for s in states if s.generation_of(entry.name) == entry.generation)
+        total = max(len(states), self.expected_workers)
+        is_default = entry.name == manifest.default
+        self._report_progress(entry, is_default, on_new, total)
+        errors = [
+            s.last_error["message"] for s in states
+            if s.last_error and s.last_error.get("generation") == entry.generation
+        ]
+        if errors:
+            self._fail(entry, is_default, errors[0], on_new, total)
+        elif on_new >= total and entry.generation not in self._outcomes:
+            self._last_good[entry.name] = entry
+            if is_default:
+                self._last_good_default = entry
+            self._settle(entry.generation, RolloutOutcome("complete", None, on_new, total))
+            log.info("rollout of %s %s (generation %d) complete on %d workers", entry.name, entry.version,
+                     entry.generation, total)
+
+    def _report_progress(self, entry: ModelEntry, is_default: bool, on_new: int, total: int) -> None:
+        progress = (entry.generation, on_new, total)
+        if self._progress.get(entry.name) == progress:
             return
         with self._cond:
-            self._progress = (generation, on_new, total)
-        self.status.rollout(generation, on_new, total)
+            self._progress[entry.name] = progress
+        self.status_of(entry.name, is_default).rollout(entry.generation, on_new, total)
 
-    def _fail(self, manifest: Manifest, message: str, on_new: int, total: int) -> None:
-        good = self._last_good
-        if good is None or good.directory == manifest.directory:
-            if manifest.generation not in self._outcomes:
-                log.error("workers cannot load generation %d and there is no earlier good model: %s", manifest.generation, message)
-                self._settle(manifest.generation, RolloutOutcome("failed", message, on_new, total))
+    def _fail(self, entry: ModelEntry, is_default: bool, message: str, on_new: int, total: int) -> None:
+        good = self._last_good.get(entry.name) or (self._last_good_default if is_default else None)
+        if good is None or good.directory == entry.directory:
+            if entry.generation not in self._outcomes:
+                log.error("workers cannot load generation %d and there is no earlier good version: %s",
+                          entry.generation, message)
+                self._settle(entry.generation, RolloutOutcome("failed", message, on_new, total))
             return
-        log.error("workers cannot load %s %s (%s); rolling back to %s %s", manifest.name, manifest.version, message, good.name, good.version)
-        publish(self.store, good.name, good.version, good.directory, good.format, good.decoder, good.score_threshold)
-        self._settle(manifest.generation, RolloutOutcome("rolled_back", message, on_new, total))
-        self.status.failure(
-            failures.WORKER_LOAD_FAILED, f"{manifest.name} {manifest.version} did not load in the workers: {message}",
-            state="rolled_back", serving=read_manifest(self.store),
+        if entry.generation in self._outcomes:
+            return
+        log.error("workers cannot load %s %s (%s); rolling back to %s %s", entry.name, entry.version, message,
+                  good.name, good.version)
+        publish(self.store, good.name, good.version, good.directory, good.format, good.decoder, good.score_threshold,
+                default=is_default)
+        self._settle(entry.generation, RolloutOutcome("rolled_back", message, on_new, total))
+        serving = read_manifest(self.store)
+        self.status_of(entry.name, is_default).failure(
+            failures.WORKER_LOAD_FAILED, f"{entry.name} {entry.version} did not load in the workers: {message}",
+            state="rolled_back", serving=serving.entry(good.name) if serving else None,
         )
 
     def _settle(self, generation: int, outcome: RolloutOutcome) -> None:

@@ -1,10 +1,14 @@
-"""The reported ``model`` object: its one writer.
+"""The reported ``models.<name>`` object (and ``model`` for the default model): its one writer per model.
 
 The updater (each step of an update) and the rollout monitor (workers on the new
 generation, a rollback) both have something to say about the model; both say it here, so
 every report carries the state, the desired document's ``$version``, its target and its
 error together, with one timestamp style, and no field is left over from an earlier
 document. Thread-safe: the updater and the monitor run in their own threads.
+
+One ``ModelStatus`` per model lane (``service.update.pool``): a named lane writes
+``models.<name>``; the default lane writes ``model`` and ``models.<its model's name>``
+with the same content, so clients of either shape see it.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from typing import Any
 from service.report import Reporter
 from service.update.desired import DesiredModel
 from service.update.fetch import DownloadProgress
-from twinfer.manifest import Manifest
+from twinfer.manifest import ModelEntry
 
 # Reported properties merge: a report that is not "scheduled" clears a past wait.
 _NOT_SCHEDULED = {"scheduled_for": None, "waiting_for": None}
@@ -30,7 +34,7 @@ def error_record(reason: str, message: str) -> dict:
     return {"reason": reason, "message": message, "at": utc_now()}
 
 
-def active_record(manifest: Manifest | None) -> dict | None:
+def active_record(manifest: ModelEntry | None) -> dict | None:
     """``model.active``: what the manifest serves."""
     if manifest is None:
         return None
@@ -57,13 +61,31 @@ class ModelStatus:
     last handled document (``service.update.inbox.HandledRecord``), so a restart reports
     the same desired version, target and error."""
 
-    def __init__(self, reporter: Reporter, restored: dict | None = None) -> None:
+    def __init__(self, reporter: Reporter, restored: dict | None = None, lane: str | None = None) -> None:
         restored = restored or {}
+        self.lane = lane  # None: the default model's lane
         self._reporter = reporter
         self._lock = threading.Lock()
         self.desired_version: int | None = restored.get("desired_version")
         self.target: dict | None = restored.get("target")
         self.last_error: dict | None = restored.get("last_error")
+        self._name: str | None = lane or (self.target or {}).get("name")  # the model reported under models.<name>
+
+    def _payload(self, model: dict) -> dict:
+        with self._lock:
+            name = self._name
+        payload = {"models": {name: model}} if name else {}
+        return payload if self.lane is not None else {**payload, "model": model}
+
+    def _describe(self, name: str | None) -> None:
+        """The default lane's model changed name (another model replaces it): the old
+        name's entry goes."""
+        if self.lane is not None or name is None:
+            return
+        with self._lock:
+            old, self._name = self._name, name
+        if old is not None and old != name:
+            self._reporter.update({"models": {old: None}})
 
     # --- what the next reports are about -------------------------------------------------
 
@@ -102,17 +124,22 @@ class ModelStatus:
                 "state": state, "desired_version": self.desired_version, "target": self.target,
                 "last_error": self.last_error, "updated_at": utc_now(), **_NOT_SCHEDULED, **fields,
             }
-        self._reporter.update({"model": model})
+        self._reporter.update(self._payload(model))
 
     def step(self, target: DesiredModel, state: str, **fields: Any) -> None:
         """A step of the update to ``target`` (downloading, verifying, staging, scheduled)."""
         self.aim(target)
         self.write(state, **fields)
 
-    def active(self, manifest: Manifest | None, state: str = "active") -> None:
+    def active(self, manifest: ModelEntry | None, state: str = "active") -> None:
+        self._describe(manifest.name if manifest else None)
         self.write(state, active=active_record(manifest), progress=None)
 
-    def failure(self, reason: str, message: str, state: str = "failed", serving: Manifest | None = None) -> None:
+    def removed(self) -> None:
+        """The model left the pool: its entry goes (a named lane only)."""
+        self._reporter.update({"models": {self.lane: None}})
+
+    def failure(self, reason: str, message: str, state: str = "failed", serving: ModelEntry | None = None) -> None:
         """An update ended without its target serving; ``serving``: what the pool went back to
         (a rollback), reported as ``active`` with the failure."""
         self.note_error(reason, message)
@@ -123,10 +150,11 @@ class ModelStatus:
 
     def rollout(self, generation: int, on_new: int, workers: int) -> None:
         """How many workers serve the published generation (only this sub-object changes)."""
-        self._reporter.update({"model": {"rollout": {
+        self._reporter.update(self._payload({"rollout": {
             "generation": generation, "workers_on_new": on_new, "workers": workers, "complete": on_new >= workers,
-        }}})
+        }}))
 
     def published(self, file_name: str) -> None:
-        """The reference design's top-level property: the bundle that was activated last."""
-        self._reporter.update({"LatestAIModelFileName": file_name})
+        """The reference design's top-level property: the default model's bundle activated last."""
+        if self.lane is None:
+            self._reporter.update({"LatestAIModelFileName": file_name})

@@ -1,4 +1,8 @@
-"""The model updater: one desired document at a time, through the update pipeline.
+"""One model's updater (a lane): its desired documents one at a time, through the update pipeline.
+
+Each model of the pool has its own lane and thread (``service.update.pool`` hands each its
+part of the twin's desired document), so a failing or slow update of one model never
+waits for or touches another; the default model's lane is ``lane=None``.
 
 desired (``inbox``) -> rollback check (``trust``) -> download window -> delivery (a delta
 patch applied to a bundle the device holds, else the full bundle; resumable, in ranges:
@@ -13,7 +17,9 @@ Rules that keep a device in the desert serving:
 * a desired document is handled once (``inbox.HandledRecord``), and a newer document
   cancels a download of an older target;
 * network failures that outlast the downloader's retries are retried later, not dropped;
-* outside the download windows an update waits, reported as ``scheduled``.
+* outside the download windows an update waits, reported as ``scheduled``;
+* a model that would outgrow the memory budget is refused before its download
+  (``memory_budget``), and again at publish with its real size.
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ from service.update.desired import DesiredError, DesiredModel, DesiredState, par
 from service.update.failures import UpdateFailed
 from service.update.fetch import DownloadPolicy, DownloadProgress
 from service.update.inbox import DesiredInbox, HandledRecord, fingerprint
+from service.update.memory_budget import MemoryBudget
 from service.update.publish import PublishConfig, Publisher
 from service.update.rollout import RolloutMonitor
 from service.update.schedule import DownloadWindow
@@ -42,7 +49,7 @@ from service.update.staging import Stager
 from service.update.status import ModelStatus, progress_record
 from service.update.trust import Trust
 from service.update.verify import VerifyError, verify_file
-from twinfer.manifest import Manifest, read_manifest
+from twinfer.manifest import ManifestError, ModelEntry, read_manifest, unpublish
 
 log = logging.getLogger("twinfer.updater")
 
@@ -65,15 +72,18 @@ class UpdaterConfig:
     trusted_keys_error: str | None = None  # why the configured keys could not be loaded
     windows: tuple[DownloadWindow, ...] = ()  # the device's download windows; empty = always open
     clock: Callable[[], datetime] = local_now
+    memory_budget: MemoryBudget = MemoryBudget(None)
 
 
 class ModelUpdater:
     def __init__(
         self, repo: ModelRepository, twin: TwinSource, status: ModelStatus, rollout: RolloutMonitor,
-        handled: HandledRecord, config: UpdaterConfig,
+        handled: HandledRecord, config: UpdaterConfig, lane: str | None = None,
     ) -> None:
         """``status`` was restored from ``handled`` (``ModelStatus(reporter, handled.outcome)``)
-        and is shared with the rollout monitor."""
+        and is shared with the rollout monitor. ``lane``: the model's name for a lane of
+        ``models`` (its document without a model removes it); None: the default model."""
+        self.lane = lane
         self.repo = repo
         self.config = config
         self.status = status
@@ -88,9 +98,9 @@ class ModelUpdater:
         self._stager = Stager(repo, config.limits, config.validate_timeout)
         self._publisher = Publisher(
             repo, twin, status, rollout, self._trust,
-            PublishConfig(config.keep_versions, config.rollout_timeout, config.model_output),
+            PublishConfig(config.keep_versions, config.rollout_timeout, config.model_output, config.memory_budget), lane,
         )
-        self._thread = threading.Thread(target=self._run, name="model-updater", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"model-updater-{lane or 'default'}", daemon=True)
 
     def on_desired(self, document: dict, full: bool) -> None:
         """Twin callback (any thread)."""
@@ -99,14 +109,20 @@ class ModelUpdater:
     def start(self, startup_problems: list[str] | None = None) -> None:
         """Report what serves (and, from ``service.bootstrap``, the damaged versions it
         replaced at start-up), then follow the twin."""
-        manifest = read_manifest(self.repo.store)
+        manifest = self._serving()
         if manifest is not None:  # the bootstrapped default, or what ran before rollback protection existed
             self._trust.note_activated(manifest.name, manifest.version)
         if startup_problems:
             self.status.note_error(failures.DAMAGED_MODEL, "; ".join(startup_problems))
         metrics.STAGED_VERSIONS.set(len(self.repo.versions()))
-        self.status.active(manifest, state=self._handled.outcome.get("state") or "active")
+        if manifest is not None or self.lane is None:
+            self.status.active(manifest, state=self._handled.outcome.get("state") or "active")
         self._thread.start()
+
+    def _serving(self) -> ModelEntry | None:
+        """What the manifest serves for this lane."""
+        manifest = read_manifest(self.repo.store)
+        return manifest.entry(self.lane) if manifest else None
 
     def stop(self, timeout: float = 10.0) -> None:
         self.inbox.close()
@@ -141,9 +157,11 @@ class ModelUpdater:
             self._fail(failures.MALFORMED_DESIRED, str(exc))
             self._mark_handled(mark, "failed")
             return None
+        if state.model is None and self.lane is not None:
+            return self._remove(mark)
         if state.model is None:
             self.status.aim(None)
-            self.status.active(read_manifest(self.repo.store))
+            self.status.active(self._serving())
             self._mark_handled(mark, "active")
             return None
         target = state.model
@@ -164,14 +182,15 @@ class ModelUpdater:
                 return None
             metrics.DOWNLOAD_FAILURES.labels(exc.reason).inc()
             metrics.UPDATES.labels("failed").inc()
-            serving = read_manifest(self.repo.store) if exc.state == "rolled_back" else None
+            serving = self._serving() if exc.state == "rolled_back" else None
             self._fail(exc.reason, exc.message, "retrying" if exc.retryable else exc.state, serving)
             if exc.retryable:
                 return self.config.retry_seconds
             self._mark_handled(mark, exc.state)
             return None
         finally:
-            metrics.DOWNLOAD_RATE.set(0)
+            metrics.DOWNLOAD_RATE.labels(target.name).set(0)
+            self.repo.tidy_downloads(target.name)
             self.inbox.working_on(None)
         self._mark_handled(mark, "active")
         log.info(
@@ -180,10 +199,32 @@ class ModelUpdater:
         )
         return None
 
-    def _bring_in(self, state: DesiredState) -> Manifest:
+    def _remove(self, mark: str) -> None:
+        """This model left the desired ``models``: out of the manifest (the workers unload it)."""
+        self.status.aim(None)
+        manifest = read_manifest(self.repo.store)
+        if manifest is not None and manifest.default == self.lane:
+            self._fail(failures.DEFAULT_NOT_REMOVABLE, f"{self.lane} is the default model and keeps serving; set the "
+                                                       f"twin's model to another model to replace it")
+            self._mark_handled(mark, "failed")
+            return None
+        if manifest is not None and self.lane in manifest.models:
+            try:
+                unpublish(self.repo.store, self.lane)
+            except ManifestError as exc:  # it became the default meanwhile: the default lane describes it
+                log.info("%s not removed: %s", self.lane, exc)
+            else:
+                log.info("%s removed from the pool", self.lane)
+        self.repo.drop_downloads_except(self.lane, None)
+        self.repo.tidy_downloads(self.lane)
+        self.status.removed()
+        self._mark_handled(mark, "removed")
+        return None
+
+    def _bring_in(self, state: DesiredState) -> ModelEntry:
         target = state.model
         assert target is not None
-        current = read_manifest(self.repo.store)
+        current = self._serving()
         if current is not None and (current.name, current.version) == (target.name, target.version):
             if current.score_threshold != state.score_threshold:
                 return self._publisher.publish(target, current.format, current.decoder, state.score_threshold)
@@ -201,8 +242,11 @@ class ModelUpdater:
         if target.url is None:
             raise UpdateFailed(failures.NOT_IN_STORE, f"{target.name} {target.version} is not in this device's store "
                                                       f"and the twin gives no model.url to download it from")
+        if target.size is not None:  # nothing is fetched for a model that cannot fit
+            self.config.memory_budget.check(self.repo.store, read_manifest(self.repo.store), target.name,
+                                            target.version, target.size)
         part = self.repo.download_path(target.name, target.version)
-        self.repo.drop_downloads_except(part)
+        self.repo.drop_downloads_except(target.name, part)
         delivery = self._delivery.deliver(target, part, state)
         self.status.step(target, "verifying", download=delivery.report())
         try:
@@ -223,7 +267,7 @@ class ModelUpdater:
         """A download started (None) or made a step worth telling the twin."""
         self.status.step(target, "downloading", progress=None if progress is None else progress_record(progress))
 
-    def _fail(self, reason: str, message: str, state: str = "failed", serving: Manifest | None = None) -> None:
+    def _fail(self, reason: str, message: str, state: str = "failed", serving: ModelEntry | None = None) -> None:
         log.error("model update failed (%s): %s", reason, message)
         self.status.failure(reason, message, state, serving)
 

@@ -581,6 +581,45 @@ def test_the_dashboard_shows_every_metric():
         assert any(sample in text for sample in family["samples"]), f"no dashboard panel uses {name}"
 
 
+MODEL_FILTER = 'model=~"$model"'
+
+
+def _model_samples() -> dict[str, str]:
+    """sample name -> family, for every metric family with a model label."""
+    return {
+        sample: name for name, family in declared_metrics().items() if "model" in family["labels"]
+        for sample in family["samples"]
+    }
+
+
+def test_dashboard_has_a_model_variable():
+    dashboard = load_json(DASHBOARD)
+    variables = {var["name"]: var for var in dashboard["templating"]["list"]}
+    model = variables["model"]
+    assert model["type"] == "query" and model["datasource"]["uid"] == "${DS_PROMETHEUS}"
+    query = model["query"]["query"] if isinstance(model["query"], dict) else model["query"]
+    assert re.sub(r"\s", "", query) == "label_values(twinfer_worker_model_info,model)"
+    assert model["multi"] is True and model["includeAll"] is True
+
+
+def test_every_dashboard_query_of_a_model_metric_filters_on_the_model_variable():
+    """Every selector of a metric with a model label (request and inference latency, model
+    reloads, worker models, downloads...) follows the dashboard's model variable."""
+    samples = _model_samples()
+    families = set(samples.values())
+    assert {
+        "twinfer_http_request_duration_seconds", "twinfer_inference_duration_seconds", "twinfer_model_reloads_total",
+    } <= families
+    seen = set()
+    for panel in load_json(DASHBOARD)["panels"]:
+        for target in panel.get("targets", []):
+            for sample, matchers in re.findall(r"\b(twinfer_[a-z0-9_]+)(\{[^}]*\})?", target["expr"]):
+                if sample in samples:
+                    seen.add(samples[sample])
+                    assert MODEL_FILTER in matchers, f"{panel['title']}: {sample} without {MODEL_FILTER}"
+    assert seen == families, f"no panel shows {sorted(families - seen)} by model"
+
+
 def test_dashboard_uses_the_datasource_variable():
     dashboard = load_json(DASHBOARD)
     assert 36 <= dashboard["schemaVersion"] <= 41

@@ -68,6 +68,19 @@ def test_every_command_has_help(command):
     assert "options:" in done.stdout
 
 
+@pytest.mark.parametrize("command", ["twin-patch", "set-model"])
+def test_rollout_help_describes_pool_models_and_removal(command):
+    text = " ".join(cli(command, "--help").stdout.split())
+    assert "--pool roll the bundle out as models.<--name>" in text
+    assert "--remove NAME take model NAME out of the pool: models.NAME set to null" in text
+    assert "--remove plates" in text  # an example
+
+
+def test_status_help_describes_every_model():
+    text = " ".join(cli("status", "--help").stdout.split())
+    assert "every model of the manifest" in text and "models.<name>" in text
+
+
 # --- bundle -----------------------------------------------------------------------------------
 
 
@@ -214,7 +227,72 @@ def test_twin_patch_refuses_what_the_device_would_refuse(args, message):
     assert done.stdout == ""
 
 
+def test_twin_patch_for_a_pool_model_prints_models_name(face_bundle):
+    from service.update.desired import MODEL_KEYS, parse_desired
+    from service.update.pool_desired import lane_documents
+
+    out, result = face_bundle
+    done = cli("twin-patch", "--url", "https://files.local/face_1.0.zip", "--bundle", str(out), "--name", "face",
+               "--version", "1.0", "--threshold", "0.6", "--window", "01:00-05:00", "--pool")
+    assert done.returncode == 0, done.stderr
+    patch = json.loads(done.stdout)
+    assert set(patch) == {"models", "download"}  # no model (the default), no reference keys, no inference
+    entry = patch["models"]["face"]
+    assert set(entry) == set(MODEL_KEYS) - {"name"} | {"inference"}  # the key is the name
+    assert (entry["version"], entry["sha256"], entry["md5"], entry["size"]) == (
+        "1.0", result["sha256"], result["md5"], result["size"])
+    assert entry["signature"] is None and entry["delta"] is None and entry["compression"] is None  # nothing stale
+    assert entry["inference"] == {"score_threshold": 0.6} and patch["download"] == {"windows": ["01:00-05:00"]}
+    default, lanes = lane_documents(patch, set())
+    assert parse_desired(default).model is None
+    lane = parse_desired(lanes["face"])
+    assert (lane.model.name, lane.model.version, lane.score_threshold) == ("face", "1.0", 0.6)
+    words = shlex.split(next(l for l in done.stderr.splitlines() if l.startswith("az iot hub")))
+    assert json.loads(words[words.index("--desired") + 1]) == patch
+    refused = cli("twin-patch", "--url", "https://files.local/face_1.0.zip", "--bundle", str(out), "--name", "face",
+                  "--version", "1.0", "--pool", "--reference")
+    assert refused.returncode == 2 and "--reference describes the default model" in refused.stderr
+
+
+def test_twin_patch_remove_prints_the_null_that_takes_a_model_out(face_bundle):
+    done = cli("twin-patch", "--remove", "plates", "--remove", "cars", "--az")
+    assert done.returncode == 0, done.stderr
+    words = shlex.split(done.stdout.strip())
+    assert json.loads(words[words.index("--desired") + 1]) == {"models": {"plates": None, "cars": None}}
+    assert json.loads(cli("twin-patch", "--remove", "plates").stdout) == {"models": {"plates": None}}
+    # With a rollout of the same name as the default model: the pool model becomes the default.
+    out, _ = face_bundle
+    both = cli("twin-patch", "--url", "https://files.local/f.zip", "--bundle", str(out), "--name", "face",
+               "--version", "1.0", "--remove", "face")
+    assert both.returncode == 0, both.stderr
+    patch = json.loads(both.stdout)
+    assert patch["model"]["name"] == "face" and patch["models"] == {"face": None}
+    for args, message in [(["--remove", "plates", "--threshold", "0.5"], "--threshold: options of a rollout"),
+                          (["--remove", "../x"], "--remove '../x'"),
+                          (["--url", "https://files.local/f.zip"], "required: --name, --version"),
+                          (["--name", "face", "--version", "1.0", "--sha256", "a" * 64], "required: --url")]:
+        refused = cli("twin-patch", *args)
+        assert refused.returncode == 2 and message in refused.stderr, (args, refused.stderr)
+        assert refused.stdout == ""
+
+
 # --- status -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pool_store(tmp_path) -> Path:
+    """A store whose manifest serves two models: face (the default) and plates, real model files."""
+    from twinfer.manifest import publish
+
+    store = tmp_path / "store"
+    for name, version in (("face", "1.0"), ("plates", "2.1")):
+        directory = store / "models" / name / version
+        directory.mkdir(parents=True)
+        (directory / FACE.name).write_bytes(FACE.read_bytes())
+        (directory / "labels.txt").write_text("face\n")
+    publish(store, "face", "1.0", "models/face/1.0", "tflite", "blazeface", default=True)
+    publish(store, "plates", "2.1", "models/plates/2.1", "tflite", "blazeface", 0.5)
+    return store
 
 
 def test_status_on_an_empty_store(tmp_path):
@@ -223,7 +301,7 @@ def test_status_on_an_empty_store(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "nothing published yet" in done.stdout and "0 live" in done.stdout
     status = json.loads(cli("status", "--json", store=store).stdout)
-    assert status["store"] == str(store.resolve()) and status["active"] is None
+    assert status["store"] == str(store.resolve()) and status["active"] is None and status["models"] == []
     assert status["versions"] == [] and status["downloads"] == [] and status["workers"] == [] and status["twin"] is None
 
 
@@ -248,8 +326,73 @@ def test_status_shows_the_bootstrapped_model_downloads_and_twin_state(bootstrapp
     assert status["active"]["present"] is True
     [version] = status["versions"]
     assert version["active"] is True and version["version"] == "1.0.0" and version["bytes"] > 1_000_000
-    assert status["downloads"] == [{"file": "face-2.0.part", "bytes": 1000, "total": 4000, "percent": 25.0}]
+    # A flat file of an earlier release, of a model the store does not know: name and version untold.
+    assert status["downloads"] == [{"file": "face-2.0.part", "name": None, "version": None, "bytes": 1000,
+                                    "total": 4000, "percent": 25.0}]
+    assert [m["name"] for m in status["models"]] == ["ssd-mobilenetv2-oidv4"] and status["models"][0]["default"]
     assert status["twin"]["state"] == "failed" and status["twin"]["last_error"]["reason"] == "checksum_mismatch"
+
+
+def test_status_lists_every_model_of_the_pool_its_downloads_workers_and_twin_states(pool_store):
+    from twinfer.worker_state import WorkerState
+
+    store = pool_store
+    downloads = store / "staging" / "downloads"
+    (downloads / "plates").mkdir(parents=True)
+    (downloads / "plates" / "2.2.part").write_bytes(b"x" * 500)
+    (downloads / "plates" / "2.2.part.json").write_text(json.dumps({"total": 2000}))
+    (downloads / "plates-2.0.part").write_bytes(b"x" * 10)  # the flat layout of an earlier release
+    worker = WorkerState(os.getpid())  # a live pid: this test's
+    worker.record_loaded("face", 1, "1.0", 1_700_000_000.0, True)
+    worker.record_loaded("plates", 2, "2.1", 1_700_000_100.0, False)
+    worker.record_error("plates", 3, "out of memory")
+    worker.save(store)
+    (store / "twin").mkdir()
+    active = {"state": "active", "target": {"name": "face", "version": "1.0"}, "desired_version": 4}
+    (store / "twin" / "reported.json").write_text(json.dumps({
+        "model": active,
+        "models": {"face": active, "cars": None, "plates": {
+            "state": "downloading", "target": {"name": "plates", "version": "2.2"}, "desired_version": 4,
+            "progress": {"bytes": 500, "total": 2000, "percent": 25.0},
+            "active": {"name": "plates", "version": "2.1", "generation": 2}}},
+    }))
+    status = json.loads(cli("status", "--json", store=store).stdout)
+    assert (status["manifest_generation"], status["default"]) == (2, "face")
+    assert [(m["name"], m["version"], m["generation"], m["default"], m["present"], m["staged_versions"])
+            for m in status["models"]] == [("face", "1.0", 1, True, True, ["1.0"]),
+                                           ("plates", "2.1", 2, False, True, ["2.1"])]
+    assert status["active"] == status["models"][0]  # the default model's record, as before the pool
+    assert status["models"][1]["score_threshold"] == 0.5
+    assert [(v["name"], v["version"], v["active"]) for v in status["versions"]] == [
+        ("face", "1.0", True), ("plates", "2.1", True)]
+    assert status["downloads"] == [
+        {"file": "plates/2.2.part", "name": "plates", "version": "2.2", "bytes": 500, "total": 2000, "percent": 25.0},
+        {"file": "plates-2.0.part", "name": "plates", "version": "2.0", "bytes": 10, "total": None, "percent": None},
+    ]
+    [seen] = status["workers"]
+    assert (seen["pid"], seen["name"], seen["generation"], seen["version"]) == (os.getpid(), "face", 1, "1.0")
+    assert [(m["name"], m["generation"], m["version"]) for m in seen["models"]] == [
+        ("face", 1, "1.0"), ("plates", 2, "2.1")]
+    assert (seen["last_error"]["model"], seen["last_error"]["message"]) == ("plates", "out of memory")
+    twin = status["twin"]
+    assert twin["state"] == "active" and twin["target"] == {"name": "face", "version": "1.0"}
+    assert [(m["name"], m["state"]) for m in twin["models"]] == [("face", "active"), ("plates", "downloading")]
+    assert twin["models"][1]["progress"]["percent"] == 25.0  # a removed model (null) is not listed
+
+    text = cli("status", store=store).stdout
+    assert "default    face 1.0  generation 1  tflite  decoder blazeface" in text
+    assert "models (2 in the manifest, generation 2; * the default model)" in text
+    rows = {line.split()[1 if line.lstrip().startswith("*") else 0]: line for line in text.splitlines()
+            if line.startswith("  ") and "tflite" in line}
+    assert rows["face"].lstrip().startswith("*") and "1.0" in rows["face"]
+    assert not rows["plates"].lstrip().startswith("*") and " 2.1 " in rows["plates"]
+    assert "plates  2.2      plates/2.2.part  500    2000  25.0" in text
+    assert "plates  2.0      plates-2.0.part  10     ?     ?" in text
+    assert "twin models (2 reported under models.<name>)" in text
+    assert "plates  downloading  2.1 gen 2  plates 2.2  4" in text
+    worker_rows = [line.split() for line in text.splitlines() if line.strip().startswith(str(os.getpid()))]
+    assert [row[1:4] for row in worker_rows] == [["face", "1", "1.0"], ["plates", "2", "2.1"]]
+    assert "generation 3: out of memory" in text
 
 
 def test_status_while_the_service_runs(tmp_path):
@@ -292,6 +435,55 @@ def test_set_model_writes_the_local_twin(tmp_path):
     bad = cli("set-model", "--name", "face", "--version", "2.0", "--url", "ftp://x/y.zip", "--sha256", "b" * 64,
               store=store)
     assert bad.returncode == 2 and "http(s) URL" in bad.stderr
+
+
+def test_set_model_and_twin_patch_apply_pool_models_and_removals_to_the_local_twin(pool_store):
+    from service.commands.local_apply import desired_models
+
+    store = pool_store
+    desired_path = store / "twin" / "desired.json"
+    rollout = ["--version", "3.0", "--url", "http://files.local/cars.zip", "--sha256", "c" * 64]
+    done = cli("set-model", "--pool", "--name", "cars", *rollout, "--threshold", "0.3", store=store)
+    assert done.returncode == 0 and "$version 1" in done.stdout, done.stderr
+    done = cli("twin-patch", "--pool", "--name", "bikes", *rollout, "--urgent", "--apply-local", store=store)
+    assert done.returncode == 0 and "$version 2" in done.stdout, done.stderr
+    desired = json.loads(desired_path.read_text())
+    assert "model" not in desired and set(desired["models"]) == {"cars", "bikes"}
+    cars = desired["models"]["cars"]
+    assert cars["inference"] == {"score_threshold": 0.3} and "name" not in cars
+    assert desired["models"]["bikes"]["urgent"] is True
+    assert [(m.name, m.version) for m in desired_models(desired)[1:]] == [("bikes", "3.0"), ("cars", "3.0")]
+
+    # A new rollout of cars leaves nothing of the last one (the merge sees the nulls).
+    done = cli("set-model", "--pool", "--name", "bikes", *rollout, store=store)
+    assert done.returncode == 0, done.stderr
+    assert "urgent" not in json.loads(desired_path.read_text())["models"]["bikes"]
+
+    # Removal: the null deletes the key; plates (in the manifest, not in the twin) may go too.
+    done = cli("set-model", "--remove", "cars", store=store)
+    assert done.returncode == 0 and "$version 4" in done.stdout, done.stderr
+    assert set(json.loads(desired_path.read_text())["models"]) == {"bikes"}
+    printed = cli("twin-patch", "--remove", "plates")
+    (store / "remove.json").write_text(printed.stdout)
+    assert cli("apply-patch", str(store / "remove.json"), store=store).returncode == 0
+
+    before = desired_path.read_text()
+    for args, message in [
+        (["--remove", "cars"], "cars is not a model of the pool"),
+        (["--remove", "face"], "face is the default model: it is not removed but replaced"),
+        (["--pool", "--name", "face", *rollout], "face is the default model: roll it out as model"),
+        (["--name", "bikes", *rollout], "'bikes' is both model (the default) and a key of models"),
+        (["--pool", "--name", "bikes", *rollout, "--remove", "bikes"], "exclude each other"),
+    ]:
+        refused = cli("set-model", *args, store=store)
+        assert refused.returncode == 2 and message in refused.stderr, (args, refused.stderr)
+    assert desired_path.read_text() == before  # nothing written
+
+    # A pool model made the default in one patch: model names it, its models key goes.
+    done = cli("set-model", "--name", "bikes", *rollout, "--remove", "bikes", store=store)
+    assert done.returncode == 0, done.stderr
+    desired = json.loads(desired_path.read_text())
+    assert desired["model"]["name"] == "bikes" and "bikes" not in desired.get("models", {})
 
 
 # --- narrow links: download settings and deltas ------------------------------------------------

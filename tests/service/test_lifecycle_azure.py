@@ -16,7 +16,7 @@ from tests.support.service_process import ServiceProcess
 from tests.support.tls import issue_server_cert
 from tests.support.twin_emulator import TwinEmulator
 from tests.support.waiting import wait_until
-from twinfer.manifest import read_manifest
+from twinfer.manifest import read_default
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
@@ -68,7 +68,7 @@ def test_patch_over_mqtt_downloads_from_azurite_and_reports_active(world):
     hub.set_desired(model_desired("face", "2.0.0", blobs.sas_url(CONTAINER, "face-2.0.0.zip"), bundle))
     reported = hub.wait_reported(active("2.0.0"), timeout=60)
     assert reported["LatestAIModelFileName"] == "face-2.0.0.zip"
-    assert read_manifest(device.store).version == "2.0.0"
+    assert read_default(device.store).version == "2.0.0"
     message = hub.wait_output_message(lambda m: m.properties.get("$.on") == "DLModelOutput", timeout=20).json()
     assert message["local_model_path"] == "models/face/2.0.0/blazeface.tflite"
     assert message["local_labelmap_path"] == "models/face/2.0.0/labels.txt"
@@ -81,12 +81,12 @@ def test_bad_sas_fails_fast_and_keeps_serving(world, kind):
     bundle = face_bundle("onnx")
     blobs.upload(CONTAINER, f"face-{kind}.zip", bundle.data)
     url = getattr(blobs, f"{kind}_sas_url")(CONTAINER, f"face-{kind}.zip")
-    before = read_manifest(device.store)
+    before = read_default(device.store)
     version = hub.set_desired(model_desired("face", kind, url, bundle))
     reported = hub.wait_reported(failed("forbidden", version), timeout=30)
     assert "403" in _status(reported)["last_error"]["message"]
     assert "sig=" not in str(reported)
-    assert read_manifest(device.store) == before
+    assert read_default(device.store) == before
     assert requests.get(device.url + "/readyz", timeout=5).status_code == 200
 
 
@@ -100,7 +100,7 @@ def test_desired_change_while_broker_is_down_is_applied_once_after_reconnect(wor
     broker.start()
     reported = hub.wait_reported(active("1.0.0"), timeout=60)
     assert _status(reported)["state"] == "active"
-    manifest = read_manifest(device.store)
+    manifest = read_default(device.store)
     assert (manifest.name, manifest.version) == ("ssd-mobilenetv2-oidv4", "1.0.0")
     assert _status(reported)["active"]["generation"] == manifest.generation
     # another reconnect delivers the same $version again (a fresh GET): not acted on twice
@@ -108,6 +108,6 @@ def test_desired_change_while_broker_is_down_is_applied_once_after_reconnect(wor
     broker.restart()
     wait_until(lambda: hub.get_requests != gets, "the client fetched the twin after reconnecting", 30)
     time.sleep(1.0)  # time to act on it, were it going to
-    assert read_manifest(device.store).generation == manifest.generation
+    assert read_default(device.store).generation == manifest.generation
     assert hub.reported["model"]["active"]["generation"] == manifest.generation
     assert hub.reported["model"]["desired_version"] == version

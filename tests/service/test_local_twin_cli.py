@@ -2,8 +2,10 @@
 
 Run as an operator runs it on a device with no IoT Hub: ``twin-patch --apply-local``,
 ``apply-patch`` with saved ``twin-patch`` output, ``delta --apply-local`` with a compressed
-full bundle, and ``set-model`` for a rollback to a version in the store by name and
-version alone, against a real running service that acts on each document.
+full bundle, ``set-model`` for a rollback to a version in the store by name and
+version alone, and ``set-model --pool`` / ``--remove`` for a model served beside the
+default one, against a real running service that acts on each document (and ``status``
+showing what it did).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, is_active, model_status
 from tests.support.paths import MODELS, PROJECT_ROOT
 from tests.support.service_process import QUICK_REPORTS, ServiceProcess
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
@@ -46,14 +49,14 @@ def face_env(tmp_path) -> dict[str, str]:
             "TWINFER_DEFAULT_MODEL_VERSION": "1"}
 
 
-def build(tmp_path: Path, version: str) -> Path:
+def build(tmp_path: Path, version: str, name: str = "face") -> Path:
     """A face bundle whose metadata differs per version (so a delta has something to carry)."""
-    metadata = tmp_path / f"twinfer-{version}.json"
+    metadata = tmp_path / f"twinfer-{name}-{version}.json"
     metadata.write_text(json.dumps({"decoder": "blazeface", "max_detections": 10 + int(version)}))
     labels = tmp_path / "labels.txt"
     labels.write_text("face\n")
-    out = tmp_path / f"face_{version}.zip"
-    done = cli("bundle", str(FACE), "--labels", str(labels), "--metadata", str(metadata), "--name", "face",
+    out = tmp_path / f"{name}_{version}.zip"
+    done = cli("bundle", str(FACE), "--labels", str(labels), "--metadata", str(metadata), "--name", name,
                "--version", version, "-o", str(out), "--compressed")
     assert done.returncode == 0, done.stderr
     return out
@@ -119,6 +122,62 @@ def test_every_twin_patch_reaches_the_local_twin_and_a_refused_downgrade_writes_
 
         unknown = cli("set-model", "--name", "face", "--version", "9", store=store)
         assert unknown.returncode == 2 and "not in" in unknown.stderr
+
+
+def test_a_pool_model_set_and_removed_from_the_cli_and_shown_by_status(tmp_path, face_env):
+    store = tmp_path / "store"
+    twin = LocalTwinFiles(store)
+    plates = build(tmp_path, "2", name="plates")
+
+    def pool_entry(reported: dict) -> dict:
+        return (reported.get("models") or {}).get("plates") or {}
+
+    def status() -> dict:
+        done = cli("status", "--json", store=store)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    with FileServer({"/plates_2.zip": plates.read_bytes()}) as files, \
+            ServiceProcess.start(store, workers=1, extra_env=face_env):
+        done = cli("set-model", "--pool", "--name", "plates", "--version", "2", "--url", files.url("/plates_2.zip"),
+                   "--bundle", str(plates), "--threshold", "0.3", store=store)
+        assert done.returncode == 0, done.stderr
+        assert set(desired(store)) == {"models", "$version"}  # the default model's key untouched
+        reported = twin.wait_reported(lambda r: pool_entry(r).get("state") == "active")
+        assert pool_entry(reported)["active"]["version"] == "2"
+        assert model_status(reported)["active"]["name"] == "face"  # still the default
+
+        def serving_both() -> dict | None:
+            seen = status()
+            workers = seen["workers"]
+            loaded = workers and {m["name"] for m in workers[0]["models"]} == {"face", "plates"}
+            return seen if loaded else None
+
+        seen = wait_until(serving_both, "status shows a worker serving both models", 60, interval=0.3)
+        assert [(m["name"], m["version"], m["default"], m["present"]) for m in seen["models"]] == [
+            ("face", "1", True, True), ("plates", "2", False, True)]
+        assert seen["active"]["name"] == "face" and seen["models"][1]["score_threshold"] == 0.3
+        assert seen["models"][1]["generation"] == seen["manifest_generation"]
+        assert ("plates", "active") in {(m["name"], m["state"]) for m in seen["twin"]["models"]}
+        text = cli("status", store=store).stdout
+        assert "models (2 in the manifest" in text and "plates" in text
+
+        done = cli("set-model", "--remove", "plates", store=store)
+        assert done.returncode == 0, done.stderr
+        assert "plates" not in desired(store).get("models", {})
+        twin.wait_reported(lambda r: "plates" not in (r.get("models") or {}))
+
+        def only_the_default() -> dict | None:
+            seen = status()
+            names = [m["name"] for m in seen["models"]]
+            workers = seen["workers"]
+            return seen if names == ["face"] and workers and [m["name"] for m in workers[0]["models"]] == [
+                "face"] else None
+
+        seen = wait_until(only_the_default, "status shows plates gone from the pool", 60, interval=0.3)
+        assert [m["name"] for m in seen["twin"]["models"]] in (["face"], [])
+        again = cli("set-model", "--remove", "plates", store=store)
+        assert again.returncode == 2 and "not a model of the pool" in again.stderr
 
 
 def test_commands_refuse_a_directory_that_no_service_uses(tmp_path):

@@ -12,7 +12,7 @@ from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, is_active, model_status
 from tests.support.service_process import ServiceProcess
 from tests.support.waiting import wait_until
-from twinfer.manifest import read_manifest
+from twinfer.manifest import read_default
 
 
 def _gunicorn_pid(service: ServiceProcess) -> int:
@@ -37,7 +37,7 @@ def _alive(pid: int) -> bool:
 def test_empty_store_gets_the_bundled_model_and_sigterm_stops_everything(tmp_path):
     store = tmp_path / "store"
     with ServiceProcess.start(store, workers=2) as service:
-        manifest = read_manifest(store)
+        manifest = read_default(store)
         assert (manifest.name, manifest.version, manifest.format) == ("ssd-mobilenetv2-oidv4", "1.0.0", "onnx")
         assert (store / "models/ssd-mobilenetv2-oidv4/1.0.0/model.onnx").is_file()
         assert [p.name for p in (store / "staging").iterdir()] == ["downloads"]
@@ -47,7 +47,7 @@ def test_empty_store_gets_the_bundled_model_and_sigterm_stops_everything(tmp_pat
         wait_until(lambda: not _alive(gunicorn), "gunicorn gone after the supervisor stopped", 10)
     # A restart keeps the published model: no restaging, same generation.
     with ServiceProcess.start(store, workers=1) as service:
-        assert read_manifest(store).generation == manifest.generation
+        assert read_default(store).generation == manifest.generation
         assert requests.get(service.url + "/readyz", timeout=5).status_code == 200
 
 
@@ -73,7 +73,7 @@ def test_headless_supervisor_updates_the_store_without_gunicorn_and_stops_cleanl
         twin.set_desired(model_desired("face", "2.0.0", files.url("/face_2.0.0.zip"), bundle))
         reported = twin.wait_reported(is_active("2.0.0"))
         assert model_status(reported)["rollout"] == {
-            "generation": read_manifest(service.store).generation, "workers_on_new": 0, "workers": 0, "complete": True,
+            "generation": read_default(service.store).generation, "workers_on_new": 0, "workers": 0, "complete": True,
         }
         assert (service.store / "models/face/2.0.0/blazeface.tflite").is_file()
         assert _children(service.proc.pid) == []  # no gunicorn, and the validation child has exited

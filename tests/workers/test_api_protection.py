@@ -42,6 +42,7 @@ INFERENCE_WRITES = {
     "/detect": {"post"},
     "/v2/models/{name}/infer": {"post"},
     "/v2/models/{name}/versions/{version}/infer": {"post"},
+    "/v2/repository/index": {"post"},  # a read, but Triton's protocol makes it a POST
 }
 
 
@@ -164,7 +165,7 @@ def _wait_for_tokens(url: str, accepted: tuple[str, ...], refused: tuple[str, ..
 def test_refusals_are_counted_and_timed_as_401(protected):
     _assert_unauthorized(requests.get(protected.url + "/models", timeout=5))
     text = requests.get(protected.url + "/metrics", timeout=5).text
-    refused = re.search(r'^twinfer_request_errors_total\{reason="unauthorized"\} (\S+)$', text, re.M)
+    refused = re.search(r'^twinfer_request_errors_total\{model="",reason="unauthorized"\} (\S+)$', text, re.M)
     assert refused and float(refused.group(1)) >= 1, text
     # RequestMetrics runs before the auth middleware, so 401s are in the latency histogram
     # too (route "unmatched": refused before routing).
@@ -375,7 +376,7 @@ def test_slow_clients_do_not_take_the_pool_and_are_cut_at_the_deadline(slow_targ
         assert status in ("408", "closed"), endings
         assert BODY_TIMEOUT - 0.2 <= held <= BODY_TIMEOUT + 3.0, endings
     text = requests.get(slow_target.url + "/metrics", timeout=5).text
-    assert re.search(r'^twinfer_request_errors_total\{reason="body_timeout"\} [1-9]', text, re.M), text
+    assert re.search(r'^twinfer_request_errors_total\{model="[^"]*",reason="body_timeout"\} [1-9]', text, re.M), text
     assert 'status="500"' not in text
     assert _detect(slow_target.url).status_code == 200  # and the pool is whole afterwards
 

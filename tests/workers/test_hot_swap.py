@@ -17,7 +17,7 @@ from tests.support.local_twin import LocalTwinFiles, model_status
 from tests.support.paths import IMAGES
 from tests.support.service_process import QUICK_REPORTS, ServiceProcess
 from tests.support.waiting import wait_until
-from twinfer.manifest import publish, read_manifest
+from twinfer.manifest import publish, read_default
 from twinfer.worker_state import read_states
 
 pytestmark = pytest.mark.processes  # every test here starts processes
@@ -83,6 +83,12 @@ def pool(tmp_path_factory):
         yield service, twin, url, bundle
 
 
+def _default_version(state) -> str:
+    """The version of the one model a worker of this pool serves (the default)."""
+    (only,) = state.models.values()
+    return only["version"]
+
+
 def _rolled_out(reported: dict, version: str) -> bool:
     status = model_status(reported)
     return status["state"] == "active" and status["active"]["version"] == version and status["rollout"]["complete"] and (
@@ -112,7 +118,7 @@ def test_ten_swaps_between_onnx_and_litert_under_load_fail_no_request(pool):
     assert len(samples) > 100
     assert {s.version for s in samples} == {ONNX[1], TFLITE[1]}
     states = read_states(service.store)
-    assert {s.version for s in states} == {TFLITE[1]} and len(states) == 2
+    assert {_default_version(s) for s in states} == {TFLITE[1]} and len(states) == 2
     by_worker: dict[str, list[Sample]] = {}
     for sample in sorted(samples, key=lambda s: s.started):
         by_worker.setdefault(sample.worker, []).append(sample)
@@ -135,7 +141,7 @@ def test_two_workers_never_reload_at_the_same_time(pool):
     """Its own swaps, under load: each worker reloads once per swap, one after the other."""
     service, twin, url, bundle = pool
     since = time.time()  # the reload records' clock
-    swaps = [ONNX, TFLITE, ONNX, TFLITE] if read_manifest(service.store).version == TFLITE[1] else [TFLITE, ONNX] * 2
+    swaps = [ONNX, TFLITE, ONNX, TFLITE] if read_default(service.store).version == TFLITE[1] else [TFLITE, ONNX] * 2
     with Load(service.url, threads=2):
         for target in swaps:
             _swap_to(twin, target, url, bundle)
@@ -148,20 +154,21 @@ def test_two_workers_never_reload_at_the_same_time(pool):
 
 def test_model_that_fails_in_workers_is_rolled_back(pool):
     service, twin, *_ = pool
-    before = read_manifest(service.store)
+    before = read_default(service.store)
     broken = service.store / "models" / "broken" / "1"
     broken.mkdir(parents=True)
     (broken / "model.onnx").write_bytes(b"passed staging, then the disk ate it")
-    bad = publish(service.store, "broken", "1", "models/broken/1", "onnx", "ssd_anchors")
+    bad = publish(service.store, "broken", "1", "models/broken/1", "onnx", "ssd_anchors", default=True)
     reported = twin.wait_reported(
         lambda r: model_status(r)["state"] == "rolled_back" and model_status(r)["last_error"]["reason"] == "worker_load_failed",
         timeout=60,
     )
     assert "broken 1" in model_status(reported)["last_error"]["message"]
     def rolled_back() -> tuple | None:
-        manifest, states = read_manifest(service.store), read_states(service.store)
+        manifest, states = read_default(service.store), read_states(service.store)
         back = manifest.generation > bad.generation and len(states) == 2
-        return (manifest, states) if back and all(s.generation == manifest.generation for s in states) else None
+        on_it = all(s.generation_of(manifest.name) == manifest.generation for s in states)
+        return (manifest, states) if back and on_it else None
 
     manifest, states = wait_until(rolled_back, "both workers on the rolled-back generation", 30)
     assert (manifest.name, manifest.version) == (before.name, before.version)
@@ -173,7 +180,7 @@ def test_model_that_fails_in_workers_is_rolled_back(pool):
 
 def test_kill_9_of_a_worker_under_load_fails_only_its_in_flight_request(pool):
     service, *_ = pool
-    current = read_manifest(service.store)
+    current = read_default(service.store)
     victim = read_states(service.store)[0].pid
     with Load(service.url, threads=4) as load:
         time.sleep(1.0)
@@ -192,7 +199,8 @@ def test_kill_9_of_a_worker_under_load_fails_only_its_in_flight_request(pool):
     assert all(s.started <= killed_at for s in failures), failures
     states = read_states(service.store)
     assert victim not in [s.pid for s in states] and len(states) == 2
-    respawned = [s for s in states if s.pid != victim and s.loaded_at and s.loaded_at > load.samples[0].started]
-    assert respawned and all(s.generation == current.generation for s in respawned)
+    respawned = [s for s in states if s.pid != victim
+                 and s.models[current.name]["loaded_at"] > load.samples[0].started]
+    assert respawned and all(s.generation_of(current.name) == current.generation for s in respawned)
     late = [s for s in load.samples if s.worker == str(respawned[0].pid)]
     assert late and all(s.version == current.version for s in late)

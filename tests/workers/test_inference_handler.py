@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from falcon.testing import create_req
 
 from twinfer.engines import EngineOptions
 from twinfer.errors import BadParameter, ModelNotFound, NoModel
@@ -33,27 +34,42 @@ def test_bad_options_name_the_field_as_the_client_wrote_it(threshold, max_detect
     assert caught.value.message == message
 
 
-class _Manifest:
-    name, version = "face", "2"
+class _Entry:
+    def __init__(self, name: str, version: str) -> None:
+        self.name, self.version = name, version
 
 
 class _Serving:
-    manifest = _Manifest()
+    def __init__(self, name: str, version: str) -> None:
+        self.manifest = _Entry(name, version)
 
 
 class _Holder:
-    def __init__(self, current):
-        self.current = current
+    """The pool as workers.holder.ModelHolder shows it to the handler."""
+
+    def __init__(self, models: dict, default: str | None, loading: list[str] = ()):
+        self.models, self.default, self._loading = models, default, list(loading)
+
+    def serving_now(self, name=None):
+        return self.models.get(name if name is not None else self.default or "")
+
+    def missing(self):
+        return self._loading
 
 
-def test_the_model_a_request_names_must_be_the_one_serving(tmp_path):
+def test_the_model_a_request_names_must_be_one_of_the_pool(tmp_path):
     settings = WorkerSettings(store=tmp_path, max_body_bytes=10**6, max_image_pixels=10**7, engine=EngineOptions())
-    handler = InferenceHandler(_Holder(_Serving()), settings)
-    assert handler.current().manifest.name == "face"
-    assert handler.current("face", "2").manifest.version == "2"
-    with pytest.raises(ModelNotFound, match="unknown model 'body'; this server serves 'face'"):
-        handler.current("body")
+    holder = _Holder({"face": _Serving("face", "2"), "ssd": _Serving("ssd", "1")}, "face", loading=["pose"])
+    handler = InferenceHandler(holder, settings)
+    req = create_req()
+    assert handler.current(req).manifest.name == "face" and req.context.model == "face"
+    assert handler.current(req, "ssd").manifest.version == "1" and req.context.model == "ssd"
+    assert handler.current(req, "face", "2").manifest.version == "2"
+    with pytest.raises(ModelNotFound, match=r"unknown model 'body'; this server serves \['face', 'ssd'\]"):
+        handler.current(create_req(), "body")
     with pytest.raises(ModelNotFound, match="model 'face' has no version '1'; the active version is '2'"):
-        handler.current("face", "1")
-    with pytest.raises(NoModel):
-        InferenceHandler(_Holder(None), settings).current("face")
+        handler.current(create_req(), "face", "1")
+    with pytest.raises(NoModel, match="'pose' loaded in this worker yet"):
+        handler.current(create_req(), "pose")
+    with pytest.raises(NoModel, match="no model loaded"):
+        InferenceHandler(_Holder({}, None), settings).current(create_req())

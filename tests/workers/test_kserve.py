@@ -337,7 +337,7 @@ def test_decompressed_body_over_the_limit_is_413(service):
 
 @pytest.mark.processes
 def test_unknown_v2_paths_answer_v2_404(service):
-    for path in ("/v2/repository/index", f"/v2/models/{MODEL}/config", "/v2/nope"):
+    for path in ("/v2/repository/models/x/load", f"/v2/models/{MODEL}/config", "/v2/nope"):
         _v2_error(requests.get(service.url + path, timeout=10), 404)
 
 

@@ -2,7 +2,7 @@
 
 No OpenAPI tooling is a dependency: the structure is checked here, and live responses
 are validated with a small validator for the schema subset the document uses (type,
-nullable, enum, properties, required, items, minimum, maximum, $ref). Objects are
+nullable, enum, properties, required, items, minimum, maximum, allOf, $ref). Objects are
 checked strictly: an undocumented key in a response fails, as does a missing one.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tests.support.waiting import wait_until
 DOCUMENT = PROJECT_ROOT / "workers" / "openapi.json"
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 SCHEMA_KEYS = {"type", "nullable", "enum", "properties", "required", "items", "minimum", "maximum", "$ref",
-               "description", "format", "additionalProperties"}
+               "description", "format", "additionalProperties", "allOf"}
 RAW_IMAGE_TYPES = {"image/jpeg", "image/png", "image/bmp", "image/webp", "application/octet-stream"}
 
 
@@ -71,6 +71,8 @@ def validate(doc: dict, schema: dict, value, path: str = "$") -> None:
     if kind == "array" and "items" in schema:
         for index, item in enumerate(value):
             validate(doc, schema["items"], item, f"{path}[{index}]")
+    for part in schema.get("allOf", ()):  # a nullable reference: {"type", "nullable": true, "allOf": [{"$ref"}]}
+        validate(doc, part, value, path)
 
 
 def operations(doc: dict):
@@ -113,14 +115,14 @@ def test_document_is_openapi_3_structure(doc):
         if "$ref" in node:
             resolve(doc, node)  # every reference resolves
         if "schemas" in trail or trail[-1:] == ("schema",):
-            if "type" in node or "$ref" in node:
+            if "type" in node or "$ref" in node or "allOf" in node:
                 assert set(node) <= SCHEMA_KEYS, (trail, set(node) - SCHEMA_KEYS)
                 if node.get("type") == "object" and "properties" in node:
                     assert set(node.get("required", ())) <= set(node["properties"]), trail
 
 
 def test_detect_is_documented_as_implemented(doc):
-    from twinfer.errors import JsonTooComplex, ModelNotFound, RequestError
+    from twinfer.errors import JsonTooComplex, RequestError
     from workers.inference import MAX_DETECTIONS_LIMIT
     from workers.protocol_errors import REASONS as PROTOCOL_REASONS
 
@@ -128,10 +130,11 @@ def test_detect_is_documented_as_implemented(doc):
     content = detect["requestBody"]["content"]
     assert set(content) == RAW_IMAGE_TYPES | {"multipart/form-data"}
     parameters = {p["name"]: p for p in detect["parameters"]}
-    assert set(parameters) == {"threshold", "max_detections"}
+    assert set(parameters) == {"model", "threshold", "max_detections"}
+    assert parameters["model"]["schema"] == {"type": "string"}
     assert parameters["threshold"]["schema"] == {"type": "number", "minimum": 0, "maximum": 1}
     assert parameters["max_detections"]["schema"] == {"type": "integer", "minimum": 1, "maximum": MAX_DETECTIONS_LIMIT}
-    assert {"200", "400", "413", "415", "503"} <= set(detect["responses"])
+    assert {"200", "400", "404", "413", "415", "503"} <= set(detect["responses"])
     error = resolve(doc, {"$ref": "#/components/schemas/Error"})
     assert error["required"] == ["error", "reason"]
     reasons = set(error["properties"]["reason"]["enum"])
@@ -144,7 +147,7 @@ def test_detect_is_documented_as_implemented(doc):
     assert PROTOCOL_REASONS <= reasons  # gunicorn's refusals, in the same document
     for cls in [RequestError, *subclasses(RequestError)]:
         assert cls.reason in reasons, cls
-        if cls in (ModelNotFound, JsonTooComplex):  # only the v2 routes name a model or parse JSON tensors
+        if cls is JsonTooComplex:  # only the v2 routes parse JSON tensors
             continue
         response = detect["responses"][str(cls.status)]
         assert resolve(doc, response["content"]["application/json"]["schema"]) is error
@@ -235,12 +238,17 @@ def test_live_multipart_and_errors_match_the_documented_schemas(client, doc):
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert multipart.status_code == 200, multipart.text
     _check(doc, "/detect", "post", multipart)
+    named = client.simulate_post("/detect", body=image, headers={"Content-Type": "image/jpeg"},
+                                 params={"model": V2_MODEL})
+    assert named.status_code == 200 and named.json["model"]["name"] == V2_MODEL, named.text
+    _check(doc, "/detect", "post", named)
     cases = [
         (b"not an image", "image/jpeg", {}, 400, "not_an_image"),
         (image, "image/jpeg", {"max_detections": "0"}, 400, "bad_parameter"),
         (b"--x\r\nnot a part", "multipart/form-data; boundary=x", {}, 400, "bad_request"),
         (b"x" * (4 * 1024 * 1024 + 1), "image/jpeg", {}, 413, "body_too_large"),
         (b'{"a": 1}', "application/json", {}, 415, "unsupported_media_type"),
+        (image, "image/jpeg", {"model": "other"}, 404, "model_not_found"),
     ]
     for body, content_type, params, status, reason in cases:
         result = client.simulate_post("/detect", body=body, headers={"Content-Type": content_type}, params=params)
@@ -263,17 +271,32 @@ def test_live_status_routes_match_the_documented_schemas(client, doc, monkeypatc
     _check(doc, "/metrics", "get", metrics)
 
 
-def test_responses_before_a_model_is_loaded_match_the_documented_503s(tmp_path, doc):
+def _unloadable_store(store: Path) -> Path:
+    """A store whose manifest names a model this worker cannot load (its directory is missing)."""
+    from twinfer.manifest import publish
+
+    publish(store, V2_MODEL, V2_VERSION, f"models/{V2_MODEL}/{V2_VERSION}", "onnx", "ssd_anchors")
+    return store
+
+
+@pytest.mark.parametrize("published", [False, True], ids=["no-manifest", "model-not-loaded"])
+def test_responses_before_a_model_is_loaded_match_the_documented_503s(tmp_path, doc, published):
     from falcon import testing
 
-    client = testing.TestClient(_app(tmp_path))  # empty store: no manifest, no model
+    client = testing.TestClient(_app(_unloadable_store(tmp_path) if published else tmp_path))
     for route in ("/readyz", "/models"):
         result = client.simulate_get(route)
         assert result.status_code == 503
+        assert result.json["loading"] == ([V2_MODEL] if published else []), result.text
         _check(doc, route, "get", result)
     result = client.simulate_post("/detect", body=b"x", headers={"Content-Type": "image/png"})
     assert (result.status_code, result.json["reason"]) == (503, "no_model")
     _check(doc, "/detect", "post", result)
+    if published:
+        named = client.simulate_post("/detect", body=b"x", headers={"Content-Type": "image/png"},
+                                     params={"model": V2_MODEL})
+        assert (named.status_code, named.json["reason"]) == (503, "no_model")
+        _check(doc, "/detect", "post", named)
 
 
 # --- KServe v2 / Open Inference Protocol -----------------------------------------------------
@@ -344,15 +367,30 @@ def test_live_kserve_v2_responses_match_the_documented_schemas(client, doc):
         assert result.status_code == status, result.text
         assert set(result.json) == {"error", "reason"}
         _check(doc, infer, "post", result)
-    unknown = client.simulate_get("/v2/repository/index")  # not a route: any other /v2 path
+    unknown = client.simulate_post(f"/v2/repository/models/{V2_MODEL}/load")  # not a route: any other /v2 path
     assert unknown.status_code == 404
     validate(doc, {"$ref": "#/components/schemas/V2Error"}, unknown.json)
+
+
+@pytest.mark.processes
+def test_live_kserve_v2_repository_index_matches_the_documented_schema(client, doc):
+    route = "/v2/repository/index"
+    for body in (b"", b"{}", b'{"ready": true}', b'{"ready": false}'):
+        result = client.simulate_post(route, body=body)
+        assert result.status_code == 200, (body, result.text)
+        assert result.json == [{"name": V2_MODEL, "version": V2_VERSION, "state": "READY", "reason": ""}]
+        _check(doc, route, "post", result)
+    for body, status in ((b"{", 400), (b"[]", 400), (b'{"ready": 1}', 400), (b" " * 4097, 413)):
+        result = client.simulate_post(route, body=body)
+        assert result.status_code == status and set(result.json) == {"error", "reason"}, (body, result.text)
+        _check(doc, route, "post", result)
+    assert client.simulate_get(route).status_code == 405  # POST only, as documented
 
 
 def test_kserve_v2_before_a_model_is_loaded_matches_the_documented_503s(tmp_path, doc):
     from falcon import testing
 
-    client = testing.TestClient(_app(tmp_path))  # empty store: no manifest, no model
+    client = testing.TestClient(_app(_unloadable_store(tmp_path)))
     assert client.simulate_get("/v2/health/live").status_code == 200
     for route, path in (("/v2/health/ready", "/v2/health/ready"), ("/v2/models/{name}", f"/v2/models/{V2_MODEL}"),
                         ("/v2/models/{name}/ready", f"/v2/models/{V2_MODEL}/ready")):
@@ -362,6 +400,10 @@ def test_kserve_v2_before_a_model_is_loaded_matches_the_documented_503s(tmp_path
     result = _v2_infer(client, b'{"inputs": []}')
     assert result.status_code == 503 and set(result.json) == {"error", "reason"}
     _check(doc, "/v2/models/{name}/infer", "post", result)
+    index = client.simulate_post("/v2/repository/index")
+    assert [(m["name"], m["state"]) for m in index.json] == [(V2_MODEL, "UNAVAILABLE")], index.text
+    _check(doc, "/v2/repository/index", "post", index)
+    assert client.simulate_post("/v2/repository/index", body=b'{"ready": true}').json == []
 
 
 def test_every_route_answers_errors_in_one_document(tmp_path, doc):
@@ -380,7 +422,7 @@ def test_every_route_answers_errors_in_one_document(tmp_path, doc):
         assert answer.json["reason"] == reason
         validate(doc, {"$ref": "#/components/schemas/Error"}, answer.json)
     assert answers["method_not_allowed"].headers["allow"]
-    v2 = client.simulate_get("/v2/repository/index")
+    v2 = client.simulate_get("/v2/repository/models")
     assert v2.status_code == 404 and v2.json["reason"] == "not_found"
     validate(doc, {"$ref": "#/components/schemas/V2Error"}, v2.json)
 

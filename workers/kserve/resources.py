@@ -1,8 +1,8 @@
 """Falcon resources of the KServe v2 / Open Inference Protocol (``/v2/...``).
 
-Only the model this worker serves exists: the name and version of its manifest entry
-(the routes without ``/versions/{version}`` mean that version too); any other name or
-version is a 404. Errors are the protocol's ``{"error": "<message>"}`` (plus ``reason``)
+The models are those of the manifest, each under its name at its active version (the
+routes without ``/versions/{version}`` mean that version too); any other name or version
+is a 404. ``POST /v2/repository/index`` lists them (Triton's model repository extension). Errors are the protocol's ``{"error": "<message>"}`` (plus ``reason``)
 with the same statuses as ``/detect`` (400, 413, 415, 503), plus 404. What runs the
 model is ``workers.inference``, shared with ``/detect``; this module speaks the protocol.
 
@@ -54,7 +54,7 @@ def _json(resp: falcon.Response, document: dict, status: int = 200) -> None:
 
 
 def not_found_sink(req: falcon.Request, resp: falcon.Response, **params) -> None:
-    """Any other path under ``/v2`` (``/v2/repository/index``, ``.../config``, ...)."""
+    """Any other path under ``/v2`` (``.../config``, ``/v2/repository/models/...``, ...)."""
     answer_error(resp, 404, "not_found", f"no KServe v2 endpoint {req.method} {req.path} here")
 
 
@@ -72,14 +72,47 @@ class ServerLiveResource:
 
 
 class ServerReadyResource:
-    """200 once this worker has a model loaded, else 503."""
+    """200 once this worker has loaded every model of the manifest, else 503."""
 
     def __init__(self, holder: ModelHolder) -> None:
         self._holder = holder
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        ready = self._holder.current is not None
+        ready = self._holder.current is not None and not self._holder.missing()
         _json(resp, {"ready": ready}, 200 if ready else 503)
+
+
+class RepositoryIndexResource:
+    """``POST /v2/repository/index``: every model of the manifest, ``READY`` once loaded in
+    this worker, else ``LOADING`` (or ``UNAVAILABLE`` with the load error); ``{"ready":
+    true}`` in the body lists the ready ones only, as Triton does."""
+
+    def __init__(self, holder: ModelHolder) -> None:
+        self._holder = holder
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        body = bounded_body(req, 4096)
+        try:
+            ask = orjson.loads(body) if body.strip() else {}
+        except orjson.JSONDecodeError:
+            raise RequestError("the body is a JSON object, e.g. {\"ready\": true}, or empty") from None
+        if not isinstance(ask, dict) or not isinstance(ask.get("ready", False), bool):
+            raise RequestError("the body is a JSON object whose \"ready\" is true or false")
+        holder = self._holder
+        error = holder.state.last_error or {}
+        index = []
+        for name in sorted(set(holder.manifest.models if holder.manifest else ()) | set(holder.models)):
+            serving = holder.models.get(name)
+            if serving is not None:
+                index.append({"name": name, "version": serving.manifest.version, "state": "READY", "reason": ""})
+            elif not ask.get("ready"):
+                failed = error.get("model") == name
+                index.append({"name": name, "version": holder.manifest.models[name].version,
+                              "state": "UNAVAILABLE" if failed else "LOADING",
+                              "reason": error.get("message", "") if failed else "loading in this worker"})
+        resp.status = 200
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = orjson.dumps(index)
 
 
 # --- model -----------------------------------------------------------------------------------
@@ -122,7 +155,7 @@ class ModelMetadataResource:
         self._inference = inference
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, version: str | None = None) -> None:
-        _json(resp, model_metadata(self._inference.current(name, version)))
+        _json(resp, model_metadata(self._inference.current(req, name, version)))
 
 
 class ModelReadyResource:
@@ -134,7 +167,7 @@ class ModelReadyResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str, version: str | None = None) -> None:
         try:
-            self._inference.current(name, version)
+            self._inference.current(req, name, version)
         except NoModel:
             _json(resp, {"name": name, "ready": False}, 503)
             return
@@ -160,9 +193,9 @@ class InferResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str, version: str | None = None) -> None:
         limit = self._inference.max_body_bytes
-        expected = JsonBudget.for_inputs(self._inference.current(name, version).model.engine.signature.inputs, limit)
+        expected = JsonBudget.for_inputs(self._inference.current(req, name, version).model.engine.signature.inputs, limit)
         body = read_body(req, limit, expected)  # before taking the model: a slow upload holds no swap
-        with self._inference.serving(name, version) as serving:  # a swap meanwhile waits for this request
+        with self._inference.serving(req, name, version) as serving:  # a swap meanwhile waits for this request
             signature = serving.model.engine.signature
             # counted again against the model that serves it (a swap may have changed its inputs)
             request = parse_request(body, req.get_header(HEADER_LENGTH), JsonBudget.for_inputs(signature.inputs, limit))

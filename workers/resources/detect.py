@@ -1,4 +1,4 @@
-"""POST /detect: image in, labelled boxes out (``workers.inference`` does the work)."""
+"""POST /detect[?model=<name>]: image in, labelled boxes out (``workers.inference`` does the work)."""
 from __future__ import annotations
 
 import falcon
@@ -14,6 +14,6 @@ class DetectResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         options = DetectOptions.parse(req.get_param("threshold"), req.get_param("max_detections"))
         image = image_bytes(req, self._inference.max_body_bytes)  # before taking the model: a slow upload holds no swap
-        with self._inference.serving() as serving:  # a swap meanwhile waits for this request
+        with self._inference.serving(req, req.get_param("model")) as serving:  # a swap meanwhile waits for this request
             resp.media = self._inference.detect(serving, image, options)
         resp.set_header("X-Model-Version", serving.manifest.version)

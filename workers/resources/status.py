@@ -1,4 +1,4 @@
-"""Liveness, readiness, the active model, and the metrics scrape."""
+"""Liveness, readiness, the models served, and the metrics scrape."""
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -6,7 +6,7 @@ from dataclasses import asdict
 import falcon
 
 from workers import metrics
-from workers.holder import ModelHolder
+from workers.holder import ModelHolder, ServingModel
 
 
 class HealthResource:
@@ -17,61 +17,69 @@ class HealthResource:
 
 
 class ReadyResource:
-    """503 until this worker has a model loaded."""
+    """503 until this worker has loaded every model of the manifest (some version of each)."""
 
     def __init__(self, holder: ModelHolder) -> None:
         self._holder = holder
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        serving = self._holder.current
-        if serving is None:
+        missing = self._holder.missing()
+        if self._holder.current is None or missing:
             resp.status = falcon.HTTP_503
-            resp.media = {"status": "loading", "error": self._holder.last_error}
+            resp.media = {"status": "loading", "loading": missing, "error": self._holder.last_error}
         else:
-            resp.media = {"status": "ready", "version": serving.manifest.version}
+            resp.media = {"status": "ready", "version": self._holder.current.manifest.version,
+                          "models": {name: s.manifest.version for name, s in sorted(self._holder.models.items())}}
+
+
+def model_document(serving: ServingModel, default: bool) -> dict:
+    """One served model: manifest entry, preprocessing, decoder, labels count."""
+    model, manifest = serving.model, serving.manifest
+    spec = model.spec
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "generation": manifest.generation,
+        "default": default,
+        "format": manifest.format,
+        "decoder": spec.decoder,
+        "input": {
+            "width": model.input_width,
+            "height": model.input_height,
+            "layout": spec.input.layout,
+            "color": spec.input.color,
+            "resize": spec.input.resize,
+            "mean": spec.input.mean,
+            "std": spec.input.std,
+        },
+        "score_threshold": spec.score_threshold,
+        "iou_threshold": spec.iou_threshold,
+        "max_detections": spec.max_detections,
+        "labels": len(model.labels),
+        "shared_weights": getattr(model.engine, "shared_weights", False),
+    }
 
 
 class ModelsResource:
-    """What this worker serves: manifest entry, preprocessing, decoder, labels count."""
+    """What this worker serves: every model (the default one also as ``active``), and the
+    worker's own state."""
 
     def __init__(self, holder: ModelHolder) -> None:
         self._holder = holder
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        serving = self._holder.current
-        worker = asdict(self._holder.state)
-        if serving is None:
+        holder = self._holder
+        served, default = holder.models, holder.default
+        models = [model_document(serving, name == default) for name, serving in sorted(served.items())]
+        resp.media = {
+            "default": default,
+            "active": next((m for m in models if m["default"]), None),
+            "models": models,
+            "loading": holder.missing(),
+            "worker": asdict(holder.state),
+        }
+        if not models:
             resp.status = falcon.HTTP_503
-            resp.media = {"active": None, "worker": worker}
-            return
-        model, manifest = serving.model, serving.manifest
-        spec = model.spec
-        resp.media = (
-            {
-                "active": {
-                    "name": manifest.name,
-                    "version": manifest.version,
-                    "generation": manifest.generation,
-                    "format": manifest.format,
-                    "decoder": spec.decoder,
-                    "input": {
-                        "width": model.input_width,
-                        "height": model.input_height,
-                        "layout": spec.input.layout,
-                        "color": spec.input.color,
-                        "resize": spec.input.resize,
-                        "mean": spec.input.mean,
-                        "std": spec.input.std,
-                    },
-                    "score_threshold": spec.score_threshold,
-                    "iou_threshold": spec.iou_threshold,
-                    "max_detections": spec.max_detections,
-                    "labels": len(model.labels),
-                    "shared_weights": getattr(model.engine, "shared_weights", False),
-                },
-                "worker": worker,
-            }
-        )
 
 
 class MetricsResource:

@@ -175,7 +175,7 @@ def test_a_window_closing_mid_download_pauses_it_and_urgent_resumes_from_the_kep
     env = {**face_default, "TZ": f"TST-00:00:{shift:02d}", "TWINFER_DOWNLOAD_WINDOWS": window,
            "TWINFER_DOWNLOAD_RANGE_BYTES": "65536"}
     store = tmp_path / "store"
-    part = store / "staging/downloads/face-2.part"
+    part = store / "staging/downloads/face/2.part"
     twin = LocalTwinFiles(store)
     bundle = face("2", 0.5)
     with FileServer({"/face-2.zip": bundle.data}) as files, ServiceProcess.start(store, workers=1, extra_env=env):

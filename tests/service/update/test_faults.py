@@ -47,7 +47,7 @@ from tests.support.local_twin import LocalTwinFiles, failed_with, is_active, mod
 from tests.support.paths import IMAGES, MODELS, PROJECT_ROOT
 from tests.support.service_process import QUICK_REPORTS, ServiceProcess
 from tests.support.waiting import wait_until
-from twinfer.manifest import MANIFEST_FILE, publish, read_manifest
+from twinfer.manifest import MANIFEST_FILE, publish, read_default
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
@@ -151,7 +151,7 @@ class ManifestWatcher:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                manifest = read_manifest(self.store)
+                manifest = read_default(self.store)
             except Exception as exc:  # a torn or half-written manifest
                 self.errors.append(repr(exc))
                 manifest = None
@@ -195,7 +195,7 @@ def test_kill_9_mid_download_resumes_from_the_part_file_and_publishes_only_after
     bundle = ssd_tflite_bundle()
     size = len(bundle.data)
     path = "/models/ssd-tflite-2.0.0.zip"
-    part = store / "staging" / "downloads" / "ssd-tflite-2.0.0.part"
+    part = store / "staging" / "downloads" / "ssd-tflite" / "2.0.0.part"
     with FileServer({path: bundle.data}) as files, ManifestWatcher(store) as watcher:
         files.faults(path).throttle_bps = size // 4  # about 4 s for the whole bundle
         url = files.url(path + "?sv=2024&sig=SECRET")
@@ -211,7 +211,7 @@ def test_kill_9_mid_download_resumes_from_the_part_file_and_publishes_only_after
         kept = part.stat().st_size
         assert 0.3 * size < kept < size
         assert Path(str(part) + ".json").exists()  # the sidecar: which blob, which ETag
-        assert read_manifest(store).version == "1.0.0"
+        assert read_default(store).version == "1.0.0"
         first_requests = len(files.requests_for(path))
         files.faults(path).throttle_bps = None
         # The killed worker left its state file. A restarted container reuses low pids: make
@@ -284,15 +284,15 @@ def test_crash_during_manifest_writes_leaves_a_readable_manifest_naming_a_comple
     repo.prepare()
     for version in ("1", "2"):
         stage_directory(repo, face_default, "face", version)
-    before = read_manifest(store)
+    before = read_default(store)
 
     # 1. Dies between writing the temp file and renaming it: the old manifest stays.
     crashed = _python(_CRASH_BETWEEN_WRITE_AND_RENAME, str(store), "face", "1")
     assert crashed.wait(60) == 1
-    assert read_manifest(store) == before
+    assert read_default(store) == before
     leftovers = _temp_files(store)
     assert len(leftovers) == 1, leftovers
-    assert json.loads((store / leftovers[0]).read_text())["version"] == "1"  # complete, never renamed
+    assert json.loads((store / leftovers[0]).read_text())["models"]["face"]["version"] == "1"  # complete, never renamed
 
     # 2. SIGKILL at random moments of a tight publish loop.
     rng = random.Random(1234)
@@ -304,7 +304,7 @@ def test_crash_during_manifest_writes_leaves_a_readable_manifest_naming_a_comple
         loop.kill()
         loop.wait(10)
         loop.stdout.close()
-        manifest = read_manifest(store)
+        manifest = read_default(store)
         assert manifest is not None and manifest.name == "face" and manifest.version in ("1", "2")
         assert manifest.generation >= last_generation
         assert version_problem(manifest.model_dir(store), manifest.name, manifest.version) is None
@@ -317,9 +317,9 @@ def test_crash_during_manifest_writes_leaves_a_readable_manifest_naming_a_comple
     assert _temp_files(store) == []
     # ... and so does the start-up, without publishing anything.
     (store / leftovers[0]).write_text("left by a crash")
-    current = read_manifest(store)
+    current = read_default(store)
     assert ensure_active_model(repo, face_default, "face-default", "1") == current
-    assert _temp_files(store) == [] and read_manifest(store) == current
+    assert _temp_files(store) == [] and read_default(store) == current
 
 
 # --- disk full ---------------------------------------------------------------------------------
@@ -360,7 +360,7 @@ def test_disk_full_during_download_and_unpack_fails_cleanly_and_serving_continue
         with ServiceProcess.start(store, workers=1, extra_env=face_env(face_default)) as service:
             twin = LocalTwinFiles(store)
             twin.wait_reported(is_active("1"))
-            before = read_manifest(store)
+            before = read_default(store)
             free = shutil.disk_usage(store).free
             assert 80 * MiB < free < 100 * MiB, free
             blob = random.Random(3).randbytes(free + 8 * MiB)
@@ -411,7 +411,7 @@ def test_disk_full_during_download_and_unpack_fails_cleanly_and_serving_continue
             assert "bytes free" in model_status(reported)["last_error"]["message"]
             staging_is_clean(store)
 
-            assert read_manifest(store) == before
+            assert read_default(store) == before
             assert sorted(p.relative_to(store / "models").as_posix() for p in (store / "models").glob("*/*")) == [
                 "face-default/1"
             ]
@@ -456,7 +456,7 @@ def _roll_out(flaky, version: str, set_faults) -> tuple[list, int]:
     twin.set_desired(model_desired("face", version, files.url(path + "?sig=SECRET"), bundle))
     twin.wait_reported(is_active(version), timeout=60)
     detect_ok(service)
-    assert read_manifest(service.store).version == version
+    assert read_default(service.store).version == version
     staging_is_clean(service.store)
     return files.requests_for(path), len(bundle.data)
 
@@ -506,12 +506,12 @@ def test_damaged_active_version_is_found_at_start_and_the_newest_complete_one_is
             twin.set_desired(model_desired("face", version, files.url(f"/face-{version}.zip"), bundle))
             twin.wait_reported(is_active(version), timeout=60)
             time.sleep(0.05)  # distinct directory times: "newest" is well defined
-    assert read_manifest(store).version == "3"
+    assert read_default(store).version == "3"
 
     # 1. The active version's model file is deleted while the service is down.
     (store / "models/face/3/blazeface.tflite").unlink()
     with ServiceProcess.start(store, workers=1, extra_env=env) as service:
-        manifest = read_manifest(store)
+        manifest = read_default(store)
         assert (manifest.name, manifest.version) == ("face", "2")
         assert detect_ok(service).headers["X-Model-Version"] == "2"
         assert "the active model face 3 (generation 3) is damaged" in service.log()
@@ -526,7 +526,7 @@ def test_damaged_active_version_is_found_at_start_and_the_newest_complete_one_is
     model = store / "models/face/2/blazeface.tflite"
     model.write_bytes(model.read_bytes()[:1000])
     with ServiceProcess.start(store, workers=1, extra_env=env) as service:
-        manifest = read_manifest(store)
+        manifest = read_default(store)
         assert (manifest.name, manifest.version) == ("face-default", "1")
         assert detect_ok(service).headers["X-Model-Version"] == "1"
         assert "not the one that passed validation" in service.log()

@@ -14,7 +14,7 @@ from tests.support.bundles import face_bundle, make_bundle, model_desired, ssd_t
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, failed_with, is_active, model_status
 from tests.support.service_process import QUICK_REPORTS, ServiceProcess
-from twinfer.manifest import read_manifest
+from twinfer.manifest import read_default
 
 pytestmark = pytest.mark.processes  # every test here starts processes
 
@@ -54,7 +54,7 @@ def test_patch_downloads_verifies_stages_publishes_and_reports(device, twin, fil
     status = model_status(reported)
     assert status["active"]["decoder"] == "blazeface" and status["active"]["format"] == "tflite"
     assert reported["LatestAIModelFileName"] == "face_2.0.0.zip"
-    manifest = read_manifest(device.store)
+    manifest = read_default(device.store)
     assert (manifest.name, manifest.version, manifest.generation) == ("face", "2.0.0", 2)
     assert (device.store / "models/face/2.0.0/blazeface.tflite").is_file()
     assert list((device.store / "staging/downloads").iterdir()) == []
@@ -71,10 +71,10 @@ def test_patch_downloads_verifies_stages_publishes_and_reports(device, twin, fil
 
 
 def _assert_rejected(device, twin, document: dict, reason: str) -> dict:
-    before = read_manifest(device.store)
+    before = read_default(device.store)
     version = twin.set_desired(document)
     reported = twin.wait_reported(failed_with(reason, version))
-    assert read_manifest(device.store) == before
+    assert read_default(device.store) == before
     assert model_status(reported)["active"]["version"] == before.version
     detect = requests.post(device.url + "/detect", data=b"x", timeout=10)
     assert detect.status_code == 400  # still serving, still answering
@@ -141,7 +141,7 @@ def test_reference_design_keys_with_base64_md5(device, twin, files):
     reported = twin.wait_reported(is_active("5.0"))
     assert reported["LatestAIModelFileName"] == "ssd-oidv4_5.0.zip"
     assert model_status(reported)["active"]["decoder"] == "ssd_anchors"
-    assert read_manifest(device.store).name == "ssd-oidv4"
+    assert read_default(device.store).name == "ssd-oidv4"
 
 
 def test_staged_version_activates_without_download_and_threshold_rides_along(device, twin, files):
@@ -152,7 +152,7 @@ def test_staged_version_activates_without_download_and_threshold_rides_along(dev
     reported = twin.wait_reported(is_active("2.0.0"))
     assert len(files.requests) == requests_before
     assert model_status(reported)["active"]["score_threshold"] == 0.7
-    assert read_manifest(device.store).score_threshold == 0.7
+    assert read_default(device.store).score_threshold == 0.7
 
 
 def test_old_versions_are_pruned_but_active_and_previous_kept(device):

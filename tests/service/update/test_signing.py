@@ -32,7 +32,7 @@ from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, failed_with, is_active, model_status
 from tests.support.paths import MODELS, PROJECT_ROOT
 from tests.support.service_process import QUICK_REPORTS, ServiceProcess
-from twinfer.manifest import read_manifest
+from twinfer.manifest import read_default
 
 SHA = hashlib.sha256(b"bundle bytes").hexdigest()
 FACE = MODELS / "blazeface_short_range.tflite"
@@ -283,10 +283,10 @@ def _desired(name: str, version: str, url: str, bundle: Bundle, key=None, **mode
 
 
 def _assert_refused(device, twin, document: dict, reason: str) -> dict:
-    before = read_manifest(device.store)
+    before = read_default(device.store)
     version = twin.set_desired(document)
     reported = twin.wait_reported(failed_with(reason, version))
-    assert read_manifest(device.store) == before
+    assert read_default(device.store) == before
     assert model_status(reported)["active"]["version"] == before.version
     assert requests.get(device.url + "/readyz", timeout=5).status_code == 200  # still serving
     assert list((device.store / "staging/downloads").iterdir()) == []  # the download is discarded
@@ -298,7 +298,7 @@ def test_a_signed_bundle_activates(device, twin, files, face, operator, operator
     url = _serve(files, "/face_3.zip", face.data)
     twin.set_desired(_desired("face", "3", url, face, key=operator))
     twin.wait_reported(is_active("3"))
-    assert (read_manifest(device.store).name, read_manifest(device.store).version) == ("face", "3")
+    assert (read_default(device.store).name, read_default(device.store).version) == ("face", "3")
     record = json.loads((device.store / "models/face/3/.twinfer-bundle.json").read_text())
     assert record["sha256"] == face.sha256
     assert json.loads((device.store / "versions.json").read_text())["highest_activated"] == {
@@ -410,7 +410,7 @@ def test_the_cli_signs_a_patch_the_device_accepts(device, twin, files, operator_
     assert (model["signature"], model["allow_downgrade"]) == (result["signature"], True)
     twin.set_desired(patch)
     twin.wait_reported(is_active("7.0"))
-    assert read_manifest(device.store).version == "7.0"
+    assert read_default(device.store).version == "7.0"
 
 
 @pytest.mark.processes
