@@ -4,6 +4,10 @@ Validating a downloaded model and preparing its host artifact load model runtime
 may crash, hang or take a big model's memory; a child process keeps all of that out of
 the supervisor. Each job prints its verdict as its last JSON line on stdout; what it
 printed on stderr is kept only as far as an operator can act on it.
+
+Jobs run at a lower CPU priority (``JOB_NICENESS``): a gateway serves while it updates,
+and on two cores an update's validation and host-artifact build would otherwise take a
+core from the workers at saturation (``ops/bench/model_pool.py``).
 """
 from __future__ import annotations
 
@@ -14,6 +18,10 @@ from dataclasses import dataclass
 
 from service.settings import PROJECT_ROOT
 from twinfer.native_stderr import actionable_tail
+
+JOB_NICENESS = 5
+# ``python -c`` then ``-m``'s own semantics: the job's ``__main__`` with the job's arguments.
+_NICE_THEN_RUN = "import os, runpy, sys; os.nice({n}); runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
 
 
 class ChildTimeout(Exception):
@@ -31,8 +39,8 @@ class ChildOutcome:
 
 
 def run_job(module: str, args: list[str], timeout: float) -> ChildOutcome:
-    """``python -m module *args`` with the package importable (a checkout or an install)."""
-    command = [sys.executable, "-m", module, *args]
+    """``python -m module *args``, niced, with the package importable (a checkout or an install)."""
+    command = [sys.executable, "-c", _NICE_THEN_RUN.format(n=JOB_NICENESS), module, *args]
     try:
         done = subprocess.run(command, capture_output=True, timeout=timeout, cwd=PROJECT_ROOT)
     except subprocess.TimeoutExpired:

@@ -37,6 +37,10 @@ from workers.inference_slots import InferenceSlots
 log = logging.getLogger("twinfer.worker")
 MANIFEST_POLL_SECONDS = 0.1
 DRAIN_TIMEOUT_SECONDS = 60.0
+# The watcher thread loads and warms up new versions: at a lower priority than the request
+# threads (Linux nices a thread on its own), so a swap at saturation takes CPU the requests
+# leave, not theirs. Threads it starts (a runtime's) inherit it.
+RELOAD_NICENESS = 5
 
 
 class ServingModel:
@@ -127,6 +131,7 @@ class ModelHolder:
         self._stop.set()
 
     def _watch(self) -> None:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), RELOAD_NICENESS)
         manifest_file = StoreLayout(self.store).manifest
         last_stat = None
         while not self._stop.is_set():

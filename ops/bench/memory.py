@@ -15,7 +15,15 @@ cache). "weights" is the initializer bytes (ONNX) or the XNNPACK packed-weight b
 
 Targets: each extra worker <= 10% of the weight bytes + 30 MiB; a swap <= 1.1 model copies.
 
-Run from the project root: ``.venv/bin/python ops/bench/memory.py [--synthetic-mb 300]``.
+``--pool``: several models in each worker (shared weights only), as a pool serves them: 1, 2
+and 4 workers each holding 1, 2 or 3 models ((a) the demo SSD ONNX, then (b) BlazeFace,
+TFLite or ONNX, then (c) the SSD fp16 TFLite), in interleaved rounds (medians). Each extra
+model must cost each extra worker <= 10% of its weight bytes + 30 MiB, as the single model
+does: the extra-worker cost with k models minus that with k - 1 (the first model: minus the
+runtime baseline). A runtime's first model in a worker pays for importing that runtime.
+
+Run from the project root: ``.venv/bin/python ops/bench/memory.py [--synthetic-mb 300]``,
+``.venv/bin/python ops/bench/memory.py --pool [--rounds 2] [--face-format tflite]``.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import gc
 import multiprocessing
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -85,10 +94,11 @@ def _worker(directories: list[str], kind: str, shared: bool, conn) -> None:
     if kind.startswith("baseline:"):
         import twinfer.loader  # noqa: F401  (decoders, imaging, cv2, pillow)
 
-        if kind == "baseline:onnx":
-            import twinfer.engines.onnx  # noqa: F401
-        else:
-            import twinfer.engines.litert  # noqa: F401
+        for fmt in kind.split(":", 1)[1].split("+"):  # "onnx", "tflite" or "onnx+tflite"
+            if fmt == "onnx":
+                import twinfer.engines.onnx  # noqa: F401
+            else:
+                import twinfer.engines.litert  # noqa: F401
         held = []
     else:
         held = [_load(d, kind, shared) for d in directories]
@@ -112,13 +122,18 @@ def run_pool(model: Model, shared: bool, workers: int, swap_dir: Path | None = N
     """``workers`` processes holding the model; with ``swap_dir`` the first also holds that
     one; ``baseline``: the same processes without any model."""
     kind = f"baseline:{model.format}" if baseline else model.kind
+    per_worker = [[str(model.directory)] for _ in range(workers)]
+    if swap_dir is not None:
+        per_worker[0].append(str(swap_dir))
+    return spawn_pool(model.label, per_worker, kind, shared)
+
+
+def spawn_pool(label: str, per_worker: list[list[str]], kind: str, shared: bool) -> Pool:
+    """One spawned process per entry of ``per_worker``, each loading those directories."""
     ctx = multiprocessing.get_context("spawn")
     started = []
     try:
-        for index in range(workers):
-            directories = [str(model.directory)]
-            if index == 0 and swap_dir is not None:
-                directories.append(str(swap_dir))
+        for directories in per_worker:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker, args=(directories, kind, shared, child), daemon=True)
             proc.start()
@@ -126,7 +141,7 @@ def run_pool(model: Model, shared: bool, workers: int, swap_dir: Path | None = N
         reports = []
         for proc, parent in started:
             if not parent.poll(600):
-                raise RuntimeError(f"{model.label}: a worker did not load in 600 s")
+                raise RuntimeError(f"{label}: a worker did not load in 600 s")
             reports.append(parent.recv())
         rollups = [smaps_rollup(pid) for pid, _ in reports]  # all alive and loaded
         return Pool(
@@ -172,10 +187,6 @@ def prepare(directory: Path) -> None:
 
 
 def build_models(root: Path, synthetic_mb: int, with_tflite: bool) -> list[Model]:
-    from twinfer.engines import runtime
-    from twinfer.engines.artifacts import host_artifact_dir
-    from twinfer.loader import find_model_file
-
     models = []
     demo = version_dir(root, "demo", [p for p in (PROJECT_ROOT / "models" / "default").iterdir() if p.is_file()])
     prepare(demo)
@@ -189,9 +200,39 @@ def build_models(root: Path, synthetic_mb: int, with_tflite: bool) -> list[Model
         fixtures = PROJECT_ROOT / "tests" / "fixtures" / "models"
         tflite = version_dir(root, "ssd-tflite", [fixtures / "ssd_mobilenetv2_oidv4_fp16.tflite", fixtures / "oidv4_labelmap.txt"])
         prepare(tflite)
-        cache = host_artifact_dir(find_model_file(tflite)) / runtime("tflite").artifact_files["weight_cache"]
-        models.append(Model("SSD fp16 (TFLite)", tflite, "detection", cache.stat().st_size, "tflite"))
+        models.append(Model("SSD fp16 (TFLite)", tflite, "detection", tflite_weight_bytes(tflite), "tflite"))
     return models
+
+
+def tflite_weight_bytes(directory: Path) -> int:
+    """The XNNPACK packed-weight cache of a prepared .tflite: what each Interpreter would pack privately."""
+    from twinfer.engines import runtime
+    from twinfer.engines.artifacts import host_artifact_dir
+    from twinfer.loader import find_model_file
+
+    return (host_artifact_dir(find_model_file(directory)) / runtime("tflite").artifact_files["weight_cache"]).stat().st_size
+
+
+def build_pool_models(root: Path, face_format: str) -> list[Model]:
+    """The models a worker of ``--pool`` holds, in the order they are added: the demo SSD
+    (ONNX, the bundled default), BlazeFace (a face model beside it), the SSD fp16 TFLite."""
+    fixtures = PROJECT_ROOT / "tests" / "fixtures" / "models"
+    demo = version_dir(root, "demo", [p for p in (PROJECT_ROOT / "models" / "default").iterdir() if p.is_file()])
+    face = version_dir(root, f"face-{face_format}", [fixtures / f"blazeface_short_range.{face_format}"])
+    (face / "labels.txt").write_text("face\n")
+    tflite = version_dir(root, "ssd-tflite", [fixtures / "ssd_mobilenetv2_oidv4_fp16.tflite", fixtures / "oidv4_labelmap.txt"])
+    models = []
+    for label, directory, fmt in (("SSD demo (ONNX)", demo, "onnx"), (f"BlazeFace ({face_format})", face, face_format),
+                                  ("SSD fp16 (TFLite)", tflite, "tflite")):
+        prepare(directory)
+        weights = onnx_initializer_bytes(find_one(directory, ".onnx")) if fmt == "onnx" else tflite_weight_bytes(directory)
+        models.append(Model(label, directory, "detection", weights, fmt))
+    return models
+
+
+def find_one(directory: Path, suffix: str) -> Path:
+    (path,) = [p for p in directory.iterdir() if p.suffix == suffix]
+    return path
 
 
 def second_version(model: Model) -> Path:
@@ -213,10 +254,104 @@ def mib(value: float) -> str:
     return f"{value / MiB:.1f}"
 
 
+def extra_worker(pools: dict[int, Pool]) -> float:
+    """What the 4th worker costs over the 1st, per worker: (pool PSS at 4 - at 1) / 3."""
+    return (pools[4].total - pools[1].total) / 3
+
+
+def load_text() -> str:
+    return "load average %.2f %.2f %.2f" % os.getloadavg()
+
+
+def pool_mode(rounds: int, face_format: str) -> int:
+    """Workers holding 1, 2 and 3 models (shared weights): per-worker PSS, the extra-worker
+    cost per model count and each extra model's part of it against the target."""
+    counts = (1, 2, 3)
+    with tempfile.TemporaryDirectory(prefix="twinfer-memory-pool-") as tmp:
+        models = build_pool_models(Path(tmp), face_format)
+        for model in models:
+            print(f"  {model.label}: weights {mib(model.weight_bytes)} MiB", flush=True)
+        print(f"before measuring: {load_text()}", flush=True)
+        formats = [sorted({m.format for m in models[:k]}) for k in counts]
+        # samples[key][n] = pool PSS totals over rounds; key: ("baseline", formats) or ("models", k)
+        samples: dict[tuple, dict[int, list[Pool]]] = {}
+        loads = []
+        for r in range(rounds):
+            for n in WORKER_COUNTS:  # interleaved: every configuration once per round
+                for fmts in sorted({tuple(f) for f in formats}):
+                    pool = spawn_pool("baseline", [[] for _ in range(n)], "baseline:" + "+".join(fmts), True)
+                    samples.setdefault(("baseline", fmts), {}).setdefault(n, []).append(pool)
+                for k in counts:
+                    started = time.monotonic()
+                    directories = [str(m.directory) for m in models[:k]]
+                    pool = spawn_pool(f"{k} models", [list(directories) for _ in range(n)], "detection", True)
+                    if not all(pool.shared_flags):
+                        raise SystemExit(f"{k} models, {n} workers: shared_weights {pool.shared_flags}")
+                    samples.setdefault(("models", k), {}).setdefault(n, []).append(pool)
+                    print(f"round {r + 1}/{rounds}: {k} model(s) x {n} worker(s): PSS per worker "
+                          f"{' '.join(mib(p) for p in pool.pss)} MiB ({time.monotonic() - started:.0f} s)", flush=True)
+            loads.append(os.getloadavg())
+
+    def median_pool(key: tuple, n: int) -> Pool:
+        """The round whose pool PSS is the median one (rounds = 2: the lower)."""
+        pools = sorted(samples[key][n], key=lambda p: p.total)
+        return pools[(len(pools) - 1) // 2]
+
+    def median_extra(key: tuple) -> float:
+        return statistics.median((a.total - b.total) / 3 for a, b in zip(samples[key][4], samples[key][1]))
+
+    print(f"\nshared weights, intra-op threads 1, {rounds} interleaved round(s), medians; "
+          f"{os.cpu_count()} cores; load average during: "
+          + ", ".join("%.2f" % l[0] for l in loads) + f" (1 min, after each round); now {load_text()}")
+    print(f"\n{'models in each worker':<58} {'N':>2} {'PSS per worker (MiB)':<28} {'private/worker':>14} {'pool PSS':>9}")
+    for fmts in sorted({tuple(f) for f in formats}):
+        for n in WORKER_COUNTS:
+            pool = median_pool(("baseline", fmts), n)
+            print(f"{'(runtime baseline: ' + '+'.join(fmts) + ' imported, no model)':<58} {n:>2} "
+                  f"{' '.join(mib(p) for p in pool.pss):<28} {mib(sum(pool.private) / n):>14} {mib(pool.total):>9}")
+    for k in counts:
+        names = " + ".join(m.label for m in models[:k])
+        for n in WORKER_COUNTS:
+            pool = median_pool(("models", k), n)
+            print(f"{names:<58} {n:>2} {' '.join(mib(p) for p in pool.pss):<28} "
+                  f"{mib(sum(pool.private) / n):>14} {mib(pool.total):>9}")
+    print("\nextra worker = (pool PSS of 4 workers - of 1 worker) / 3 (median over rounds); the model's part = "
+          "extra worker with k models - with k - 1 (k = 1: - the runtime baseline);\n"
+          "target per model: <= 10% of its weights + 30 MiB")
+    print(f"\n{'k':>1} {'model added':<20} {'weights':>8} {'extra worker':>12} {'model part':>10} {'/weights':>8} "
+          f"{'target':>8} {'ok':>3}")
+    previous = None
+    failures = 0
+    for k in counts:
+        model = models[k - 1]
+        extra = median_extra(("models", k))
+        if previous is None:
+            part = extra - median_extra(("baseline", tuple(formats[0])))
+        else:
+            part = extra - previous
+        previous = extra
+        target = EXTRA_WORKER_TARGET[0] * model.weight_bytes + EXTRA_WORKER_TARGET[1]
+        ok = part <= target
+        failures += not ok
+        print(f"{k:>1} {model.label:<20} {mib(model.weight_bytes):>4} MiB {mib(extra):>8} MiB {mib(part):>6} MiB "
+              f"{part / model.weight_bytes:>8.2f} {mib(target):>4} MiB {'yes' if ok else 'NO':>3}")
+    for k in counts[1:]:
+        if formats[k - 1] != formats[k - 2]:  # model k brings a runtime the worker had not imported
+            cost = median_extra(("baseline", tuple(formats[k - 1]))) - median_extra(("baseline", tuple(formats[k - 2])))
+            print(f"(model {k} is the first {models[k - 1].format} one: of its part, {mib(cost)} MiB is importing that "
+                  f"runtime, from the runtime baselines {'+'.join(formats[k - 1])} - {'+'.join(formats[k - 2])})")
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--synthetic-mb", type=int, default=300, help="weights of the generated ONNX model (default 300)")
     parser.add_argument("--no-tflite", action="store_true", help="skip the TFLite model")
+    parser.add_argument("--pool", action="store_true",
+                        help="workers holding 1, 2 and 3 models at once (shared weights): cost of each extra model")
+    parser.add_argument("--rounds", type=int, default=2, help="--pool: interleaved rounds, medians reported (default 2)")
+    parser.add_argument("--face-format", choices=("tflite", "onnx"), default="tflite",
+                        help="--pool: BlazeFace as TFLite (default) or ONNX")
     args = parser.parse_args(argv)
     if not Path("/proc/self/smaps_rollup").exists():
         print("needs Linux (/proc/<pid>/smaps_rollup)", file=sys.stderr)
@@ -230,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} cores, intra-op threads 1 per worker",
         flush=True,
     )
+    if args.pool:
+        return pool_mode(max(1, args.rounds), args.face_format)
     with tempfile.TemporaryDirectory(prefix="twinfer-memory-") as tmp:
         models = build_models(Path(tmp), args.synthetic_mb, not args.no_tflite)
         summaries = []

@@ -98,7 +98,15 @@ def test_server_live_ready_and_metadata(client):
     assert client.is_server_live() and client.is_server_ready()
     metadata = client.get_server_metadata()
     pyproject = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())
-    assert metadata == {"name": "twinfer", "version": pyproject["project"]["version"], "extensions": ["binary_tensor_data"]}
+    assert metadata == {"name": "twinfer", "version": pyproject["project"]["version"],
+                        "extensions": ["binary_tensor_data", "model_repository"]}
+
+
+@pytest.mark.processes
+def test_tritonclient_lists_the_model_repository(client):
+    index = client.get_model_repository_index()
+    assert index == [{"name": MODEL, "version": "1.0.0", "state": "READY", "reason": ""}]
+    assert client.is_model_ready(MODEL)
 
 
 @pytest.mark.processes

@@ -9,6 +9,6 @@ resources that ``workers.app`` routes.
 """
 
 SERVER_NAME = "twinfer"
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "model_repository")  # the latter: POST /v2/repository/index only
 IMAGE_INPUT = "image"
 DETECTIONS_OUTPUT = "detections"

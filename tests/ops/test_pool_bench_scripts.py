@@ -1,0 +1,18 @@
+"""The several-models benchmarks (ops/bench/memory.py --pool, ops/bench/model_pool.py) import
+and explain how to run them."""
+from __future__ import annotations
+
+import pytest
+
+from ops.bench import memory, model_pool
+
+
+@pytest.mark.parametrize(("script", "options"), [(memory, ["--pool", "--rounds", "--face-format", "--synthetic-mb"]),
+                                                 (model_pool, ["--swaps", "--rounds", "--steady", "--add-rounds"])])
+def test_the_pool_benchmarks_answer_help(script, options, capsys):
+    with pytest.raises(SystemExit) as exited:
+        script.main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert all(option in out for option in options), out
+    assert "Run from the project root" in script.__doc__
