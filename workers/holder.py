@@ -204,8 +204,8 @@ class ModelHolder:
             return
         previous = self.models.get(entry.name)
         self.models = {**self.models, entry.name: ServingModel(model, entry, time.time())}
-        if self.default is None:
-            self.default = entry.name
+        if self.default is None or (self.manifest is not None and self.manifest.default == entry.name):
+            self.default = entry.name  # inside the reload: a request after it gets the new default
         drained = self._drop(previous)
         finished = time.time()
         metrics.WORKER_MODEL.labels(entry.name, entry.version, str(entry.generation)).set(1)
