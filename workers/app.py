@@ -55,8 +55,8 @@ def create_app(settings: WorkerSettings | None = None) -> falcon.App:
     settings = settings or WorkerSettings.from_env()
     slots = inference_slots.install(InferenceSlots(slots_per_worker(read("TWINFER_WORKERS"), settings.engine.intra_op_threads)))
     holder = ModelHolder(settings.store, settings.engine, slots)
+    metrics.WORKERS.set(1)  # live from now, before its models' series appear: a scrape never sees them without it
     holder.start()
-    metrics.WORKERS.set(1)
     # RequestMetrics first: its process_response also records the 401s and 408s of the
     # protection layers after it (README "Security").
     protection = [create_auth(settings.auth), create_body_deadline(settings.body_timeout)]
