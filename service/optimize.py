@@ -281,7 +281,7 @@ def comparison_feeds(model_dir: Path, signature) -> list[dict[str, np.ndarray]]:
     image = model.engine.signature.image_input
     feeds = []
     for pixels in (np.full((height, width, 3), 128, np.uint8), rng.integers(0, 256, (height, width, 3), dtype=np.uint8)):
-        feed = {image.name: imaging.to_tensor(pixels, model.spec.input, image.dtype)}
+        feed = {image.name: imaging.to_tensor(pixels, model.spec.input, image.dtype, image.quantization)}
         feed.update(model.decoder.extra_inputs(geometry))
         feeds.append(feed)
     del model

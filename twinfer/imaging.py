@@ -21,6 +21,8 @@ from PIL import Image, UnidentifiedImageError
 
 from twinfer import allocator
 from twinfer.errors import CorruptImage, EmptyBody, ImageTooLarge, NotAnImage, UnsupportedMediaType
+from twinfer.quantized_io import quantize_pixels
+from twinfer.signature import Quantization
 from twinfer.spec import InputSpec
 
 SUPPORTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "WEBP": "image/webp"}
@@ -232,9 +234,14 @@ def _normalize_in_place(tensor: np.ndarray, mean: tuple[float, float, float], st
         cv2.multiply(tensor, (*(1.0 / float(s) for s in std), 1.0), dst=tensor)
 
 
-def to_tensor(pixels: np.ndarray, spec: InputSpec, dtype: np.dtype) -> np.ndarray:
-    """uint8 HWC -> batched tensor in the model's layout, dtype and value range."""
-    if dtype == np.uint8:
+def to_tensor(
+    pixels: np.ndarray, spec: InputSpec, dtype: np.dtype, quantization: Quantization | None = None
+) -> np.ndarray:
+    """uint8 HWC -> batched tensor in the model's layout, dtype and value range; a quantised
+    input (``quantization``) gets the normalised picture as the model's integers."""
+    if quantization is not None:
+        tensor = quantize_pixels(pixels, spec.mean, spec.std, dtype, quantization)
+    elif dtype == np.uint8:  # raw pixels: the input has no quantization to say otherwise
         tensor = pixels
     else:
         tensor = pixels.astype(np.float32)

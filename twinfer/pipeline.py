@@ -15,6 +15,7 @@ from twinfer import imaging
 from twinfer.decode_budget import DecodeBudget, decode_bytes
 from twinfer.decoders.base import DecodeParams, Decoder, Detections, input_size
 from twinfer.engines.base import Engine
+from twinfer.quantized_io import dequantize
 from twinfer.signature import ModelSignature
 from twinfer.spec import ModelSpec
 
@@ -62,6 +63,12 @@ class DetectionModel:
         image_input = engine.signature.image_input
         self._input_name = image_input.name
         self._input_dtype = image_input.dtype
+        self._input_quantization = image_input.quantization
+        # Outputs a full-integer model gives as quantised integers, by position: made real
+        # before the decoder reads them.
+        self._quantized_outputs = [
+            (i, out.quantization) for i, out in enumerate(engine.signature.outputs) if out.quantization is not None
+        ]
 
     def label(self, class_id: int) -> str:
         index = class_id + self.label_offset
@@ -74,11 +81,38 @@ class DetectionModel:
             max_detections=self.spec.max_detections if max_detections is None else max_detections,
         )
 
+    def _feeds(self, pixels: np.ndarray, geometry: imaging.Geometry) -> dict[str, np.ndarray]:
+        """Model-sized uint8 HWC pixels -> the model's input tensors."""
+        tensor = imaging.to_tensor(pixels, self.spec.input, self._input_dtype, self._input_quantization)
+        return {self._input_name: tensor, **self.decoder.extra_inputs(geometry)}
+
     def _forward(self, pixels: np.ndarray, geometry: imaging.Geometry) -> list[np.ndarray]:
-        """Model-sized uint8 HWC pixels -> raw model outputs."""
-        feeds = {self._input_name: imaging.to_tensor(pixels, self.spec.input, self._input_dtype)}
-        feeds.update(self.decoder.extra_inputs(geometry))
-        return self.engine.run(feeds)
+        """Model-sized uint8 HWC pixels -> model outputs as real values."""
+        outputs = self.engine.run(self._feeds(pixels, geometry))
+        for index, quantization in self._quantized_outputs:
+            outputs[index] = dequantize(outputs[index], quantization)
+        return outputs
+
+    def _pixels(
+        self, data: bytes, max_pixels: int, budget: DecodeBudget | None
+    ) -> tuple[imaging.ImageHeader, np.ndarray, imaging.Geometry]:
+        """Image bytes -> model-sized pixels, decoded within ``budget`` when given."""
+        header = imaging.read_header(data, max_pixels)
+        content_w, content_h = imaging.content_size(header, self.spec.input, self.input_width, self.input_height)
+        reduction = imaging.jpeg_reduction(header, content_w, content_h)
+        cost = decode_bytes(header.format, header.width, header.height, reduction)
+        what = f"this {header.width}x{header.height} {header.format}"
+        with budget.reserve(cost, what) if budget is not None else contextlib.nullcontext():
+            image = imaging.decode(data, header, reduction, self.spec.input.color)
+            pixels, geometry = imaging.to_input(image, header, self.spec.input, self.input_width, self.input_height)
+            del image  # the full-size picture is freed before its pixels are handed back
+        return header, pixels, geometry
+
+    def feeds(self, data: bytes, max_pixels: int) -> dict[str, np.ndarray]:
+        """The input tensors a request with these image bytes gives the model: what a
+        quantised variant is calibrated on (``service.quantize``)."""
+        _, pixels, geometry = self._pixels(data, max_pixels, None)
+        return self._feeds(pixels, geometry)
 
     def detect(
         self,
@@ -91,15 +125,7 @@ class DetectionModel:
         """Image bytes -> detections, with decode/inference/postprocess timings. With a
         ``budget`` the decode waits for its memory in it (the HTTP workers' concurrent requests)."""
         started = time.perf_counter()
-        header = imaging.read_header(data, max_pixels)
-        content_w, content_h = imaging.content_size(header, self.spec.input, self.input_width, self.input_height)
-        reduction = imaging.jpeg_reduction(header, content_w, content_h)
-        cost = decode_bytes(header.format, header.width, header.height, reduction)
-        what = f"this {header.width}x{header.height} {header.format}"
-        with budget.reserve(cost, what) if budget is not None else contextlib.nullcontext():
-            image = imaging.decode(data, header, reduction, self.spec.input.color)
-            pixels, geometry = imaging.to_input(image, header, self.spec.input, self.input_width, self.input_height)
-            del image  # the full-size picture is freed before its pixels are handed back
+        header, pixels, geometry = self._pixels(data, max_pixels, budget)
         decoded = time.perf_counter()
         outputs = self._forward(pixels, geometry)
         inferred = time.perf_counter()

@@ -11,12 +11,23 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """How an integer tensor holds real values: ``real = (q - zero_point) * scale``
+    (per tensor, as TFLite's full-integer models quantise their inputs and outputs)."""
+
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
 class TensorInfo:
-    """One input or output tensor: name, shape (``None`` for a dynamic dim), dtype."""
+    """One input or output tensor: name, shape (``None`` for a dynamic dim), dtype, and
+    its quantization when the tensor holds quantised integers (None: the values are real)."""
 
     name: str
     shape: tuple[int | None, ...]
     dtype: np.dtype
+    quantization: Quantization | None = None
 
     @property
     def rank(self) -> int:

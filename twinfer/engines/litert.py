@@ -27,6 +27,7 @@ from ai_edge_litert.interpreter import Interpreter
 from twinfer.engines.artifacts import HostArtifact, find_host_artifact
 from twinfer.engines.base import EngineOptions, Runtime
 from twinfer.native_stderr import sorted_native_stderr
+from twinfer.quantized_io import quantization_of
 from twinfer.signature import ModelSignature, TensorInfo
 
 log = logging.getLogger("twinfer.engines")
@@ -37,15 +38,19 @@ ARTIFACT_FILES = {"weight_cache": "xnnpack.cache"}
 
 def _tensor_info(detail: dict) -> TensorInfo:
     shape = tuple(int(d) if d > 0 else None for d in detail["shape_signature"])
-    return TensorInfo(detail["name"], shape, np.dtype(detail["dtype"]))
+    dtype = np.dtype(detail["dtype"])
+    scale, zero_point = detail["quantization"]
+    return TensorInfo(detail["name"], shape, dtype, quantization_of(dtype, scale, zero_point))
 
 
 def describe_interpreter(interpreter: Interpreter) -> dict:
-    """The interpreter's signature with tensor indices, as recorded in a host artifact."""
+    """The interpreter's signature with tensor indices (and each tensor's quantization), as
+    recorded in a host artifact."""
 
     def entries(details: list[dict]) -> list[dict]:
         return [
-            {"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name, "index": int(d["index"])}
+            {"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name, "index": int(d["index"]),
+             "quantization": [t.quantization.scale, t.quantization.zero_point] if t.quantization else None}
             for t, d in ((_tensor_info(d), d) for d in details)
         ]
 
@@ -53,10 +58,16 @@ def describe_interpreter(interpreter: Interpreter) -> dict:
 
 
 def _signature_from_record(record: dict) -> ModelSignature:
-    def infos(entries: list[dict]) -> tuple[TensorInfo, ...]:
-        return tuple(TensorInfo(e["name"], tuple(e["shape"]), np.dtype(e["dtype"])) for e in entries)
+    def info(entry: dict) -> TensorInfo:
+        dtype = np.dtype(entry["dtype"])
+        if np.issubdtype(dtype, np.integer) and "quantization" not in entry:
+            # Recorded before quantizations were: an integer tensor may be quantised, and
+            # served as raw integers it would decode as garbage. The original model is used.
+            raise ValueError(f"the artifact does not record the quantization of {entry['name']!r}")
+        scale, zero_point = entry.get("quantization") or (0.0, 0)
+        return TensorInfo(entry["name"], tuple(entry["shape"]), dtype, quantization_of(dtype, scale, zero_point))
 
-    return ModelSignature(inputs=infos(record["inputs"]), outputs=infos(record["outputs"]))
+    return ModelSignature(inputs=tuple(map(info, record["inputs"])), outputs=tuple(map(info, record["outputs"])))
 
 
 def open_interpreter(model_path: Path, num_threads: int) -> Interpreter:
@@ -155,6 +166,7 @@ class _CompiledRunner:
     def _open(self, model_path: Path, options: EngineOptions, cache_path: Path, record: dict) -> None:
         if not cache_path.is_file():
             raise FileNotFoundError(f"XNNPACK weight cache {cache_path} is missing")
+        self.signature = _signature_from_record(record)
         self._model = compile_on_cpu(model_path, options.intra_op_threads, cache_path)
         if self._model.get_num_signatures() < 1:
             raise ValueError("model has no signature")
@@ -167,7 +179,6 @@ class _CompiledRunner:
         output_details = self._model.get_output_tensor_details(key)
         input_buffers = self._model.create_input_buffers(0)
         output_buffers = self._model.create_output_buffers(0)
-        self.signature = _signature_from_record(record)
         self._inputs = self._bind(record["inputs"], self.signature.inputs, names["inputs"], input_details, input_buffers)
         self._outputs = self._bind(
             record["outputs"], self.signature.outputs, names["outputs"], output_details, output_buffers
