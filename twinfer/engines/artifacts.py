@@ -29,6 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Mapping
 
+from twinfer.cpu import cpuinfo_lines
 from twinfer.engines import format_of, runtime
 from twinfer.store_layout import HOST_DIR
 
@@ -58,14 +59,9 @@ def runtime_version(fmt: str) -> str:
 def cpu_identity() -> str:
     """What the optimised graph and packed weights depend on: the CPU model, its feature
     flags (AVX2/AVX-512/VNNI on x86, NEON/SVE/I8MM/dotprod on Arm) and the machine type."""
-    values: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            for line in cpuinfo:
-                name, sep, value = line.partition(":")
-                if sep and name.strip() in _CPUINFO_KEYS:
-                    values.add(f"{name.strip()}={' '.join(sorted(value.split()))}")
-    except OSError:
+    lines = cpuinfo_lines()
+    values = {f"{name}={' '.join(sorted(value.split()))}" for name, value in lines if name in _CPUINFO_KEYS}
+    if not lines:
         values.add(f"processor={platform.processor()}")
     return "\n".join([f"machine={platform.machine()}", *sorted(values)])
 
