@@ -32,3 +32,9 @@ LAST_UPDATE = Gauge(
     multiprocess_mode="max",
 )
 UPDATES = Counter("twinfer_model_updates_total", "Model update attempts, by result.", ["result"])
+VARIANTS_REJECTED = Counter(
+    "twinfer_model_variants_rejected_total",
+    "Model variants this device refused and passed over for the next one (service.update.variants), by model, "
+    "variant and reason (variant_rejected: below its verification gate on this CPU; invalid_model).",
+    ["model", "variant", "reason"],
+)

@@ -5,13 +5,14 @@ filesystem) and renamed into place, so a crash never leaves a half-written versi
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from twinfer.store_layout import StoreLayout
+from twinfer.store_layout import BUNDLE_RECORD, StoreLayout
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -25,6 +26,15 @@ def check_part(kind: str, value: str) -> str:
     if not _SAFE_PART.match(value) or ".." in value:
         raise RepositoryError(f"model {kind} {value!r} must be 1-128 of A-Z a-z 0-9 . _ - and not start with a dot")
     return value
+
+
+def read_bundle_record(directory: Path) -> dict:
+    """A version directory's bundle record (``BUNDLE_RECORD``); empty when absent or unreadable."""
+    try:
+        record = json.loads((directory / BUNDLE_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 class ModelRepository:
@@ -85,6 +95,15 @@ class ModelRepository:
 
     def has(self, name: str, version: str) -> bool:
         return self.version_dir(name, version).is_dir()
+
+    def bundle_record(self, name: str, version: str) -> dict:
+        """What staging recorded of the bundle a version came from (SHA-256, MD5, size, file
+        name); empty when there is none (the bundled default was not installed from a bundle)."""
+        return read_bundle_record(self.version_dir(name, version))
+
+    def remove_version(self, name: str, version: str) -> None:
+        """Delete a staged version that serves nowhere (the caller checked the manifest)."""
+        shutil.rmtree(self.version_dir(name, version), ignore_errors=True)
 
     def new_staging_dir(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix + ".", dir=self.staging))

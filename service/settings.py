@@ -46,6 +46,7 @@ class ServiceSettings:
     download_range_bytes: int = 1024 * 1024  # 0 = one request per download
     download_windows: tuple[DownloadWindow, ...] = ()  # empty = always open
     serve: bool = True  # False: headless, the update pipeline without gunicorn
+    variant_int8: str = "auto"  # auto (by CPU features), always, never: which devices take int8 variants
 
     @staticmethod
     def from_env() -> "ServiceSettings":
@@ -73,6 +74,7 @@ class ServiceSettings:
             download_range_bytes=_range_bytes(),
             download_windows=parse_windows_env(read("TWINFER_DOWNLOAD_WINDOWS") or ""),
             serve=read("TWINFER_SERVE"),
+            variant_int8=read("TWINFER_VARIANT_INT8"),
         )
 
     @property

@@ -32,6 +32,7 @@ from service.update.memory_budget import MemoryBudget
 from service.update.pool import ModelPool
 from service.update.status import ModelStatus
 from service.update.updater import UpdaterConfig
+from service.update.variants import int8_policy
 
 log = logging.getLogger("twinfer.supervisor")
 GUNICORN_CONFIG_MODULE = "workers.gunicorn_config"  # by module name: found wherever twinfer is installed
@@ -72,6 +73,8 @@ def updater_config(settings: ServiceSettings) -> UpdaterConfig:
         except KeyFileError as exc:
             trusted_keys, trusted_keys_error = (), str(exc)
             log.error("TWINFER_TRUSTED_KEYS: %s; every model update is refused until it is fixed", exc)
+    int8 = int8_policy(settings.variant_int8)
+    log.info("int8 model variants %s here: %s", "taken" if int8.fast else "passed over", int8.why)
     return UpdaterConfig(
         keep_versions=settings.keep_versions,
         policy=DownloadPolicy(
@@ -90,6 +93,7 @@ def updater_config(settings: ServiceSettings) -> UpdaterConfig:
         retry_seconds=settings.update_retry_seconds,
         trusted_keys=trusted_keys,
         trusted_keys_error=trusted_keys_error,
+        int8=int8,
     )
 
 

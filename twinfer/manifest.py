@@ -44,6 +44,7 @@ class ModelEntry:
     generation: int  # the publish that put this version here
     published_at: float
     score_threshold: float | None = None  # the twin's inference setting, over the bundle's
+    variant: str | None = None  # which of the twin's model.variants serves (None: the model had none)
 
     def model_dir(self, store: Path) -> Path:
         return store / self.directory
@@ -151,20 +152,22 @@ def publish(
     *,
     default: bool = False,
     admit: Callable[[Manifest | None], None] | None = None,
+    variant: str | None = None,
 ) -> ModelEntry:
     """Make a staged version the one served under ``name``: the next generation, written
     atomically under the lock. ``default``: this model becomes the default one, and the
     entry of a previous default of another name goes (the twin's ``model`` naming another
     model replaces it, as it always has); the first model published is the default either
     way. ``admit`` sees the manifest under the lock and raises to refuse the publish (the
-    memory budget: two models published at once cannot both squeeze in)."""
+    memory budget: two models published at once cannot both squeeze in). ``variant``: which
+    of the twin's variants of the model this is."""
     with _lock(store):
         _drop_temp_files(store)
         current = read_manifest(store)
         if admit is not None:
             admit(current)
         generation = (current.generation + 1) if current else 1
-        entry = ModelEntry(name, version, directory, format, decoder, generation, time.time(), score_threshold)
+        entry = ModelEntry(name, version, directory, format, decoder, generation, time.time(), score_threshold, variant)
         models = dict(current.models) if current else {}
         previous_default = current.default if current else None
         if default and previous_default not in (None, name):

@@ -215,6 +215,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TWINFER_MODEL_MEMORY_BUDGET", "int", 0,
             "bytes of model weights the pool may hold, all models together (mapped once per host); a desired "
             "model that does not fit is refused with `memory_budget`", shown_default="`0` (no cap)", minimum=0),
+    Setting("TWINFER_VARIANT_INT8", "choice", "auto",
+            "which devices take a model's `int8` variants (`model.variants`): `auto` where the CPU has int8 "
+            "dot-product instructions (x86 VNNI/AMX, Arm dot product), `always`, or `never`; the twin's "
+            "`model.variant` overrides it", choices=("auto", "always", "never")),
     Setting("TWINFER_TRUSTED_KEYS", "path", None,
             "PEM file or directory of `*.pem` Ed25519 public keys; when set, only bundles signed by one of them "
             "activate (see \"Signed bundles\")", shown_default="unset (signatures not required)"),

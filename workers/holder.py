@@ -208,7 +208,7 @@ class ModelHolder:
             self.default = entry.name  # inside the reload: a request after it gets the new default
         drained = self._drop(previous)
         finished = time.time()
-        metrics.WORKER_MODEL.labels(entry.name, entry.version, str(entry.generation)).set(1)
+        metrics.WORKER_MODEL.labels(entry.name, entry.version, str(entry.generation), entry.variant or "").set(1)
         metrics.WORKER_GENERATION.labels(entry.name).set(entry.generation)
         metrics.MODEL_RELOADS.labels(entry.name, "ok").inc()
         metrics.MODEL_RELOAD_SECONDS.labels(entry.name).observe(finished - started)
@@ -228,7 +228,7 @@ class ModelHolder:
             return True
         drained = previous.wait_idle(DRAIN_TIMEOUT_SECONDS)
         old = previous.manifest
-        metrics.WORKER_MODEL.labels(old.name, old.version, str(old.generation)).set(0)
+        metrics.WORKER_MODEL.labels(old.name, old.version, str(old.generation), old.variant or "").set(0)
         del previous
         gc.collect()
         return drained

@@ -35,8 +35,9 @@ CONNECTIONS_DROPPED = Counter(
 )
 WORKER_MODEL = Gauge(
     "twinfer_worker_model_info",
-    "1 for the model version each live worker serves (label pid added by multiprocess mode).",
-    ["model", "version", "generation"],
+    "1 for the model version each live worker serves, with the variant of it (e.g. int8; empty: the twin named "
+    "none); label pid added by multiprocess mode.",
+    ["model", "version", "generation", "variant"],
     multiprocess_mode="liveall",
 )
 WORKER_GENERATION = Gauge(

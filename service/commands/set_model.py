@@ -9,7 +9,6 @@ store's record of the bundle.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from service.commands import twin_patch
@@ -47,7 +46,6 @@ def _from_store(args: argparse.Namespace) -> None:
     """No URL: the version must be in the store (the device will not download it); without
     digests, the SHA-256 and MD5 it recorded for that version's bundle are used."""
     from service.repository import ModelRepository
-    from twinfer.store_layout import BUNDLE_RECORD
 
     store = service_store(args.store)
     repo = ModelRepository(store)
@@ -55,13 +53,11 @@ def _from_store(args: argparse.Namespace) -> None:
         raise LocalApplyError(f"{args.name} {args.version} is not in {store}: give --url and --bundle (or --sha256)")
     if args.bundle is not None or args.sha256 is not None:
         return
-    record_path = repo.version_dir(args.name, args.version) / BUNDLE_RECORD
-    try:
-        record = json.loads(record_path.read_text())
-        args.sha256, args.md5 = record["sha256"], record.get("md5")
-    except (OSError, ValueError, KeyError, TypeError):
-        raise LocalApplyError(f"{args.name} {args.version} is in the store but has no record of its bundle "
-                              f"({record_path.name}): give --bundle or --sha256") from None
+    record = repo.bundle_record(args.name, args.version)
+    if not isinstance(record.get("sha256"), str):
+        raise LocalApplyError(f"{args.name} {args.version} is in the store but has no record of its bundle: "
+                              f"give --bundle or --sha256")
+    args.sha256, args.md5 = record["sha256"], record.get("md5")
 
 
 def run(args: argparse.Namespace) -> int:

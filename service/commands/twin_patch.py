@@ -9,6 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from service.commands import variant_options
 from service.commands.local_apply import add_store_option, apply_and_say, desired_models
 
 NAME = "twin-patch"
@@ -24,7 +25,11 @@ DESCRIPTION = (
     "goes to `models.<--name>` instead of `model`: a model served beside the default one (requests name it), "
     "its threshold in `models.<name>.inference`; `model` keeps naming the default model. --remove NAME (repeat "
     "for several) adds `\"models\": {\"NAME\": null}`, which takes that model out of the pool; alone it needs no "
-    "bundle options."
+    "bundle options. --variant NAME BUNDLE URL (repeat, in order of preference) offers the version as several "
+    "bundles in model.variants (e.g. int8 and fp32, from `bundle --quantize`): each device downloads only the first "
+    "its CPU runs well and verifies it; --url/--bundle then become optional (beside the variants they are the "
+    "last resort), --as-variant NAME makes the --bundle/--url pair (with its delta) a variant itself, "
+    "--pin-variant NAME sets model.variant, --drop-variant NAME removes one an earlier patch offered."
 )
 EPILOG = (
     "examples:\n"
@@ -38,7 +43,9 @@ EPILOG = (
     "      --window 01:00-05:00 --apply-local   # the embedded default: no IoT Hub\n"
     "  python -m service twin-patch --url <URL> --bundle plates_2.1.zip --name plates --version 2.1 \\\n"
     "      --threshold 0.5 --pool   # models.plates: served beside the default model\n"
-    "  python -m service twin-patch --remove plates   # {\"models\": {\"plates\": null}}: out of the pool"
+    "  python -m service twin-patch --remove plates   # {\"models\": {\"plates\": null}}: out of the pool\n"
+    "  python -m service twin-patch --name ssd --version 2.0 --variant int8 ssd_2.0_int8.zip '<int8 URL>' \\\n"
+    "      --variant fp32 ssd_2.0.zip '<fp32 URL>'   # model.variants: int8 where the CPU has VNNI/dot product"
 )
 REFERENCE_KEYS = ("FileName", "DownloadUrl", "ContentMD5")
 
@@ -98,6 +105,7 @@ def configure(parser: argparse.ArgumentParser, local: bool = False) -> None:
     parser.add_argument("--compressed", type=Path, metavar="OUT.zip.zst",
                         help="--url serves this zstd frame of --bundle (`bundle --compressed`): model.compression "
                              "and model.size (the frame's) are set from it")
+    variant_options.configure_twin(parser)
     parser.add_argument("--reference", action="store_true",
                         help="add the reference design's FileName/DownloadUrl/ContentMD5 keys (needs the MD5); "
                              "the default model only, not with --pool")
@@ -190,6 +198,8 @@ ROLLOUT_OPTIONS = {  # dest -> option: what only a rollout (--name/--version) us
     "url": "--url", "bundle": "--bundle", "sha256": "--sha256", "md5": "--md5", "size": "--size",
     "signature": "--signature", "sign": "--sign", "allow_downgrade": "--allow-downgrade", "threshold": "--threshold",
     "urgent": "--urgent", "compressed": "--compressed", "reference": "--reference", "pool": "--pool",
+    "variant": "--variant", "as_variant": "--as-variant", "pin_variant": "--pin-variant",
+    "drop_variant": "--drop-variant",
 }
 
 
@@ -197,7 +207,7 @@ def is_rollout(args: argparse.Namespace) -> bool:
     """False: the patch only removes models (``--remove`` without ``--name``/``--version``)."""
     if args.remove and args.name is None and args.version is None:
         used = [option for dest, option in ROLLOUT_OPTIONS.items()
-                if getattr(args, dest, None) is not None and getattr(args, dest, None) is not False]
+                if getattr(args, dest, None) not in (None, False, [])]
         if used:
             raise PatchError(f"{', '.join(used)}: options of a rollout, which needs --name and --version "
                              f"(a removal takes only --remove NAME)")
@@ -206,6 +216,27 @@ def is_rollout(args: argparse.Namespace) -> bool:
     if missing:
         raise PatchError(f"the following arguments are required: {', '.join(missing)} (or only --remove NAME)")
     return True
+
+
+def _bundle_keys(args: argparse.Namespace, delta: dict | None) -> tuple[dict, str | None]:
+    """The keys of the --bundle/--sha256 bundle (url, digests, signature, compression, delta);
+    and its MD5 for --reference."""
+    sha256, md5, size = _digests(args)
+    bundle: dict = {"sha256": sha256}
+    if args.url is not None:
+        bundle["url"] = args.url
+    if md5 is not None:
+        bundle["md5"] = md5
+    if size is not None:
+        bundle["size"] = size
+    signature = _signature(args, sha256)
+    if signature is not None:
+        bundle["signature"] = signature
+    if args.compressed is not None:
+        bundle.update(_compressed(args, sha256))
+    if delta is not None:
+        bundle["delta"] = delta
+    return bundle, md5
 
 
 def check_document(document: dict) -> list:
@@ -247,31 +278,38 @@ def build_patch(args: argparse.Namespace, delta: dict | None = None) -> dict:
             patch["download"] = download
         check_document(patch)
         return patch
-    if args.url is None and not getattr(args, "url_optional", False):
-        raise PatchError("the following arguments are required: --url")
-    if args.bundle is None and args.sha256 is None:
+    try:
+        variants = variant_options.desired_variants(args, lambda sha256: _signature(args, sha256))
+    except variant_options.VariantInputError as exc:
+        raise PatchError(str(exc)) from None
+    if args.url is None and not getattr(args, "url_optional", False) and not variants:
+        raise PatchError("the following arguments are required: --url (or --variant)")
+    if args.bundle is None and args.sha256 is None and not variants:
         raise PatchError("one of the arguments --bundle --sha256 is required")
     if args.pool and args.reference:
         raise PatchError("--reference describes the default model (model) only: leave it out with --pool")
-    sha256, md5, size = _digests(args)
-    model = {"name": args.name, "version": args.version, "sha256": sha256}
-    if args.url is not None:
-        model["url"] = args.url
-    if md5 is not None:
-        model["md5"] = md5
-    if size is not None:
-        model["size"] = size
-    signature = _signature(args, sha256)
-    if signature is not None:
-        model["signature"] = signature
+    if args.reference and (variants or args.as_variant):
+        raise PatchError("--reference keys name one bundle: leave them out with variants")
+    model: dict = {"name": args.name, "version": args.version}
+    md5 = None
+    if args.bundle is not None or args.sha256 is not None:
+        bundle, md5 = _bundle_keys(args, delta)
+        if args.as_variant:
+            if args.url is None:
+                raise PatchError("--as-variant needs --url: where devices download that variant")
+            variants = {args.as_variant: {**bundle, "version": args.version}, **variants}
+        else:
+            model.update(bundle)
+    elif delta is not None or args.compressed is not None:
+        raise PatchError("a delta or --compressed describes --bundle: give it")
+    if variants:
+        model["variants"] = variants
+    if args.pin_variant is not None:
+        model["variant"] = args.pin_variant
     if args.allow_downgrade:
         model["allow_downgrade"] = True
     if args.urgent:
         model["urgent"] = True
-    if args.compressed is not None:
-        model.update(_compressed(args, sha256))
-    if delta is not None:
-        model["delta"] = delta
     # Null for every key this bundle does not use: IoT Hub (and the local twin) merge the patch
     # into the model object, and a delta, compression or permission of the last rollout must
     # not ride along with this one.

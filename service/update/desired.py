@@ -19,6 +19,15 @@ Two shapes are accepted:
   says ``url`` serves the bundle as a zstd frame (``size`` is the frame's, the hashes and
   the signature the bundle's). The reference design's keys carry none of these.
 
+Variants: ``model.variants`` is an ordered object of bundles of the same model version,
+e.g. ``{"int8": {url, sha256, size, ...}, "fp32": {...}}``, each with the bundle keys of
+``model`` (``url``, ``sha256``, ``md5``, ``size``, ``signature``, ``delta``,
+``compression``), ``precision`` (default: the variant's name when it is a precision, e.g.
+``int8``) and ``version`` (the model version it belongs to: an entry of another version,
+left by IoT Hub merging an older patch, is never used). The device takes the first one
+its CPU runs well (``service.update.variants``) and verifies it; ``model.url`` beside them
+is the last resort. ``model.variant`` pins one by name.
+
 ``model`` wins when both are present. Several models at once: ``models``, split into one
 document per model by ``service.update.pool_desired``. A malformed document raises ``DesiredError`` and
 changes nothing. IoT Hub limits each property to 4 KB and the desired document to 32 KB.
@@ -44,7 +53,11 @@ MIN_RANGE_BYTES = 64 * 1024
 # Every key of ``model``: each describes the one bundle, so a patch for a new bundle sets
 # those it does not use to null (IoT Hub merges desired patches key by key).
 MODEL_KEYS = ("name", "version", "url", "sha256", "md5", "size", "signature", "allow_downgrade", "urgent", "delta",
-              "compression")
+              "compression", "variants", "variant")
+# The keys of one bundle: of ``model`` itself, or of each of ``model.variants``.
+BUNDLE_KEYS = ("url", "sha256", "md5", "size", "signature", "delta", "compression")
+VARIANT_KEYS = (*BUNDLE_KEYS, "precision", "version")
+PRECISIONS = ("int8", "uint8", "int4", "fp16", "bf16", "fp32")
 
 
 class DesiredError(ValueError):
@@ -65,6 +78,22 @@ class DesiredDelta:
 
 
 @dataclass(frozen=True)
+class DesiredVariant:
+    """One bundle of ``model.variants``: the same model version in another form (int8, fp32)."""
+
+    name: str
+    url: str
+    sha256: str | None
+    md5: str | None
+    size: int | None
+    signature: str | None = None
+    delta: DesiredDelta | None = None
+    compression: str | None = None
+    precision: str | None = None  # int8 is taken only where the CPU runs it well
+    version: str | None = None  # the model version it was written for (None: not said)
+
+
+@dataclass(frozen=True)
 class DesiredModel:
     name: str
     version: str
@@ -79,6 +108,9 @@ class DesiredModel:
     urgent: bool = False  # download outside the download windows
     delta: DesiredDelta | None = None
     compression: str | None = None  # "zstd": ``url`` serves the bundle as a zstd frame; ``size`` is the frame's
+    variants: tuple[DesiredVariant, ...] = ()  # in the twin's order of preference
+    pinned_variant: str | None = None  # model.variant: this one, whatever the CPU
+    variant: str | None = None  # the variant this bundle is (service.update.variants fills the bundle keys in)
 
     @property
     def bundle_size(self) -> int | None:
@@ -164,46 +196,88 @@ def _reference_model(desired: Mapping[str, Any]) -> DesiredModel:
     )
 
 
+def _bundle_keys(raw: Mapping[str, Any], where: str, url_required: bool) -> dict[str, Any]:
+    """The keys that describe one bundle (of ``model`` or of a variant), checked."""
+    url = None if raw.get("url") is None else _url(raw.get("url"), f"{where}.url")
+    if url is None and url_required:
+        raise DesiredError(f"{where}.url is required: where the device downloads this bundle")
+    sha256 = None if raw.get("sha256") is None else _sha256(raw["sha256"], f"{where}.sha256")
+    md5 = _md5(raw.get("md5"), f"{where}.md5")
+    signature = raw.get("signature")
+    if signature is not None and (not isinstance(signature, str) or not signature.strip()):
+        raise DesiredError(f"{where}.signature must be a base64 string (from `python -m service bundle --sign`)")
+    compression = raw.get("compression")
+    if compression not in (None, "zstd"):
+        raise DesiredError(f"{where}.compression must be zstd (or absent: the url serves the bundle itself)")
+    delta = _delta(raw.get("delta"), f"{where}.delta")
+    if delta is not None and sha256 is None:
+        raise DesiredError(f"{where}.delta needs {where}.sha256: the bundle a patch produces is checked against it")
+    if url is None and (delta is not None or compression is not None):
+        raise DesiredError(f"{where}.delta and {where}.compression need {where}.url: the full bundle they describe")
+    return {"url": url, "sha256": sha256, "md5": md5, "size": _size(raw.get("size"), f"{where}.size"),
+            "signature": signature.strip() if signature else None, "delta": delta, "compression": compression}
+
+
+def _variants(raw: Any) -> tuple[DesiredVariant, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping) or not raw:
+        raise DesiredError("model.variants must be an object of variants, e.g. {\"int8\": {...}, \"fp32\": {...}}")
+    variants = []
+    for name, entry in raw.items():
+        where = f"model.variants.{name}"
+        _name_part("variant", name, where)
+        if entry is None:  # IoT Hub deletes null keys; a local patch may still carry one
+            continue
+        if not isinstance(entry, Mapping):
+            raise DesiredError(f"{where} must be an object")
+        unknown = set(entry) - set(VARIANT_KEYS)
+        if unknown:
+            raise DesiredError(f"unknown {where} keys: {', '.join(sorted(unknown))}")
+        keys = _bundle_keys(entry, where, url_required=True)
+        if keys["sha256"] is None and keys["md5"] is None:
+            raise DesiredError(f"{where} needs sha256 (or at least md5): an unverified download is never staged")
+        precision = entry.get("precision", name if name in PRECISIONS else None)
+        if precision is not None and precision not in PRECISIONS:
+            raise DesiredError(f"{where}.precision must be one of {', '.join(PRECISIONS)}")
+        version = entry.get("version")
+        if version is not None:
+            version = _name_part("version", version, f"{where}.version")
+        variants.append(DesiredVariant(name=name, precision=precision, version=version, **keys))
+    if not variants:
+        raise DesiredError("model.variants names no variant")
+    return tuple(variants)
+
+
 def _rich_model(raw: Any) -> DesiredModel:
     if not isinstance(raw, Mapping):
         raise DesiredError("model must be an object")
     unknown = set(raw) - set(MODEL_KEYS)
     if unknown:
         raise DesiredError(f"unknown model keys: {', '.join(sorted(unknown))}")
-    url = None if raw.get("url") is None else _url(raw.get("url"), "model.url")
-    sha256 = None if raw.get("sha256") is None else _sha256(raw["sha256"], "model.sha256")
-    size = _size(raw.get("size"), "model.size")
-    md5 = _md5(raw.get("md5"), "model.md5")
-    if sha256 is None and md5 is None:
+    variants = _variants(raw.get("variants"))
+    keys = _bundle_keys(raw, "model", url_required=False)
+    if not variants and keys["sha256"] is None and keys["md5"] is None:
         raise DesiredError("model needs sha256 (or at least md5): an unverified download is never staged")
-    signature = raw.get("signature")
-    if signature is not None and (not isinstance(signature, str) or not signature.strip()):
-        raise DesiredError("model.signature must be a base64 string (from `python -m service bundle --sign`)")
+    if variants and keys["url"] is not None and keys["sha256"] is None and keys["md5"] is None:
+        raise DesiredError("model.url beside model.variants needs model.sha256 (or at least md5)")
+    pinned = raw.get("variant")
+    if pinned is not None and pinned not in {v.name for v in variants}:
+        raise DesiredError(f"model.variant {pinned!r} is not one of model.variants ({', '.join(v.name for v in variants) or 'none'})")
     allow_downgrade = _flag(raw, "allow_downgrade")
     urgent = _flag(raw, "urgent")
-    compression = raw.get("compression")
-    if compression not in (None, "zstd"):
-        raise DesiredError("model.compression must be zstd (or absent: the url serves the bundle itself)")
-    delta = _delta(raw.get("delta"))
-    if delta is not None and sha256 is None:
-        raise DesiredError("model.delta needs model.sha256: the bundle a patch produces is checked against it")
-    if url is None and (delta is not None or compression is not None):
-        raise DesiredError("model.delta and model.compression need model.url: the full bundle they describe")
     name = _name_part("name", raw.get("name"), "model.name")
     version = _name_part("version", raw.get("version"), "model.version")
+    url = keys["url"]
     return DesiredModel(
         name=name,
         version=version,
-        url=url,
         file_name=(PurePosixPath(urlsplit(url).path).name if url else "") or f"{name}_{version}.zip",
-        sha256=sha256,
-        md5=md5,
-        size=size,
-        signature=signature.strip() if signature else None,
         allow_downgrade=allow_downgrade,
         urgent=urgent,
-        delta=delta,
-        compression=compression,
+        variants=variants,
+        pinned_variant=pinned,
+        **keys,
     )
 
 
@@ -226,23 +300,23 @@ def _size(value: Any, key: str) -> int | None:
     return value
 
 
-def _delta(raw: Any) -> DesiredDelta | None:
+def _delta(raw: Any, where: str = "model.delta") -> DesiredDelta | None:
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
-        raise DesiredError("model.delta must be an object")
+        raise DesiredError(f"{where} must be an object")
     unknown = set(raw) - {"base_version", "base_sha256", "url", "sha256", "size", "engine"}
     if unknown:
-        raise DesiredError(f"unknown model.delta keys: {', '.join(sorted(unknown))}")
+        raise DesiredError(f"unknown {where} keys: {', '.join(sorted(unknown))}")
     engine = raw.get("engine", "zstd")
     if not isinstance(engine, str) or not engine:
-        raise DesiredError("model.delta.engine must be a string (e.g. zstd)")
+        raise DesiredError(f"{where}.engine must be a string (e.g. zstd)")
     return DesiredDelta(
-        base_version=_name_part("version", raw.get("base_version"), "model.delta.base_version"),
-        base_sha256=_sha256(raw.get("base_sha256"), "model.delta.base_sha256"),
-        url=_url(raw.get("url"), "model.delta.url"),
-        sha256=_sha256(raw.get("sha256"), "model.delta.sha256"),
-        size=_size(raw.get("size"), "model.delta.size"),
+        base_version=_name_part("version", raw.get("base_version"), f"{where}.base_version"),
+        base_sha256=_sha256(raw.get("base_sha256"), f"{where}.base_sha256"),
+        url=_url(raw.get("url"), f"{where}.url"),
+        sha256=_sha256(raw.get("sha256"), f"{where}.sha256"),
+        size=_size(raw.get("size"), f"{where}.size"),
         engine=engine,
     )
 

@@ -30,6 +30,12 @@ SIGNATURE_INVALID = "signature_invalid"  # the signature does not verify with an
 # --- the bundle and the model ---------------------------------------------------------
 BAD_BUNDLE = "bad_bundle"  # prefix: ``bad_bundle_<why>`` (service.update.bundle's reasons, e.g. bomb)
 INVALID_MODEL = "invalid_model"  # the model did not load or run in validation (the message says why)
+# A variant (e.g. int8) agreed too little with its reference model on this device's CPU
+# (the figures are in the report); the twin's next variant is tried. Check the variant's
+# quantisation on this CPU family, or pin another variant (model.variant).
+VARIANT_REJECTED = "variant_rejected"
+# The version serves here from a bundle none of model.variants names: roll them out as a new version.
+VARIANT_MISMATCH = "variant_mismatch"
 WORKER_LOAD_FAILED = "worker_load_failed"  # validated, but a worker could not load it: rolled back
 DAMAGED_MODEL = "damaged_model"  # a staged version was damaged at start-up and replaced
 MEMORY_BUDGET = "memory_budget"  # the pool would outgrow TWINFER_MODEL_MEMORY_BUDGET: raise it or remove a model
@@ -62,11 +68,14 @@ class UpdateFailed(Exception):
     """An update that ends here: ``reason`` (one of the constants above) and a message an
     operator can act on. ``retryable``: the same document is tried again later (a flaky
     link); ``state``: what the twin reports, "failed" or "rolled_back" (workers refused a
-    published model and the pool went back)."""
+    published model and the pool went back); ``figures``: what was measured, for the report."""
 
-    def __init__(self, reason: str, message: str, retryable: bool = False, state: str = "failed") -> None:
+    def __init__(
+        self, reason: str, message: str, retryable: bool = False, state: str = "failed", figures: dict | None = None
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.retryable = retryable
         self.state = state
+        self.figures = figures  # measured figures behind the reason (variant_rejected's agreement)

@@ -53,7 +53,8 @@ class Publisher:
         self.config = config
 
     def publish(self, target: DesiredModel, format: str, decoder: str, threshold: float | None) -> ModelEntry:
-        """Publish, then follow the rollout: active once every worker serves it."""
+        """Publish, then follow the rollout: active once every worker serves it. ``target`` is
+        the one bundle staged (its ``variant`` goes into the manifest entry)."""
         store = self._repo.store
         before = read_manifest(store)
         previous = before.entry(self._lane) if before else None
@@ -65,7 +66,7 @@ class Publisher:
 
         manifest = publish(
             store, target.name, target.version, self._repo.relative(directory), format, decoder, threshold,
-            default=self._lane is None, admit=admit,
+            default=self._lane is None, admit=admit, variant=target.variant,
         )
         self._status.active(manifest, state="rolling_out")
         outcome = self._rollout.wait(manifest.generation, self.config.rollout_timeout)

@@ -19,7 +19,13 @@ from service.update import failures
 from service.update.bundle import BundleError, UnpackLimits, unpack_bundle
 from service.update.desired import DesiredModel
 from service.update.failures import UpdateFailed
-from service.update.validation import StagingError, ValidatedModel, recorded_verdict, validate_in_subprocess
+from service.update.validation import (
+    StagingError,
+    ValidatedModel,
+    VariantRejected,
+    recorded_verdict,
+    validate_in_subprocess,
+)
 from twinfer.engines import ENGINE_FORMATS
 from twinfer.manifest import write_atomic
 from twinfer.store_layout import BUNDLE_FILE, BUNDLE_RECORD
@@ -38,7 +44,8 @@ class Stager:
             self._unpack(part, target, candidate)
             validated = self.validate(candidate, target)
             # Written after unpacking, so a bundle cannot bring its own record.
-            record = {"sha256": sha256, "md5": md5, "size": part.stat().st_size, "file_name": target.file_name}
+            record = {"sha256": sha256, "md5": md5, "size": part.stat().st_size, "file_name": target.file_name,
+                      "variant": target.variant}
             write_atomic(candidate / BUNDLE_RECORD, json.dumps(record).encode())
             os.replace(part, candidate / BUNDLE_FILE)
             self._repo.promote(candidate, target.name, target.version)
@@ -58,6 +65,8 @@ class Stager:
     def validate(self, directory: Path, target: DesiredModel) -> ValidatedModel:
         try:
             return validate_in_subprocess(directory, target.name, target.version, self._validate_timeout)
+        except VariantRejected as exc:
+            raise UpdateFailed(failures.VARIANT_REJECTED, str(exc), figures=exc.agreement) from None
         except StagingError as exc:
             raise UpdateFailed(failures.INVALID_MODEL, str(exc)) from None
 

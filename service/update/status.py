@@ -23,15 +23,19 @@ from twinfer.manifest import ModelEntry
 
 # Reported properties merge: a report that is not "scheduled" clears a past wait.
 _NOT_SCHEDULED = {"scheduled_for": None, "waiting_for": None}
+# ... and ``variant`` is written whole, so no field of an earlier document's survives.
+_VARIANT_FIELDS = ("name", "cpu", "int8", "skipped", "rejected", "verification")
 
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def error_record(reason: str, message: str) -> dict:
-    """``model.last_error``: a ``service.update.failures`` reason, what to do, when."""
-    return {"reason": reason, "message": message, "at": utc_now()}
+def error_record(reason: str, message: str, figures: dict | None = None) -> dict:
+    """``model.last_error``: a ``service.update.failures`` reason, what to do, when (and the
+    figures measured, e.g. a rejected variant's agreement)."""
+    record = {"reason": reason, "message": message, "at": utc_now()}
+    return {**record, "figures": figures} if figures else record
 
 
 def active_record(manifest: ModelEntry | None) -> dict | None:
@@ -41,6 +45,7 @@ def active_record(manifest: ModelEntry | None) -> dict | None:
     return {
         "name": manifest.name, "version": manifest.version, "generation": manifest.generation,
         "format": manifest.format, "decoder": manifest.decoder, "score_threshold": manifest.score_threshold,
+        "variant": manifest.variant,
         "since": datetime.fromtimestamp(manifest.published_at, timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -69,6 +74,9 @@ class ModelStatus:
         self.desired_version: int | None = restored.get("desired_version")
         self.target: dict | None = restored.get("target")
         self.last_error: dict | None = restored.get("last_error")
+        # model.variant: which of the twin's variants this device chose and why (CPU, the
+        # verification figures, the variants rejected or passed over); None without variants.
+        self.variant: dict | None = restored.get("variant")
         self._name: str | None = lane or (self.target or {}).get("name")  # the model reported under models.<name>
 
     def _payload(self, model: dict) -> dict:
@@ -96,25 +104,31 @@ class ModelStatus:
             self.desired_version = desired_version
             if fresh:
                 self.last_error = None
+                self.variant = None
 
     def aim(self, target: DesiredModel | None) -> None:
         with self._lock:
             self.target = None if target is None else {"name": target.name, "version": target.version}
 
-    def note_error(self, reason: str, message: str) -> None:
+    def note_error(self, reason: str, message: str, figures: dict | None = None) -> None:
         """An error the next report carries (the damaged versions replaced at start-up)."""
         with self._lock:
-            self.last_error = error_record(reason, message)
+            self.last_error = error_record(reason, message, figures)
 
     def clear_error(self) -> None:
         with self._lock:
             self.last_error = None
 
+    def note_variant(self, **fields: Any) -> None:
+        """What the next reports say under ``variant`` (merged into what is there)."""
+        with self._lock:
+            self.variant = {**dict.fromkeys(_VARIANT_FIELDS), **(self.variant or {}), **fields}
+
     def outcome(self, state: str) -> dict:
         """The record persisted with a handled document."""
         with self._lock:
             return {"state": state, "desired_version": self.desired_version, "target": self.target,
-                    "last_error": self.last_error}
+                    "last_error": self.last_error, "variant": self.variant}
 
     # --- reports --------------------------------------------------------------------------
 
@@ -122,7 +136,8 @@ class ModelStatus:
         with self._lock:
             model = {
                 "state": state, "desired_version": self.desired_version, "target": self.target,
-                "last_error": self.last_error, "updated_at": utc_now(), **_NOT_SCHEDULED, **fields,
+                "last_error": self.last_error, "variant": self.variant, "updated_at": utc_now(), **_NOT_SCHEDULED,
+                **fields,
             }
         self._reporter.update(self._payload(model))
 
@@ -139,10 +154,11 @@ class ModelStatus:
         """The model left the pool: its entry goes (a named lane only)."""
         self._reporter.update({"models": {self.lane: None}})
 
-    def failure(self, reason: str, message: str, state: str = "failed", serving: ModelEntry | None = None) -> None:
+    def failure(self, reason: str, message: str, state: str = "failed", serving: ModelEntry | None = None,
+                figures: dict | None = None) -> None:
         """An update ended without its target serving; ``serving``: what the pool went back to
         (a rollback), reported as ``active`` with the failure."""
-        self.note_error(reason, message)
+        self.note_error(reason, message, figures)
         if serving is not None:
             self.write(state, active=active_record(serving), progress=None)
         else:

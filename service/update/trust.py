@@ -7,26 +7,22 @@ same name is refused unless the twin allows the downgrade (``service.update.roll
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
+from service.repository import read_bundle_record
 from service.update import failures
 from service.update.desired import DesiredModel
 from service.update.failures import UpdateFailed
 from service.update.rollback import RollbackGuard
 from service.update.signing import NO_TRUSTED_KEY, UNSIGNED, SignatureError, TrustedKey, verify
-from twinfer.store_layout import BUNDLE_RECORD
 
 log = logging.getLogger("twinfer.updater")
 
 
 def recorded_sha256(directory: Path) -> str | None:
     """The SHA-256 of the bundle a staged version was installed from (None: no record)."""
-    try:
-        value = json.loads((directory / BUNDLE_RECORD).read_text()).get("sha256")
-    except (OSError, ValueError, AttributeError):
-        return None
+    value = read_bundle_record(directory).get("sha256")
     return value if isinstance(value, str) else None
 
 

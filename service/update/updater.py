@@ -19,21 +19,24 @@ Rules that keep a device in the desert serving:
 * network failures that outlast the downloader's retries are retried later, not dropped;
 * outside the download windows an update waits, reported as ``scheduled``;
 * a model that would outgrow the memory budget is refused before its download
-  (``memory_budget``), and again at publish with its real size.
+  (``memory_budget``), and again at publish with its real size;
+* of a model's variants (``model.variants``) only the one this CPU should run is
+  downloaded; one that fails its verification here makes way for the next
+  (``service.update.variants``), and the serving model is never touched meanwhile.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Callable
 
 from service import metrics
 from service.repository import ModelRepository
 from service.twin.base import TwinSource
-from service.update import failures
+from service.update import failures, variants
 from service.update.bundle import UnpackLimits
 from service.update.delivery import BundleDelivery, DeliveryConfig, Scheduled
 from service.update.desired import DesiredError, DesiredModel, DesiredState, parse_desired
@@ -48,7 +51,9 @@ from service.update.signing import TrustedKey
 from service.update.staging import Stager
 from service.update.status import ModelStatus, progress_record
 from service.update.trust import Trust
+from service.update.validation import ValidatedModel
 from service.update.verify import VerifyError, verify_file
+from twinfer.cpu import Int8Support
 from twinfer.manifest import ManifestError, ModelEntry, read_manifest, unpublish
 
 log = logging.getLogger("twinfer.updater")
@@ -73,6 +78,7 @@ class UpdaterConfig:
     windows: tuple[DownloadWindow, ...] = ()  # the device's download windows; empty = always open
     clock: Callable[[], datetime] = local_now
     memory_budget: MemoryBudget = MemoryBudget(None)
+    int8: Int8Support = Int8Support(False, "int8 support not checked", ())  # whether int8 variants run well here
 
 
 class ModelUpdater:
@@ -183,7 +189,7 @@ class ModelUpdater:
             metrics.DOWNLOAD_FAILURES.labels(exc.reason).inc()
             metrics.UPDATES.labels("failed").inc()
             serving = self._serving() if exc.state == "rolled_back" else None
-            self._fail(exc.reason, exc.message, "retrying" if exc.retryable else exc.state, serving)
+            self._fail(exc.reason, exc.message, "retrying" if exc.retryable else exc.state, serving, exc.figures)
             if exc.retryable:
                 return self.config.retry_seconds
             self._mark_handled(mark, exc.state)
@@ -227,21 +233,79 @@ class ModelUpdater:
         current = self._serving()
         if current is not None and (current.name, current.version) == (target.name, target.version):
             if current.score_threshold != state.score_threshold:
-                return self._publisher.publish(target, current.format, current.decoder, state.score_threshold)
+                return self._publisher.publish(replace(target, variant=current.variant), current.format,
+                                               current.decoder, state.score_threshold)
             self.status.clear_error()
             self.status.active(current)
             return current
         self._trust.check_downgrade(target)
+        choice = variants.choose(target, self.config.int8)
+        if target.variants:
+            self.status.note_variant(**choice.report())
         if self.repo.has(target.name, target.version):
-            # Already staged (e.g. a rollback by twin): no download, and no second
-            # validation when the first one's verdict still matches the model file.
-            self.status.step(target, "staging", download=None)  # nothing downloaded for this document
-            self._trust.check_staged(target, self.repo.version_dir(target.name, target.version))
-            validated = self._stager.staged(target)
-            return self._publisher.publish(target, validated.format, validated.decoder, state.score_threshold)
-        if target.url is None:
+            staged = self._staged_bundle(target, choice)
+            if staged is not None:
+                # Already staged (e.g. a rollback by twin): no download, and no second
+                # validation when the first one's verdict still matches the model file.
+                self.status.step(target, "staging", download=None)  # nothing downloaded for this document
+                self._trust.check_staged(staged, self.repo.version_dir(target.name, target.version))
+                return self._publish(staged, self._stager.staged(staged), state)
+        if target.url is None and not target.variants:
             raise UpdateFailed(failures.NOT_IN_STORE, f"{target.name} {target.version} is not in this device's store "
                                                       f"and the twin gives no model.url to download it from")
+        return self._first_that_serves(choice, state)
+
+    def _staged_bundle(self, target: DesiredModel, choice: variants.VariantChoice) -> DesiredModel | None:
+        """The version is in the store: which of the twin's bundles it was staged from. A
+        version is staged from one bundle: when none of the twin's variants is that bundle,
+        the staged copy goes and a variant is downloaded, unless it serves (a serving
+        directory is never replaced: a new variant needs a new version)."""
+        if not target.variants:
+            return target
+        directory = self.repo.version_dir(target.name, target.version)
+        match = variants.staged_match(choice, self.repo.bundle_record(target.name, target.version))
+        if match is not None:
+            return match
+        manifest = read_manifest(self.repo.store)
+        if manifest is not None and any(e.model_dir(self.repo.store) == directory for e in manifest.models.values()):
+            raise UpdateFailed(failures.VARIANT_MISMATCH, (
+                f"{target.name} {target.version} serves here from a bundle that none of model.variants names (by "
+                f"SHA-256); a serving version is never replaced in place: roll the new bundles out as a new version"))
+        log.info("%s %s: the staged copy is none of the twin's variants; staging a variant instead",
+                 target.name, target.version)
+        self.repo.remove_version(target.name, target.version)
+        return None
+
+    def _first_that_serves(self, choice: variants.VariantChoice, state: DesiredState) -> ModelEntry:
+        """Download, verify and stage the candidates in order until one passes: a variant
+        that fails on this device (below its verification gate, or not loading) makes way for
+        the next, reported under ``variant.rejected``; any other failure ends the update."""
+        rejected: list[dict] = []
+        for index, candidate in enumerate(choice.candidates):
+            try:
+                validated = self._download_and_stage(candidate, state)
+            except UpdateFailed as exc:
+                if exc.reason not in variants.FALLS_THROUGH or not state.model.variants:
+                    raise
+                log.warning("%s %s variant %s rejected (%s): %s", candidate.name, candidate.version,
+                            candidate.variant, exc.reason, exc.message)
+                metrics.VARIANTS_REJECTED.labels(candidate.name, candidate.variant or "", exc.reason).inc()
+                rejected.append({"variant": candidate.variant, "reason": exc.reason, "message": exc.message,
+                                 "figures": exc.figures})
+                self.status.note_variant(rejected=rejected)
+                if index == len(choice.candidates) - 1:
+                    raise
+                continue
+            return self._publish(candidate, validated, state)
+        raise AssertionError("no candidate bundle")  # choose() always offers one
+
+    def _publish(self, bundle: DesiredModel, validated: ValidatedModel, state: DesiredState) -> ModelEntry:
+        if state.model is not None and state.model.variants:
+            self.status.note_variant(name=bundle.variant, verification=validated.verification)
+        return self._publisher.publish(bundle, validated.format, validated.decoder, state.score_threshold)
+
+    def _download_and_stage(self, target: DesiredModel, state: DesiredState) -> ValidatedModel:
+        """One bundle: fetched (delta, compressed or full), verified, staged; not published."""
         if target.size is not None:  # nothing is fetched for a model that cannot fit
             self.config.memory_budget.check(self.repo.store, read_manifest(self.repo.store), target.name,
                                             target.version, target.size)
@@ -260,16 +324,16 @@ class ModelUpdater:
             part.unlink(missing_ok=True)
             raise
         self.status.step(target, "staging")
-        validated = self._stager.stage(part, target, sha256, md5)
-        return self._publisher.publish(target, validated.format, validated.decoder, state.score_threshold)
+        return self._stager.stage(part, target, sha256, md5)
 
     def _on_progress(self, target: DesiredModel, progress: DownloadProgress | None) -> None:
         """A download started (None) or made a step worth telling the twin."""
         self.status.step(target, "downloading", progress=None if progress is None else progress_record(progress))
 
-    def _fail(self, reason: str, message: str, state: str = "failed", serving: ModelEntry | None = None) -> None:
+    def _fail(self, reason: str, message: str, state: str = "failed", serving: ModelEntry | None = None,
+              figures: dict | None = None) -> None:
         log.error("model update failed (%s): %s", reason, message)
-        self.status.failure(reason, message, state, serving)
+        self.status.failure(reason, message, state, serving, figures)
 
     def _mark_handled(self, mark: str, state: str) -> None:
         self._handled.save(mark, self.status.outcome(state))

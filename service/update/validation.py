@@ -5,6 +5,11 @@ decoder, and runs a warm-up inference: a model that fails here never reaches a w
 Downloaded models are validated in a child process (``python -m service validate``), so
 a model that crashes the runtime, or eats memory, cannot take the supervisor with it.
 
+A bundle with a verification set (``service.verification``: pictures and the reference
+model's detections, written by the operator's ``bundle``) is checked against it on this
+device's CPU; a model that agrees too little is refused as ``VariantRejected`` with the
+measured figures, so the next variant the twin offers can be tried.
+
 Validation then prepares the host artifact (``service.optimize``: the model optimised
 for this host with its weights in a file every worker maps) and checks that it loads and
 gives the original's outputs; when it cannot, workers load the original model and
@@ -17,6 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from service.child import ChildTimeout, run_job
+from service.verification import VerificationError, verify
 from twinfer.engines import EngineOptions, format_of
 from twinfer.loader import ModelLoadError, find_model_file, load_model
 from twinfer.manifest import write_atomic
@@ -30,6 +36,7 @@ class ValidatedModel:
     input_height: int
     labels: int
     shared_weights: bool = False  # a host artifact is ready: workers share the weights
+    verification: dict | None = None  # the agreement with the bundle's verification set, when it has one
 
 
 VERDICT_FILE = ".twinfer-validated.json"
@@ -73,12 +80,14 @@ def validate_model_dir(directory: Path, name: str, version: str, prepare: bool =
     host artifact, which never raises."""
     model = load_model(directory, name, version, EngineOptions(intra_op_threads=1, use_host_artifacts=False))
     model.warm_up()
+    agreement = verify(model, directory)  # VerificationError: below the gate, or a malformed set
     validated = ValidatedModel(
         format=format_of(find_model_file(directory)),
         decoder=model.spec.decoder,
         input_width=model.input_width,
         input_height=model.input_height,
         labels=len(model.labels),
+        verification=agreement.report() if agreement is not None else None,
     )
     del model
     if prepare:
@@ -94,6 +103,15 @@ class StagingError(Exception):
     """The candidate did not validate; the message says why."""
 
 
+class VariantRejected(StagingError):
+    """The candidate loads and runs, but on this CPU it agrees too little with the
+    reference model of its verification set; ``agreement``: the measured figures."""
+
+    def __init__(self, message: str, agreement: dict) -> None:
+        super().__init__(message)
+        self.agreement = agreement
+
+
 def validate_in_subprocess(directory: Path, name: str, version: str, timeout: float = 300.0) -> ValidatedModel:
     """``validate_model_dir`` in a fresh interpreter (``python -m service validate``)."""
     try:
@@ -102,6 +120,8 @@ def validate_in_subprocess(directory: Path, name: str, version: str, timeout: fl
         raise StagingError(f"validation {exc}") from None
     if done.verdict is None:
         raise StagingError(f"validation crashed ({done.crash_summary()})")
+    if isinstance(done.verdict.get("rejected"), dict):
+        raise VariantRejected(done.verdict.get("error", "below the verification gate"), done.verdict["rejected"])
     if done.returncode != 0 or "error" in done.verdict:
         raise StagingError(done.verdict.get("error", f"validation failed (exit {done.returncode})"))
     try:
@@ -114,5 +134,8 @@ def validation_verdict(directory: Path, name: str, version: str) -> tuple[int, s
     """What ``python -m service validate`` prints: exit code and one JSON line."""
     try:
         return 0, json.dumps(asdict(validate_model_dir(directory, name, version)))
+    except VerificationError as exc:
+        rejected = {"rejected": exc.agreement.report()} if exc.agreement is not None else {}
+        return 1, json.dumps({"error": str(exc), **rejected})
     except Exception as exc:  # any failure is a verdict, reported to the twin
         return 1, json.dumps({"error": str(exc)})

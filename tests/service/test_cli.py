@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import cli
 from tests.support.paths import MODELS, PROJECT_ROOT
 from tests.support.waiting import wait_until
 
@@ -20,17 +21,6 @@ pytestmark = pytest.mark.processes  # every test here starts processes
 
 COMMANDS = ["run", "validate", "set-model", "apply-patch", "bundle", "twin-patch", "delta", "status", "keygen"]
 FACE = MODELS / "blazeface_short_range.tflite"
-
-
-def cli(*args: str, store: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    if store is not None:
-        env["TWINFER_STORE"] = str(store)
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

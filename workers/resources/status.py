@@ -42,6 +42,7 @@ def model_document(serving: ServingModel, default: bool) -> dict:
         "generation": manifest.generation,
         "default": default,
         "format": manifest.format,
+        "variant": manifest.variant,
         "decoder": spec.decoder,
         "input": {
             "width": model.input_width,

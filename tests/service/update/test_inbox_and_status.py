@@ -83,16 +83,23 @@ def test_every_model_report_names_state_document_target_and_error_together():
     status.new_document(5, fresh=False)  # the same document again: its error stays
     status.write("retrying")
     status.rollout(3, 1, 2)
-    downloading, failed, retrying, rollout = (p["model"] for p in recorder.patches)
+    downloading, failed, retrying, rollout = (p["model"] for p in recorder.patches[:4])
     assert downloading["state"] == "downloading" and downloading["desired_version"] == 5
     assert downloading["target"] == {"name": "face", "version": "2"} and downloading["last_error"] is None
     assert downloading["scheduled_for"] is None and downloading["waiting_for"] is None  # a past wait cleared
     assert failed["last_error"]["reason"] == "checksum_mismatch" and failed["last_error"]["at"].endswith("+00:00")
     assert retrying["last_error"] == failed["last_error"]
     assert rollout == {"rollout": {"generation": 3, "workers_on_new": 1, "workers": 2, "complete": False}}
-    status.new_document(6, fresh=True)  # a new document: the old error says nothing of it
+    status.note_variant(cpu="x86_64 CPU with AVX-512 VNNI", skipped=[])
+    status.note_variant(name="int8", verification={"f1": 1.0})
+    status.write("active")
+    assert recorder.patches[-1]["model"]["variant"] == {"cpu": "x86_64 CPU with AVX-512 VNNI", "skipped": [],
+                                                        "name": "int8", "verification": {"f1": 1.0},
+                                                        "int8": None, "rejected": None}  # written whole
+    status.new_document(6, fresh=True)  # a new document: the old error and variant say nothing of it
     assert status.outcome("active") == {"state": "active", "desired_version": 6,
-                                        "target": {"name": "face", "version": "2"}, "last_error": None}
+                                        "target": {"name": "face", "version": "2"}, "last_error": None,
+                                        "variant": None}
     assert json.dumps(recorder.patches)  # every report is plain JSON for the twin
 
 
