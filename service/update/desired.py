@@ -41,56 +41,26 @@ from pathlib import PurePosixPath
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from service.repository import RepositoryError, check_part
+from service.update.desired_bundle import (
+    DesiredDelta,
+    DesiredError,
+    DesiredVariant,
+    bundle_keys,
+    check_md5,
+    check_name_part,
+    check_url,
+    parse_variants,
+)
 from service.update.schedule import DownloadWindow, WindowError, parse_windows
-from service.update.verify import normalize_md5
 
 MAX_PROPERTY_BYTES = 4 * 1024
 MAX_DOCUMENT_BYTES = 32 * 1024
 _VERSIONED_FILE = re.compile(r"^(?P<name>.+?)[-_]v?(?P<version>\d+(?:\.\d+)*)$")
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 MIN_RANGE_BYTES = 64 * 1024
 # Every key of ``model``: each describes the one bundle, so a patch for a new bundle sets
 # those it does not use to null (IoT Hub merges desired patches key by key).
 MODEL_KEYS = ("name", "version", "url", "sha256", "md5", "size", "signature", "allow_downgrade", "urgent", "delta",
               "compression", "variants", "variant")
-# The keys of one bundle: of ``model`` itself, or of each of ``model.variants``.
-BUNDLE_KEYS = ("url", "sha256", "md5", "size", "signature", "delta", "compression")
-VARIANT_KEYS = (*BUNDLE_KEYS, "precision", "version")
-PRECISIONS = ("int8", "uint8", "int4", "fp16", "bf16", "fp32")
-
-
-class DesiredError(ValueError):
-    """The desired document is malformed; the message says which key and why."""
-
-
-@dataclass(frozen=True)
-class DesiredDelta:
-    """A patch that turns the bundle of ``base_version`` (SHA-256 ``base_sha256``) into the
-    model's bundle; the model's ``sha256`` checks the result."""
-
-    base_version: str
-    base_sha256: str
-    url: str
-    sha256: str  # of the patch file
-    size: int | None
-    engine: str = "zstd"
-
-
-@dataclass(frozen=True)
-class DesiredVariant:
-    """One bundle of ``model.variants``: the same model version in another form (int8, fp32)."""
-
-    name: str
-    url: str
-    sha256: str | None
-    md5: str | None
-    size: int | None
-    signature: str | None = None
-    delta: DesiredDelta | None = None
-    compression: str | None = None
-    precision: str | None = None  # int8 is taken only where the CPU runs it well
-    version: str | None = None  # the model version it was written for (None: not said)
 
 
 @dataclass(frozen=True)
@@ -141,38 +111,12 @@ def _check_sizes(desired: Mapping[str, Any]) -> None:
             raise DesiredError(f"desired property {key!r} is over IoT Hub's {MAX_PROPERTY_BYTES} byte limit")
 
 
-def _url(value: Any, key: str) -> str:
-    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
-        raise DesiredError(f"{key} must be an http(s) URL")
-    return value
-
-
-def _md5(value: Any, key: str) -> str | None:
-    if value is None:
-        return None
-    try:
-        if not isinstance(value, str):
-            raise ValueError(value)
-        return normalize_md5(value)
-    except ValueError:
-        raise DesiredError(f"{key} must be an MD5 digest in hex or base64") from None
-
-
-def _name_part(kind: str, value: Any, key: str) -> str:
-    if not isinstance(value, str):
-        raise DesiredError(f"{key} must be a string")
-    try:
-        return check_part(kind, value)
-    except RepositoryError as exc:
-        raise DesiredError(f"{key}: {exc}") from None
-
-
 def _reference_model(desired: Mapping[str, Any]) -> DesiredModel:
     file_name = desired.get("FileName")
     if not isinstance(file_name, str) or not file_name or "/" in file_name or "\\" in file_name:
         raise DesiredError("FileName must be a plain file name")
-    url = _url(desired.get("DownloadUrl"), "DownloadUrl")
-    md5 = _md5(desired.get("ContentMD5"), "ContentMD5")
+    url = check_url(desired.get("DownloadUrl"), "DownloadUrl")
+    md5 = check_md5(desired.get("ContentMD5"), "ContentMD5")
     if md5 is None:
         raise DesiredError("ContentMD5 is required with FileName/DownloadUrl: an unverified download is never staged")
     stem = PurePosixPath(file_name).stem
@@ -185,8 +129,8 @@ def _reference_model(desired: Mapping[str, Any]) -> DesiredModel:
     else:
         raise DesiredError("FileName has no version (e.g. model_1.0.zip) and there is no ContentMD5 to name it")
     return DesiredModel(
-        name=_name_part("name", name, "FileName"),
-        version=_name_part("version", version, "FileName"),
+        name=check_name_part("name", name, "FileName"),
+        version=check_name_part("version", version, "FileName"),
         url=url,
         file_name=file_name,
         sha256=None,
@@ -196,67 +140,14 @@ def _reference_model(desired: Mapping[str, Any]) -> DesiredModel:
     )
 
 
-def _bundle_keys(raw: Mapping[str, Any], where: str, url_required: bool) -> dict[str, Any]:
-    """The keys that describe one bundle (of ``model`` or of a variant), checked."""
-    url = None if raw.get("url") is None else _url(raw.get("url"), f"{where}.url")
-    if url is None and url_required:
-        raise DesiredError(f"{where}.url is required: where the device downloads this bundle")
-    sha256 = None if raw.get("sha256") is None else _sha256(raw["sha256"], f"{where}.sha256")
-    md5 = _md5(raw.get("md5"), f"{where}.md5")
-    signature = raw.get("signature")
-    if signature is not None and (not isinstance(signature, str) or not signature.strip()):
-        raise DesiredError(f"{where}.signature must be a base64 string (from `python -m service bundle --sign`)")
-    compression = raw.get("compression")
-    if compression not in (None, "zstd"):
-        raise DesiredError(f"{where}.compression must be zstd (or absent: the url serves the bundle itself)")
-    delta = _delta(raw.get("delta"), f"{where}.delta")
-    if delta is not None and sha256 is None:
-        raise DesiredError(f"{where}.delta needs {where}.sha256: the bundle a patch produces is checked against it")
-    if url is None and (delta is not None or compression is not None):
-        raise DesiredError(f"{where}.delta and {where}.compression need {where}.url: the full bundle they describe")
-    return {"url": url, "sha256": sha256, "md5": md5, "size": _size(raw.get("size"), f"{where}.size"),
-            "signature": signature.strip() if signature else None, "delta": delta, "compression": compression}
-
-
-def _variants(raw: Any) -> tuple[DesiredVariant, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, Mapping) or not raw:
-        raise DesiredError("model.variants must be an object of variants, e.g. {\"int8\": {...}, \"fp32\": {...}}")
-    variants = []
-    for name, entry in raw.items():
-        where = f"model.variants.{name}"
-        _name_part("variant", name, where)
-        if entry is None:  # IoT Hub deletes null keys; a local patch may still carry one
-            continue
-        if not isinstance(entry, Mapping):
-            raise DesiredError(f"{where} must be an object")
-        unknown = set(entry) - set(VARIANT_KEYS)
-        if unknown:
-            raise DesiredError(f"unknown {where} keys: {', '.join(sorted(unknown))}")
-        keys = _bundle_keys(entry, where, url_required=True)
-        if keys["sha256"] is None and keys["md5"] is None:
-            raise DesiredError(f"{where} needs sha256 (or at least md5): an unverified download is never staged")
-        precision = entry.get("precision", name if name in PRECISIONS else None)
-        if precision is not None and precision not in PRECISIONS:
-            raise DesiredError(f"{where}.precision must be one of {', '.join(PRECISIONS)}")
-        version = entry.get("version")
-        if version is not None:
-            version = _name_part("version", version, f"{where}.version")
-        variants.append(DesiredVariant(name=name, precision=precision, version=version, **keys))
-    if not variants:
-        raise DesiredError("model.variants names no variant")
-    return tuple(variants)
-
-
 def _rich_model(raw: Any) -> DesiredModel:
     if not isinstance(raw, Mapping):
         raise DesiredError("model must be an object")
     unknown = set(raw) - set(MODEL_KEYS)
     if unknown:
         raise DesiredError(f"unknown model keys: {', '.join(sorted(unknown))}")
-    variants = _variants(raw.get("variants"))
-    keys = _bundle_keys(raw, "model", url_required=False)
+    variants = parse_variants(raw.get("variants"))
+    keys = bundle_keys(raw, "model", url_required=False)
     if not variants and keys["sha256"] is None and keys["md5"] is None:
         raise DesiredError("model needs sha256 (or at least md5): an unverified download is never staged")
     if variants and keys["url"] is not None and keys["sha256"] is None and keys["md5"] is None:
@@ -266,8 +157,8 @@ def _rich_model(raw: Any) -> DesiredModel:
         raise DesiredError(f"model.variant {pinned!r} is not one of model.variants ({', '.join(v.name for v in variants) or 'none'})")
     allow_downgrade = _flag(raw, "allow_downgrade")
     urgent = _flag(raw, "urgent")
-    name = _name_part("name", raw.get("name"), "model.name")
-    version = _name_part("version", raw.get("version"), "model.version")
+    name = check_name_part("name", raw.get("name"), "model.name")
+    version = check_name_part("version", raw.get("version"), "model.version")
     url = keys["url"]
     return DesiredModel(
         name=name,
@@ -286,39 +177,6 @@ def _flag(raw: Mapping[str, Any], key: str) -> bool:
     if value is not None and not isinstance(value, bool):
         raise DesiredError(f"model.{key} must be true or false")
     return bool(value)
-
-
-def _sha256(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not _SHA256.match(value):
-        raise DesiredError(f"{key} must be 64 hex digits")
-    return value.lower()
-
-
-def _size(value: Any, key: str) -> int | None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-        raise DesiredError(f"{key} must be a positive integer (bytes)")
-    return value
-
-
-def _delta(raw: Any, where: str = "model.delta") -> DesiredDelta | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, Mapping):
-        raise DesiredError(f"{where} must be an object")
-    unknown = set(raw) - {"base_version", "base_sha256", "url", "sha256", "size", "engine"}
-    if unknown:
-        raise DesiredError(f"unknown {where} keys: {', '.join(sorted(unknown))}")
-    engine = raw.get("engine", "zstd")
-    if not isinstance(engine, str) or not engine:
-        raise DesiredError(f"{where}.engine must be a string (e.g. zstd)")
-    return DesiredDelta(
-        base_version=_name_part("version", raw.get("base_version"), f"{where}.base_version"),
-        base_sha256=_sha256(raw.get("base_sha256"), f"{where}.base_sha256"),
-        url=_url(raw.get("url"), f"{where}.url"),
-        sha256=_sha256(raw.get("sha256"), f"{where}.sha256"),
-        size=_size(raw.get("size"), f"{where}.size"),
-        engine=engine,
-    )
 
 
 def _threshold(desired: Mapping[str, Any]) -> float | None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
-from service.update.desired import DesiredModel, DesiredVariant
+from service.update.desired import DesiredModel
+from service.update.desired_bundle import DesiredVariant
 from twinfer.cpu import Int8Support, int8_support
 
 INT8 = "int8"

@@ -196,7 +196,8 @@ def test_twin_patch_from_digests_and_az_only(face_bundle):
     assert words[:5] == ["az", "iot", "hub", "module-twin", "update"]
     assert words[words.index("--hub-name") + 1] == "myhub" and words[words.index("--device-id") + 1] == "cam-01"
     patch = json.loads(words[words.index("--desired") + 1])
-    unused = {key: None for key in ("signature", "allow_downgrade", "urgent", "delta", "compression")}
+    unused = {key: None for key in ("signature", "allow_downgrade", "urgent", "delta", "compression", "variants",
+                                    "variant")}
     assert patch == {"model": {"name": "face", "version": "1.0", "url": "https://files.local/face.zip",
                                "sha256": result["sha256"], "md5": result["md5"], "size": result["size"], **unused}}
     assert parse_desired(patch).model.sha256 == result["sha256"]
