@@ -122,7 +122,8 @@ def variant_entries(
         report = make_variant(
             reference_dir, None if args.quantize else model, variant_dir, pictures,
             precision=args.quantize or "variant", quantize=options,
-            gate=Gate(args.min_f1, args.match_iou, args.score_tolerance), verification_pictures=args.verification_pictures,
+            gate=Gate(args.min_f1, args.match_iou, args.score_tolerance),
+            verification_pictures=args.verification_pictures,
         )
     except (VariantError, QuantizeError, VerificationError) as exc:
         raise VariantInputError(str(exc)) from None
@@ -172,7 +173,8 @@ def desired_variants(args: argparse.Namespace, sign: Callable[[str], str | None]
         if name in variants:
             raise VariantInputError(f"--variant {name} is given twice")
         if not path.is_file() or not zipfile.is_zipfile(path):
-            raise VariantInputError(f"--variant {name}: {bundle} is not a bundle ZIP (build one with `python -m service bundle`)")
+            raise VariantInputError(
+                f"--variant {name}: {bundle} is not a bundle ZIP (build one with `python -m service bundle`)")
         sha256, md5 = file_digests(path)
         entry = {"url": url, "sha256": sha256, "md5": md5, "size": path.stat().st_size, "version": args.version}
         signature = sign(sha256) if args.sign is not None else None

@@ -55,7 +55,8 @@ def as_bundle(target: DesiredModel, variant: DesiredVariant) -> DesiredModel:
     return replace(
         target, url=variant.url, sha256=variant.sha256, md5=variant.md5, size=variant.size,
         signature=variant.signature, delta=variant.delta, compression=variant.compression,
-        file_name=PurePosixPath(urlsplit(variant.url).path).name or f"{target.name}_{target.version}_{variant.name}.zip",
+        file_name=(PurePosixPath(urlsplit(variant.url).path).name
+                   or f"{target.name}_{target.version}_{variant.name}.zip"),
         variants=(), pinned_variant=None, variant=variant.name,
     )
 

@@ -306,9 +306,13 @@ def test_status_shows_the_bootstrapped_model_downloads_and_twin_state(bootstrapp
     (store / "twin" / "reported.json").write_text(json.dumps({"model": {
         "state": "failed", "target": {"name": "face", "version": "2.0"},
         "last_error": {"reason": "checksum_mismatch", "message": "SHA-256 mismatch", "at": "2026-01-01T00:00:00+00:00"},
+        "variant": {"name": "fp32", "cpu": "x86_64 CPU with AVX-512 VNNI", "verification": None, "skipped": [],
+                    "rejected": [{"variant": "int8", "reason": "variant_rejected", "message": "at F1 0.000"}]},
     }}))
     done = cli("status", store=store)
     assert done.returncode == 0, done.stderr
+    assert "variant    fp32  (x86_64 CPU with AVX-512 VNNI)" in done.stdout
+    assert "  rejected int8: variant_rejected: at F1 0.000" in done.stdout
     assert "ssd-mobilenetv2-oidv4 1.0.0  generation 1  onnx  decoder ssd_anchors" in done.stdout
     assert "face-2.0.part  1000   4000  25.0" in done.stdout
     assert "state failed" in done.stdout and "checksum_mismatch: SHA-256 mismatch" in done.stdout
@@ -322,6 +326,7 @@ def test_status_shows_the_bootstrapped_model_downloads_and_twin_state(bootstrapp
                                     "total": 4000, "percent": 25.0}]
     assert [m["name"] for m in status["models"]] == ["ssd-mobilenetv2-oidv4"] and status["models"][0]["default"]
     assert status["twin"]["state"] == "failed" and status["twin"]["last_error"]["reason"] == "checksum_mismatch"
+    assert status["twin"]["variant"]["rejected"][0]["variant"] == "int8" and status["active"]["variant"] is None
 
 
 def test_status_lists_every_model_of_the_pool_its_downloads_workers_and_twin_states(pool_store):

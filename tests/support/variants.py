@@ -15,7 +15,7 @@ from service.quantize import QuantizeOptions
 from service.variant_bundle import calibration_pictures, make_variant
 from service.verification import Gate
 from tests.support.bundles import Bundle
-from tests.support.paths import DEFAULT_MODEL, IMAGES
+from tests.support.paths import DEFAULT_MODEL, IMAGES, MODELS
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "grace_hopper.jpg", "rocket.jpg")
 
@@ -34,7 +34,7 @@ def grey_picture() -> bytes:
 
 
 def _zip(directory: Path, out: Path) -> Bundle:
-    model = directory / "model.onnx"
+    model = next(p for p in directory.iterdir() if p.suffix in (".onnx", ".tflite"))
     write_zip(out, [(model.name, model), *((p.name, p) for p in sorted(directory.iterdir()) if p != model)])
     return Bundle(out.read_bytes())
 
@@ -62,3 +62,18 @@ def int8_bundle(work: Path, model: Path = DEFAULT_MODEL / "model.onnx", broken: 
                  gate=Gate(), verification_pictures=4, enforce_gate=not broken,
                  calibration=[grey_picture()] if broken else None)
     return _zip(variant, work / "int8.zip")
+
+
+def tflite_bundles(work: Path) -> tuple[Bundle, Bundle]:
+    """The SSD as LiteRT models: fp16, and the full-integer one (a TFLite converter's, see
+    tests/fixtures/models/PROVENANCE.md) with a verification set built from fp16, as
+    ``bundle MODEL --reference FP16 --calibration`` writes it."""
+    reference = work / "fp16"
+    reference.mkdir(parents=True)
+    shutil.copyfile(MODELS / "ssd_mobilenetv2_oidv4_fp16.tflite", reference / "ssd_mobilenetv2_oidv4_fp16.tflite")
+    shutil.copyfile(MODELS / "oidv4_labelmap.txt", reference / "labelmap.txt")
+    variant = work / "int8-tflite"
+    variant.mkdir()
+    make_variant(reference, MODELS / "ssd_mobilenetv2_oidv4_int8.tflite", variant, photos(), precision="int8",
+                 quantize=None, gate=Gate(), verification_pictures=4)
+    return _zip(reference, work / "fp16.zip"), _zip(variant, work / "int8-tflite.zip")

@@ -16,7 +16,7 @@ from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, is_active, model_status
 from tests.support.paths import DEFAULT_MODEL, IMAGES
 from tests.support.service_process import QUICK_REPORTS, ServiceProcess
-from tests.support.variants import PHOTOS, fp32_bundle, int8_bundle
+from tests.support.variants import PHOTOS, fp32_bundle, int8_bundle, tflite_bundles
 from twinfer.engines import EngineOptions
 from twinfer.loader import load_model
 from twinfer.manifest import read_manifest
@@ -30,7 +30,9 @@ def bundles(tmp_path_factory):
     work = tmp_path_factory.mktemp("variants")
     finetuned = work / "finetuned.onnx"
     perturb(DEFAULT_MODEL / "model.onnx", finetuned, head_only=True)
+    fp16_tflite, int8_tflite = tflite_bundles(work / "tflite")
     return {
+        "fp16-tflite": fp16_tflite, "int8-tflite": int8_tflite,
         "fp32": fp32_bundle(work / "fp32"),
         "int8": int8_bundle(work / "int8"),
         "broken": int8_bundle(work / "broken", broken=True),
@@ -173,3 +175,13 @@ def test_a_cpu_the_first_variant_does_not_suit_falls_through_and_a_pin_overrides
         status = model_status(twin.wait_reported(is_active("2.1.0"), timeout=180))
         assert status["active"]["variant"] == "int8" and files.requests_for("/2.1.0/fp32.zip") == []
         assert _detect(service, "chelsea.png")["detections"][0]["label"] == "Cat"
+        # 2.2.0 as LiteRT models: a full-integer .tflite (uint8 in, int8 out), verified here too.
+        twin.set_desired(_desired("2.2.0", {
+            "int8": _entry(files, "/2.2.0/int8.zip", bundles["int8-tflite"], "2.2.0"),
+            "fp16": _entry(files, "/2.2.0/fp16.zip", bundles["fp16-tflite"], "2.2.0"),
+        }, variant="int8"))
+        status = model_status(twin.wait_reported(is_active("2.2.0"), timeout=180))
+        assert (status["active"]["format"], status["active"]["variant"]) == ("tflite", "int8")
+        assert status["variant"]["verification"]["f1"] >= 0.95
+        for picture, label in (("chelsea.png", "Cat"), ("astronaut.png", "Person"), ("coffee.png", "Coffee cup")):
+            assert _detect(service, picture)["detections"][0]["label"] == label
