@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from service.optimize import ensure_host_artifacts
-from service.repository import ModelRepository
+from service.repository import ModelRepository, read_bundle_record
 from service.update import failures
 from service.update.validation import VERDICT_FILE, recorded_verdict, validate_model_dir
 from twinfer.loader import ModelLoadError, find_model_file
@@ -65,7 +65,7 @@ def _publish_staged(
     validated = recorded_verdict(directory) or validate_model_dir(directory, name, version)
     ensure_host_artifacts(directory)
     return publish(repo.store, name, version, repo.relative(directory), validated.format, validated.decoder, threshold,
-                   default=default)
+                   default=default, variant=read_bundle_record(directory).get("variant"))
 
 
 def _count_damaged() -> None:

@@ -10,6 +10,7 @@ the signature and ``class_N`` labels.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,9 +20,12 @@ from twinfer.decoders.base import layout_of
 from twinfer.engines import ENGINE_FORMATS, Engine, EngineOptions, open_engine
 from twinfer.labels import embedded_tflite_labels, label_offset, read_label_file
 from twinfer.pipeline import DetectionModel
+from twinfer.quantized_io import passes_through
+from twinfer.signature import TensorInfo
 from twinfer.spec import ModelSpec, SpecError, apply_overrides
 
 METADATA_FILE = "twinfer.json"
+log = logging.getLogger("twinfer.loader")
 
 
 class ModelLoadError(Exception):
@@ -62,6 +66,17 @@ def embedded_metadata(model_path: Path, engine: Engine) -> ultralytics.Ultralyti
     if not raw and engine.format == "tflite":
         raw = ultralytics.tflite_metadata(model_path)
     return ultralytics.parse_metadata(raw, model_path.name)
+
+
+def _warn_unless_pixels_pass_through(model_path: Path, image: TensorInfo, spec: ModelSpec) -> None:
+    """A quantised input gets the picture normalised (``input.normalize``) and then quantised
+    with its scale and zero point. A converter's full-integer model takes the pixels as they
+    are (or - 128): when the two disagree, the normalisation (or the model) is likely wrong."""
+    q = image.quantization
+    if q is not None and not passes_through(spec.input.mean, spec.input.std, image.dtype, q):
+        log.warning("%s: its %s input (scale %.6g, zero point %d) does not take the pixels as they are with "
+                    "input.normalize mean %s std %s; the picture is normalised and quantised: check twinfer.json",
+                    model_path.name, image.dtype, q.scale, q.zero_point, spec.input.mean, spec.input.std)
 
 
 def read_metadata(directory: Path) -> dict:
@@ -108,5 +123,6 @@ def load_model(
         decoder = decoder_cls(signature, spec.decoder_options)
     except (SpecError, ValueError) as exc:
         raise ModelLoadError(f"{model_path.name}: {exc}") from exc
+    _warn_unless_pixels_pass_through(model_path, signature.image_input, spec)
     labels, offset = find_labels(directory, model_path, embedded, decoder_cls)
     return DetectionModel(name, version, engine, decoder, spec, labels, offset, signature)

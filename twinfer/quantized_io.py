@@ -34,6 +34,26 @@ def dequantize(array: np.ndarray, quantization: Quantization) -> np.ndarray:
     return real
 
 
+def _gain_offset(
+    mean: tuple[float, float, float], std: tuple[float, float, float], quantization: Quantization
+) -> tuple[np.ndarray, np.ndarray]:
+    """``q = p * gain + offset`` per channel: ``gain = 1 / (std * scale)``,
+    ``offset = zero_point - mean * gain``."""
+    gain = np.array([1.0 / (s * quantization.scale) for s in std], np.float32)
+    return gain, np.array([quantization.zero_point - m * g for m, g in zip(mean, gain)], np.float32)
+
+
+def passes_through(
+    mean: tuple[float, float, float], std: tuple[float, float, float], dtype: np.dtype, quantization: Quantization
+) -> bool:
+    """True when the quantised picture is the pixel itself (uint8) or the pixel - 128 (int8):
+    the input's quantization undoes the normalisation, as a converter's full-integer model's does."""
+    gain, offset = _gain_offset(mean, std, quantization)
+    shift = {np.dtype(np.uint8): 0.0, np.dtype(np.int8): -128.0}.get(np.dtype(dtype))
+    return (shift is not None and bool(np.all(np.abs(gain - 1.0) <= _SCALE_TOLERANCE))
+            and bool(np.all(np.abs(offset - shift) <= _OFFSET_TOLERANCE)))
+
+
 def quantize_pixels(
     pixels: np.ndarray,
     mean: tuple[float, float, float],
@@ -46,14 +66,10 @@ def quantize_pixels(
     ``q = p / (std * scale) + zero_point - mean / (std * scale)``: for the usual pairs
     (``[-1, 1]`` with scale 1/128 and zero point 128 or 0) that is the pixel itself, or the
     pixel - 128, which costs nothing; any other pair is computed in float32 and rounded."""
-    gain = np.array([1.0 / (s * quantization.scale) for s in std], np.float32)
-    offset = np.array([quantization.zero_point - m * g for m, g in zip(mean, gain)], np.float32)
+    if passes_through(mean, std, dtype, quantization):
+        return pixels if dtype == np.uint8 else (pixels ^ np.uint8(0x80)).view(np.int8)  # p - 128 in 8 bits
+    gain, offset = _gain_offset(mean, std, quantization)
     info = np.iinfo(dtype)
-    if np.all(np.abs(gain - 1.0) <= _SCALE_TOLERANCE):
-        if dtype == np.uint8 and np.all(np.abs(offset) <= _OFFSET_TOLERANCE):
-            return pixels
-        if dtype == np.int8 and np.all(np.abs(offset + 128.0) <= _OFFSET_TOLERANCE):
-            return (pixels ^ np.uint8(0x80)).view(np.int8)  # p - 128 without leaving 8 bits
     real = pixels.astype(np.float32) * gain + offset
     np.rint(real, out=real)
     np.clip(real, info.min, info.max, out=real)

@@ -10,7 +10,9 @@ detected from the model's signature (see ``twinfer.decoders.detect``). Example::
      "decoder_options": {"num_layers": 6}}
 
 ``normalize`` is ``none`` (0..255), ``zero_to_one``, ``minus_one_to_one`` or
-``{"mean": [r, g, b], "std": [r, g, b]}`` in 0..255 units; it applies to float inputs only.
+``{"mean": [r, g, b], "std": [r, g, b]}`` in 0..255 units; it applies to float inputs and
+to quantised integer inputs (normalised, then quantised with the input's scale and zero
+point: ``twinfer.quantized_io``); a uint8 input without a quantization takes raw pixels.
 """
 from __future__ import annotations
 

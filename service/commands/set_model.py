@@ -62,7 +62,7 @@ def _from_store(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        if not twin_patch.is_rollout(args):  # only removals: no bundle to find
+        if not twin_patch.is_rollout(args) or args.variant:  # only removals, or variants: no bundle to find
             pass
         elif args.url is None:
             _from_store(args)

@@ -297,7 +297,8 @@ def build_patch(args: argparse.Namespace, delta: dict | None = None) -> dict:
         if args.as_variant:
             if args.url is None:
                 raise PatchError("--as-variant needs --url: where devices download that variant")
-            variants = {args.as_variant: {**bundle, "version": args.version}, **variants}
+            variants = {args.as_variant: variant_options.whole_variant({**bundle, "version": args.version}),
+                        **variants}
         else:
             model.update(bundle)
     elif delta is not None or args.compressed is not None:

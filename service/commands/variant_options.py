@@ -162,6 +162,14 @@ def configure_twin(parser: argparse.ArgumentParser) -> None:
                              "merges patches key by key)")
 
 
+def whole_variant(entry: dict) -> dict:
+    """Every key of a variant, those it does not use null: IoT Hub merges a patch into the
+    entry an earlier one left, whose delta, compression or signature must not ride along."""
+    from service.update.desired_bundle import VARIANT_KEYS
+
+    return {**dict.fromkeys(VARIANT_KEYS), **entry}
+
+
 def desired_variants(args: argparse.Namespace, sign: Callable[[str], str | None]) -> dict:
     """``model.variants`` from --variant NAME BUNDLE URL (in order) and --drop-variant; each
     entry says the version it belongs to, so one an older patch leaves behind is never used."""
@@ -180,7 +188,7 @@ def desired_variants(args: argparse.Namespace, sign: Callable[[str], str | None]
         signature = sign(sha256) if args.sign is not None else None
         if signature is not None:
             entry["signature"] = signature
-        variants[name] = entry
+        variants[name] = whole_variant(entry)
     for name in args.drop_variant:
         if name in variants:
             raise VariantInputError(f"--drop-variant {name} and --variant {name} exclude each other")

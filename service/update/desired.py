@@ -153,6 +153,8 @@ def _rich_model(raw: Any) -> DesiredModel:
     if variants and keys["url"] is not None and keys["sha256"] is None and keys["md5"] is None:
         raise DesiredError("model.url beside model.variants needs model.sha256 (or at least md5)")
     pinned = raw.get("variant")
+    if pinned is not None and not isinstance(pinned, str):
+        raise DesiredError("model.variant must be the name of one of model.variants")
     if pinned is not None and pinned not in {v.name for v in variants}:
         raise DesiredError(f"model.variant {pinned!r} is not one of model.variants ({', '.join(v.name for v in variants) or 'none'})")
     allow_downgrade = _flag(raw, "allow_downgrade")

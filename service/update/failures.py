@@ -36,6 +36,9 @@ INVALID_MODEL = "invalid_model"  # the model did not load or run in validation (
 VARIANT_REJECTED = "variant_rejected"
 # The version serves here from a bundle none of model.variants names: roll them out as a new version.
 VARIANT_MISMATCH = "variant_mismatch"
+# Every variant was passed over before a download (written for another version, or pinned
+# out): the message lists why; fix model.variants or model.variant.
+NO_USABLE_VARIANT = "no_usable_variant"
 WORKER_LOAD_FAILED = "worker_load_failed"  # validated, but a worker could not load it: rolled back
 DAMAGED_MODEL = "damaged_model"  # a staged version was damaged at start-up and replaced
 MEMORY_BUDGET = "memory_budget"  # the pool would outgrow TWINFER_MODEL_MEMORY_BUDGET: raise it or remove a model

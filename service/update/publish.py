@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from service import metrics
-from service.repository import ModelRepository
+from service.repository import ModelRepository, read_bundle_record
 from service.twin.base import TwinSource
 from service.update import failures
 from service.update.desired import DesiredModel
@@ -60,13 +60,15 @@ class Publisher:
         previous = before.entry(self._lane) if before else None
         directory = self._repo.version_dir(target.name, target.version)
         weights = weights_bytes(directory)
+        # A document naming no variant (a rollback by name and version) keeps the staged one's.
+        variant = target.variant if target.variant is not None else read_bundle_record(directory).get("variant")
 
         def admit(current: Manifest | None) -> None:
             self.config.memory_budget.check(store, current, target.name, target.version, weights)
 
         manifest = publish(
             store, target.name, target.version, self._repo.relative(directory), format, decoder, threshold,
-            default=self._lane is None, admit=admit, variant=target.variant,
+            default=self._lane is None, admit=admit, variant=variant,
         )
         self._status.active(manifest, state="rolling_out")
         outcome = self._rollout.wait(manifest.generation, self.config.rollout_timeout)

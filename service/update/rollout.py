@@ -55,6 +55,12 @@ class RolloutMonitor:
     def start(self) -> None:
         self._thread.start()
 
+    def goes_back_to(self, directory: str) -> bool:
+        """Whether a failing rollout would publish ``directory`` (relative to the store) again:
+        the last version of a model every worker served."""
+        goods = [*self._last_good.copy().values(), self._last_good_default]  # copy(): atomic beside the monitor
+        return any(good is not None and good.directory == directory for good in goods)
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
@@ -127,7 +133,7 @@ class RolloutMonitor:
         log.error("workers cannot load %s %s (%s); rolling back to %s %s", entry.name, entry.version, message,
                   good.name, good.version)
         publish(self.store, good.name, good.version, good.directory, good.format, good.decoder, good.score_threshold,
-                default=is_default)
+                default=is_default, variant=good.variant)
         self._settle(entry.generation, RolloutOutcome("rolled_back", message, on_new, total))
         serving = read_manifest(self.store)
         self.status_of(entry.name, is_default).failure(

@@ -34,8 +34,7 @@ def utc_now() -> str:
 def error_record(reason: str, message: str, figures: dict | None = None) -> dict:
     """``model.last_error``: a ``service.update.failures`` reason, what to do, when (and the
     figures measured, e.g. a rejected variant's agreement)."""
-    record = {"reason": reason, "message": message, "at": utc_now()}
-    return {**record, "figures": figures} if figures else record
+    return {"reason": reason, "message": message, "at": utc_now(), "figures": figures}  # null clears older figures
 
 
 def active_record(manifest: ModelEntry | None) -> dict | None:

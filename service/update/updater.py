@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import Callable
 
 from service import metrics
-from service.repository import ModelRepository
+from service.repository import ModelRepository, read_bundle_record
 from service.twin.base import TwinSource
 from service.update import failures, variants
 from service.update.bundle import UnpackLimits
@@ -51,7 +51,7 @@ from service.update.signing import TrustedKey
 from service.update.staging import Stager
 from service.update.status import ModelStatus, progress_record
 from service.update.trust import Trust
-from service.update.validation import ValidatedModel
+from service.update.validation import ValidatedModel, recorded_verdict
 from service.update.verify import VerifyError, verify_file
 from twinfer.cpu import Int8Support
 from twinfer.manifest import ManifestError, ModelEntry, read_manifest, unpublish
@@ -106,6 +106,8 @@ class ModelUpdater:
             repo, twin, status, rollout, self._trust,
             PublishConfig(config.keep_versions, config.rollout_timeout, config.model_output, config.memory_budget), lane,
         )
+        self._rollout = rollout
+        self._rejections = variants.Rejections()
         self._thread = threading.Thread(target=self._run, name=f"model-updater-{lane or 'default'}", daemon=True)
 
     def on_desired(self, document: dict, full: bool) -> None:
@@ -174,6 +176,7 @@ class ModelUpdater:
         self.status.aim(target)
         started = time.monotonic()
         self.inbox.working_on(target)
+        self._rejections.start(mark)
         try:
             manifest = self._bring_in(state)
         except Scheduled as wait:
@@ -232,6 +235,8 @@ class ModelUpdater:
         assert target is not None
         current = self._serving()
         if current is not None and (current.name, current.version) == (target.name, target.version):
+            if target.variants:
+                self._check_serving_bundle(target, current)
             if current.score_threshold != state.score_threshold:
                 return self._publisher.publish(replace(target, variant=current.variant), current.format,
                                                current.decoder, state.score_threshold)
@@ -242,6 +247,7 @@ class ModelUpdater:
         choice = variants.choose(target, self.config.int8)
         if target.variants:
             self.status.note_variant(**choice.report())
+            choice.usable()
         if self.repo.has(target.name, target.version):
             staged = self._staged_bundle(target, choice)
             if staged is not None:
@@ -255,11 +261,28 @@ class ModelUpdater:
                                                       f"and the twin gives no model.url to download it from")
         return self._first_that_serves(choice, state)
 
+    def _check_serving_bundle(self, target: DesiredModel, current: ModelEntry) -> None:
+        """The version the twin names serves already: it must be one of the variants the twin
+        offers this CPU (a serving directory is never replaced in place)."""
+        choice = variants.choose(target, self.config.int8)
+        self.status.note_variant(**choice.report())
+        directory = current.model_dir(self.repo.store)
+        if variants.staged_match(choice, read_bundle_record(directory)) is None:
+            raise self._mismatch(target, "serves")
+        verdict = recorded_verdict(directory)
+        self.status.note_variant(name=current.variant, verification=verdict.verification if verdict else None)
+
+    @staticmethod
+    def _mismatch(target: DesiredModel, where: str) -> UpdateFailed:
+        return UpdateFailed(failures.VARIANT_MISMATCH, (
+            f"{target.name} {target.version} {where} here from a bundle that none of the variants model.variants "
+            f"offers this device names (by SHA-256); a version is staged from one bundle and a serving or "
+            f"rollback version is never replaced: roll the new bundles out as a new version"))
+
     def _staged_bundle(self, target: DesiredModel, choice: variants.VariantChoice) -> DesiredModel | None:
-        """The version is in the store: which of the twin's bundles it was staged from. A
-        version is staged from one bundle: when none of the twin's variants is that bundle,
-        the staged copy goes and a variant is downloaded, unless it serves (a serving
-        directory is never replaced: a new variant needs a new version)."""
+        """The version is in the store: which of the twin's bundles it was staged from. When
+        none of the twin's variants is that bundle, the staged copy goes and a variant is
+        downloaded, unless it serves or is the version a failing rollout goes back to."""
         if not target.variants:
             return target
         directory = self.repo.version_dir(target.name, target.version)
@@ -268,9 +291,9 @@ class ModelUpdater:
             return match
         manifest = read_manifest(self.repo.store)
         if manifest is not None and any(e.model_dir(self.repo.store) == directory for e in manifest.models.values()):
-            raise UpdateFailed(failures.VARIANT_MISMATCH, (
-                f"{target.name} {target.version} serves here from a bundle that none of model.variants names (by "
-                f"SHA-256); a serving version is never replaced in place: roll the new bundles out as a new version"))
+            raise self._mismatch(target, "serves")
+        if self._rollout.goes_back_to(self.repo.relative(directory)):
+            raise self._mismatch(target, "is the version a failing rollout goes back to")
         log.info("%s %s: the staged copy is none of the twin's variants; staging a variant instead",
                  target.name, target.version)
         self.repo.remove_version(target.name, target.version)
@@ -278,26 +301,27 @@ class ModelUpdater:
 
     def _first_that_serves(self, choice: variants.VariantChoice, state: DesiredState) -> ModelEntry:
         """Download, verify and stage the candidates in order until one passes: a variant
-        that fails on this device (below its verification gate, or not loading) makes way for
-        the next, reported under ``variant.rejected``; any other failure ends the update."""
-        rejected: list[dict] = []
-        for index, candidate in enumerate(choice.candidates):
+        that fails for a reason of its own (``variants.falls_through``) makes way for the
+        next, reported under ``variant.rejected`` and not tried again while this document is
+        retried; any other failure ends the attempt."""
+        failed: UpdateFailed | None = None
+        for candidate in choice.candidates:
+            if self._rejections.refused(candidate):
+                continue
             try:
                 validated = self._download_and_stage(candidate, state)
             except UpdateFailed as exc:
-                if exc.reason not in variants.FALLS_THROUGH or not state.model.variants:
+                if not (state.model and state.model.variants) or not variants.falls_through(exc):
                     raise
                 log.warning("%s %s variant %s rejected (%s): %s", candidate.name, candidate.version,
                             candidate.variant, exc.reason, exc.message)
                 metrics.VARIANTS_REJECTED.labels(candidate.name, candidate.variant or "", exc.reason).inc()
-                rejected.append({"variant": candidate.variant, "reason": exc.reason, "message": exc.message,
-                                 "figures": exc.figures})
-                self.status.note_variant(rejected=rejected)
-                if index == len(choice.candidates) - 1:
-                    raise
+                self._rejections.add(candidate, exc)
+                self.status.note_variant(rejected=self._rejections.report())
+                failed = exc
                 continue
             return self._publish(candidate, validated, state)
-        raise AssertionError("no candidate bundle")  # choose() always offers one
+        raise failed or UpdateFailed(failures.VARIANT_REJECTED, "every variant was refused on this device already")
 
     def _publish(self, bundle: DesiredModel, validated: ValidatedModel, state: DesiredState) -> ModelEntry:
         if state.model is not None and state.model.variants:

@@ -17,14 +17,22 @@ from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit
 
+from service.update import failures
 from service.update.desired import DesiredModel
 from service.update.desired_bundle import DesiredVariant
+from service.update.failures import UpdateFailed
 from twinfer.cpu import Int8Support, int8_support
 
 INT8 = "int8"
-# Failures of one variant that the next may not share: it is wrong on this CPU, or it does
-# not load here. A network, checksum or signature failure would hit every variant alike.
-FALLS_THROUGH = ("variant_rejected", "invalid_model")
+
+
+def falls_through(failure: UpdateFailed) -> bool:
+    """Whether the next variant is worth trying after this one failed. Each variant is its
+    own bundle (hash, signature, size, blob, model), so a failure of its own (below its
+    verification gate here, not loading, a bad checksum or signature, a missing blob, the
+    memory budget) makes way for the next; a failing link (retried later with the same
+    list), a full disk or a newer document ends the attempt."""
+    return not failure.retryable and failure.reason not in (failures.CANCELLED, failures.NO_SPACE)
 
 
 def int8_policy(setting: str, detected: Int8Support | None = None) -> Int8Support:
@@ -48,6 +56,12 @@ class VariantChoice:
     def report(self) -> dict:
         """``model.variant`` before anything is tried: what this CPU is, what was passed over."""
         return {"cpu": self.cpu.why, "int8": self.cpu.fast, "skipped": list(self.skipped)}
+
+    def usable(self) -> None:
+        """Raises ``no_usable_variant`` when every variant was passed over before a download."""
+        if not self.candidates:
+            why = "; ".join(f"{s['variant']}: {s['why']}" for s in self.skipped)
+            raise UpdateFailed(failures.NO_USABLE_VARIANT, f"no variant of model.variants can be used: {why}")
 
 
 def as_bundle(target: DesiredModel, variant: DesiredVariant) -> DesiredModel:
@@ -96,3 +110,32 @@ def staged_match(choice: VariantChoice, record: dict) -> DesiredModel | None:
         if candidate.sha256 is None and candidate.md5 is not None and candidate.md5 == record.get("md5"):
             return candidate
     return None
+
+
+class Rejections:
+    """The variants this device refused for one desired document, kept while that document
+    is retried (after a failing link): a refused bundle is not downloaded again."""
+
+    def __init__(self) -> None:
+        self._document: str | None = None
+        self._by_bundle: dict[tuple[str | None, str | None], dict] = {}
+
+    def start(self, document: str) -> None:
+        """Handling ``document`` (its fingerprint): a new one forgets the last one's refusals."""
+        if document != self._document:
+            self._document, self._by_bundle = document, {}
+
+    @staticmethod
+    def _key(bundle: DesiredModel) -> tuple[str | None, str | None]:
+        return bundle.sha256, bundle.md5
+
+    def refused(self, bundle: DesiredModel) -> bool:
+        return self._key(bundle) in self._by_bundle
+
+    def add(self, bundle: DesiredModel, failure: UpdateFailed) -> None:
+        # No nulls inside the entries: IoT Hub refuses a reported array that holds one.
+        entry = {"variant": bundle.variant or "model.url", "reason": failure.reason, "message": failure.message}
+        self._by_bundle[self._key(bundle)] = {**entry, **({"figures": failure.figures} if failure.figures else {})}
+
+    def report(self) -> list[dict]:
+        return list(self._by_bundle.values())

@@ -157,6 +157,7 @@ def test_twin_patch_offers_the_variants_in_order_and_delta_a_variant_of_its_own(
     assert list(variants) == ["int8", "fp32", "fp16"] and variants["fp16"] is None
     assert variants["int8"]["version"] == "2.0" and variants["int8"]["size"] == out.stat().st_size
     assert patch["model"]["url"] is None and patch["model"]["variant"] == "fp32"  # nulls: IoT Hub merges patches
+    assert variants["int8"]["compression"] is None and variants["int8"]["delta"] is None  # ... into the old entry
     target = parse_desired(patch).model
     assert [v.name for v in target.variants] == ["int8", "fp32"] and target.pinned_variant == "fp32"
 
@@ -171,3 +172,17 @@ def test_twin_patch_offers_the_variants_in_order_and_delta_a_variant_of_its_own(
     refused = cli("twin-patch", "--name", "ssd", "--version", "2.0", "--variant", "int8", str(out), "https://f/a.zip",
                   "--pin-variant", "fp32")
     assert refused.returncode == 2 and "model.variant 'fp32' is not one of model.variants" in refused.stderr
+
+
+def test_set_model_writes_the_variants_into_the_local_twin(int8, tmp_path):
+    from twinfer.manifest import publish
+
+    out, result = int8
+    store = tmp_path / "store"
+    store.mkdir()
+    publish(store, "ssd", "1.0", "models/ssd/1.0", "onnx", "ssd_anchors")  # a service's store
+    done = cli("set-model", "--name", "ssd", "--version", "2.0", "--variant", "int8", str(out), "https://f/int8.zip",
+               "--store", str(store))
+    assert done.returncode == 0, done.stderr
+    desired = json.loads((store / "twin" / "desired.json").read_text())
+    assert desired["model"]["variants"]["int8"]["sha256"] == result["sha256"] and desired["model"].get("url") is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from twinfer.quantized_io import dequantize, quantization_of, quantize_pixels
+from twinfer.quantized_io import dequantize, passes_through, quantization_of, quantize_pixels
 from twinfer.signature import Quantization
 from twinfer.spec import NORMALIZE_PRESETS
 
@@ -55,3 +55,10 @@ def test_only_integer_tensors_with_a_scale_are_quantised():
     assert quantization_of(np.dtype(np.uint8), 0.0, 0) is None  # raw pixels (the reference SSD's uint8 input)
     assert quantization_of(np.dtype(np.float32), 0.5, 2) is None
     assert quantization_of(np.dtype(np.int32), 0.0, 0) is None  # indices, counts
+
+
+def test_pass_through_is_what_a_converters_full_integer_model_takes():
+    assert passes_through(*MINUS_ONE_TO_ONE, np.dtype(np.uint8), Quantization(2 / 255, 127))  # TFLiteConverter's
+    assert passes_through(*ZERO_TO_ONE, np.dtype(np.int8), Quantization(1 / 255, -128))
+    assert not passes_through(*NORMALIZE_PRESETS["none"], np.dtype(np.uint8), Quantization(1 / 128, 128))
+    assert not passes_through(*MINUS_ONE_TO_ONE, np.dtype(np.int16), Quantization(1 / 128, 0))

@@ -101,3 +101,12 @@ def test_the_int8_tflite_passes_a_verification_set_built_from_fp16(tmp_path):
     assert report.agreement.f1 >= 0.95 and report.size_ratio < 0.6
     verified = verify(load_model(variant, "int8", "1", PLAIN), variant)  # the device's check, here
     assert verified.f1 >= 0.95 and verified.reference_detections >= 3
+
+
+def test_a_normalisation_the_quantised_input_does_not_undo_is_named_at_load(tmp_path, caplog):
+    directory = model_dir(tmp_path, INT8)
+    load_model(directory, "int8", "1", PLAIN)
+    assert "does not take the pixels as they are" not in caplog.text  # [-1, 1] by default: the raw pixel
+    (directory / "twinfer.json").write_text('{"input": {"normalize": "none"}}')
+    load_model(directory, "int8", "1", PLAIN)
+    assert "input (scale 0.00784314, zero point 127) does not take the pixels as they are" in caplog.text

@@ -36,7 +36,8 @@ from twinfer.store_layout import HOST_DIR
 log = logging.getLogger("twinfer.engines")
 
 READY_MARKER = "ready"
-MARKER_SCHEMA = 1
+# 2: a TFLite artifact records each tensor's quantization; earlier artifacts are prepared again.
+MARKER_SCHEMA = 2
 
 _CPUINFO_KEYS = ("model name", "flags", "Features", "CPU implementer", "CPU architecture", "CPU variant", "CPU part")
 

@@ -175,6 +175,14 @@ def test_a_cpu_the_first_variant_does_not_suit_falls_through_and_a_pin_overrides
         status = model_status(twin.wait_reported(is_active("2.1.0"), timeout=180))
         assert status["active"]["variant"] == "int8" and files.requests_for("/2.1.0/fp32.zip") == []
         assert _detect(service, "chelsea.png")["detections"][0]["label"] == "Cat"
+        # The serving version pinned to the other variant: never replaced in place.
+        twin.set_desired(_desired("2.1.0", {
+            "int8": _entry(files, "/2.1.0/int8.zip", bundles["int8"], "2.1.0"),
+            "fp32": _entry(files, "/2.1.0/fp32.zip", bundles["fp32"], "2.1.0"),
+        }, variant="fp32"))
+        status = model_status(twin.wait_reported(lambda r: model_status(r)["state"] == "failed", timeout=60))
+        assert status["last_error"]["reason"] == "variant_mismatch" and status["active"]["variant"] == "int8"
+        assert files.requests_for("/2.1.0/fp32.zip") == []
         # 2.2.0 as LiteRT models: a full-integer .tflite (uint8 in, int8 out), verified here too.
         twin.set_desired(_desired("2.2.0", {
             "int8": _entry(files, "/2.2.0/int8.zip", bundles["int8-tflite"], "2.2.0"),

@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 
 from service.update.desired import DesiredError, merge_patch, parse_desired
-from service.update.variants import choose, int8_policy, staged_match
+from service.update import failures
+from service.update.failures import UpdateFailed
+from service.update.variants import Rejections, choose, falls_through, int8_policy, staged_match
 from twinfer.cpu import Int8Support
 
 SHA = {name: f"{i:064x}" for i, name in enumerate(("int8", "fp32", "fp16", "top"), start=1)}
@@ -101,7 +103,8 @@ def test_each_variant_may_carry_its_own_delta_and_signature():
     ({"../x": variant("int8")}, {}, "variant"),
     ({"int8": variant("int8", delta={"url": "https://x/p"})}, {}, "model.variants.int8.delta.base_version"),
     ({"int8": variant("int8")}, {"variant": "fp32"}, "model.variant 'fp32' is not one of model.variants"),
-    ({"int8": None}, {}, "names no variant"),
+    ({"int8": variant("int8")}, {"variant": ["int8"]}, "model.variant must be the name of one of model.variants"),
+    ({"int8": None}, {}, "model needs sha256"),  # every variant dropped: a model without a bundle
 ])
 def test_malformed_variants_are_refused_with_the_key(variants, extra, message):
     with pytest.raises(DesiredError, match=message):
@@ -125,3 +128,45 @@ def test_a_staged_version_is_matched_to_a_variant_by_its_bundle():
     assert staged_match(choice, {"sha256": SHA["fp32"]}).variant == "fp32"
     assert staged_match(choice, {"sha256": SHA["top"]}) is None
     assert staged_match(choice, {}) is None  # the bundled default: no record
+
+
+def test_nothing_usable_is_a_clear_failure_before_anything_moves():
+    old = model({"int8": variant("int8", version="1.0"), "fp32": variant("fp32", version="1.0")})
+    choice = choose(parse_desired(old).model, FAST)  # version 2.0 asked, every entry written for 1.0
+    assert choice.candidates == ()
+    with pytest.raises(UpdateFailed, match="no variant of model.variants can be used: int8: written for version "
+                                           "1.0") as caught:
+        choice.usable()
+    assert caught.value.reason == failures.NO_USABLE_VARIANT
+
+
+@pytest.mark.parametrize(("failure", "next_one"), [
+    (UpdateFailed(failures.VARIANT_REJECTED, "F1 0.2"), True),
+    (UpdateFailed(failures.INVALID_MODEL, "does not load"), True),
+    (UpdateFailed(failures.CHECKSUM_MISMATCH, "wrong bytes"), True),
+    (UpdateFailed(failures.NOT_FOUND, "404"), True),
+    (UpdateFailed(failures.MEMORY_BUDGET, "too big"), True),
+    (UpdateFailed(failures.NETWORK, "link down", retryable=True), False),
+    (UpdateFailed(failures.NO_SPACE, "disk full"), False),
+    (UpdateFailed(failures.CANCELLED, "newer document"), False),
+])
+def test_a_failure_of_the_variants_own_bundle_makes_way_for_the_next(failure, next_one):
+    assert falls_through(failure) is next_one
+
+
+def test_refusals_are_kept_while_a_document_is_retried_and_never_hold_nulls():
+    target = parse_desired(model({"int8": variant("int8"), "fp32": variant("fp32")},
+                                 url="https://files.local/ssd.zip", sha256=SHA["top"])).model
+    int8, fp32, top = choose(target, FAST).candidates
+    rejections = Rejections()
+    rejections.start("document-1")
+    rejections.add(int8, UpdateFailed(failures.VARIANT_REJECTED, "F1 0.2", figures={"f1": 0.2}))
+    rejections.add(top, UpdateFailed(failures.INVALID_MODEL, "does not load"))
+    rejections.start("document-1")  # the same document again, after a failing link
+    assert rejections.refused(int8) and not rejections.refused(fp32)
+    assert rejections.report() == [
+        {"variant": "int8", "reason": "variant_rejected", "message": "F1 0.2", "figures": {"f1": 0.2}},
+        {"variant": "model.url", "reason": "invalid_model", "message": "does not load"},
+    ]
+    rejections.start("document-2")
+    assert not rejections.refused(int8) and rejections.report() == []
