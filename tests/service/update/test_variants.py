@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.update.desired import DesiredError, merge_patch, parse_desired
 from service.update import failures
+from service.update.desired import DesiredError, merge_patch, parse_desired
 from service.update.failures import UpdateFailed
 from service.update.variants import Rejections, choose, falls_through, int8_policy, staged_match
 from twinfer.cpu import Int8Support
