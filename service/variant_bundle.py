@@ -14,7 +14,6 @@ every device checks the variant on its own CPU before serving it.
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import statistics
 from dataclasses import asdict, dataclass, replace
@@ -23,6 +22,7 @@ from pathlib import Path
 from service.quantize import QuantizeOptions, quantize_onnx
 from service.verification import MAX_PICTURE_PIXELS, Agreement, Gate, agreement, build_set, detections, write_set
 from twinfer.engines import EngineOptions, format_of, runtime
+from twinfer.engines.artifacts import file_sha256
 from twinfer.loader import find_model_file, load_model
 from twinfer.pipeline import DetectionModel
 
@@ -91,10 +91,6 @@ def _median_inference_ms(models: tuple[DetectionModel, DetectionModel], picture:
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def make_variant(
     reference_dir: Path, variant_model: Path | None, into: Path, pictures: list[bytes], *, precision: str,
     quantize: QuantizeOptions | None, gate: Gate, verification_pictures: int, enforce_gate: bool = True,
@@ -137,7 +133,7 @@ def make_variant(
             f"{measured.reference_detections} reference detections found, {measured.candidate_detections} made); "
             f"try --per-tensor or --calibrate-method, more calibration pictures, or --exclude-node")
     fmt = format_of(reference_path)
-    described = {"model": reference_path.name, "sha256": _sha256(reference_path),
+    described = {"model": reference_path.name, "sha256": file_sha256(reference_path),
                  "runtime": f"{runtime(fmt).short_name} {runtime(fmt).version()}"}
     verification, files = build_set(reference, pictures, verification_pictures, gate, described)
     write_set(into, replace(verification, operator=report.measured()), files)

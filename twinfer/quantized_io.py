@@ -8,6 +8,8 @@ ONNX QDQ models keep float inputs and outputs and never get here.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from twinfer.signature import Quantization
@@ -43,6 +45,7 @@ def _gain_offset(
     return gain, np.array([quantization.zero_point - m * g for m, g in zip(mean, gain)], np.float32)
 
 
+@lru_cache(maxsize=64)  # asked on every request of a quantised model: the same few arguments
 def passes_through(
     mean: tuple[float, float, float], std: tuple[float, float, float], dtype: np.dtype, quantization: Quantization
 ) -> bool:

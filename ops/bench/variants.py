@@ -38,14 +38,13 @@ import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402
 from serving import make_pictures, measure_in_process, run_wrk, running_service, wrk_script  # noqa: E402
 
-from service.commands.bundle import write_zip  # noqa: E402
 from service.quantize import QuantizeOptions  # noqa: E402
 from service.update.delta import build_patch, compress_bundle  # noqa: E402
 from service.variant_bundle import make_variant  # noqa: E402
 from service.verification import Gate, agreement, detections  # noqa: E402
 from tests.support.finetune import perturb  # noqa: E402
 from tests.support.paths import DEFAULT_MODEL, IMAGES  # noqa: E402
-from tests.support.variants import PHOTOS, reference_dir  # noqa: E402
+from tests.support.variants import PHOTOS, bundle_directory, reference_dir  # noqa: E402
 from twinfer.cpu import cpuinfo_lines, int8_support  # noqa: E402
 from twinfer.engines import EngineOptions  # noqa: E402
 from twinfer.loader import load_model  # noqa: E402
@@ -69,8 +68,7 @@ def make_int8(reference: Path, into: Path, calibration: list[bytes], pictures: l
 
 
 def bundle_of(directory: Path, out: Path) -> Path:
-    model = directory / "model.onnx"
-    write_zip(out, [(model.name, model), *((p.name, p) for p in sorted(directory.iterdir()) if p != model)])
+    bundle_directory(directory, out)
     return out
 
 

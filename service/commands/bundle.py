@@ -140,6 +140,12 @@ def _signing_key(args: argparse.Namespace):
         raise BundleInputError(str(exc)) from None
 
 
+def directory_entries(directory: Path) -> list[tuple[str, Path]]:
+    """A directory's files as bundle entries, the model file first (then by name)."""
+    files = sorted(p for p in directory.iterdir() if p.is_file())
+    return sorted(((p.name, p) for p in files), key=lambda entry: not entry[0].lower().endswith(MODEL_SUFFIXES))
+
+
 def write_zip(path: Path, entries: list[tuple[str, Path]]) -> None:
     """Flat, regular files only, fixed timestamps (reproducible hashes); model files stored, text deflated.
 

@@ -127,8 +127,9 @@ def variant_entries(
         )
     except (VariantError, QuantizeError, VerificationError) as exc:
         raise VariantInputError(str(exc)) from None
-    files = sorted(p for p in variant_dir.iterdir() if p.name != model_name)
-    return [(model_name, variant_dir / model_name), *((p.name, p) for p in files)], report
+    from service.commands.bundle import directory_entries
+
+    return directory_entries(variant_dir), report
 
 
 def variant_rows(figures: dict) -> list[tuple[str, str]]:

@@ -233,10 +233,13 @@ class ModelUpdater:
     def _bring_in(self, state: DesiredState) -> ModelEntry:
         target = state.model
         assert target is not None
+        choice = variants.choose(target, self.config.int8)
+        if target.variants:
+            self.status.note_variant(**choice.report())
         current = self._serving()
         if current is not None and (current.name, current.version) == (target.name, target.version):
             if target.variants:
-                self._check_serving_bundle(target, current)
+                self._check_serving_bundle(target, choice, current)
             if current.score_threshold != state.score_threshold:
                 return self._publisher.publish(replace(target, variant=current.variant), current.format,
                                                current.decoder, state.score_threshold)
@@ -244,9 +247,7 @@ class ModelUpdater:
             self.status.active(current)
             return current
         self._trust.check_downgrade(target)
-        choice = variants.choose(target, self.config.int8)
         if target.variants:
-            self.status.note_variant(**choice.report())
             choice.usable()
         if self.repo.has(target.name, target.version):
             staged = self._staged_bundle(target, choice)
@@ -261,11 +262,9 @@ class ModelUpdater:
                                                       f"and the twin gives no model.url to download it from")
         return self._first_that_serves(choice, state)
 
-    def _check_serving_bundle(self, target: DesiredModel, current: ModelEntry) -> None:
+    def _check_serving_bundle(self, target: DesiredModel, choice: variants.VariantChoice, current: ModelEntry) -> None:
         """The version the twin names serves already: it must be one of the variants the twin
         offers this CPU (a serving directory is never replaced in place)."""
-        choice = variants.choose(target, self.config.int8)
-        self.status.note_variant(**choice.report())
         directory = current.model_dir(self.repo.store)
         if variants.staged_match(choice, read_bundle_record(directory)) is None:
             raise self._mismatch(target, "serves")
@@ -275,9 +274,9 @@ class ModelUpdater:
     @staticmethod
     def _mismatch(target: DesiredModel, where: str) -> UpdateFailed:
         return UpdateFailed(failures.VARIANT_MISMATCH, (
-            f"{target.name} {target.version} {where} here from a bundle that none of the variants model.variants "
-            f"offers this device names (by SHA-256); a version is staged from one bundle and a serving or "
-            f"rollback version is never replaced: roll the new bundles out as a new version"))
+            f"{target.name} {target.version} {where} here from a bundle (by SHA-256) that is none of the variants "
+            f"model.variants offers this device; a version is staged from one bundle and a serving or rollback "
+            f"version is never replaced: roll the new bundles out as a new version"))
 
     def _staged_bundle(self, target: DesiredModel, choice: variants.VariantChoice) -> DesiredModel | None:
         """The version is in the store: which of the twin's bundles it was staged from. When

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from service.commands.bundle import write_zip
+from service.commands.bundle import directory_entries, write_zip
 from service.quantize import QuantizeOptions
 from service.variant_bundle import calibration_pictures, make_variant
 from service.verification import Gate
@@ -33,9 +33,9 @@ def grey_picture() -> bytes:
     return encoded.tobytes()
 
 
-def _zip(directory: Path, out: Path) -> Bundle:
-    model = next(p for p in directory.iterdir() if p.suffix in (".onnx", ".tflite"))
-    write_zip(out, [(model.name, model), *((p.name, p) for p in sorted(directory.iterdir()) if p != model)])
+def bundle_directory(directory: Path, out: Path) -> Bundle:
+    """The directory's files zipped as ``bundle`` writes them (written to ``out`` too)."""
+    write_zip(out, directory_entries(directory))
     return Bundle(out.read_bytes())
 
 
@@ -50,7 +50,7 @@ def reference_dir(work: Path, model: Path = DEFAULT_MODEL / "model.onnx") -> Pat
 
 
 def fp32_bundle(work: Path, model: Path = DEFAULT_MODEL / "model.onnx") -> Bundle:
-    return _zip(reference_dir(work, model), work / "fp32.zip")
+    return bundle_directory(reference_dir(work, model), work / "fp32.zip")
 
 
 def int8_bundle(work: Path, model: Path = DEFAULT_MODEL / "model.onnx", broken: bool = False) -> Bundle:
@@ -61,7 +61,7 @@ def int8_bundle(work: Path, model: Path = DEFAULT_MODEL / "model.onnx", broken: 
     make_variant(reference_dir(work, model), None, variant, photos(), precision="int8", quantize=QuantizeOptions(),
                  gate=Gate(), verification_pictures=4, enforce_gate=not broken,
                  calibration=[grey_picture()] if broken else None)
-    return _zip(variant, work / "int8.zip")
+    return bundle_directory(variant, work / "int8.zip")
 
 
 def tflite_bundles(work: Path) -> tuple[Bundle, Bundle]:
@@ -76,4 +76,4 @@ def tflite_bundles(work: Path) -> tuple[Bundle, Bundle]:
     variant.mkdir()
     make_variant(reference, MODELS / "ssd_mobilenetv2_oidv4_int8.tflite", variant, photos(), precision="int8",
                  quantize=None, gate=Gate(), verification_pictures=4)
-    return _zip(reference, work / "fp16.zip"), _zip(variant, work / "int8-tflite.zip")
+    return bundle_directory(reference, work / "fp16.zip"), bundle_directory(variant, work / "int8-tflite.zip")
