@@ -4,7 +4,7 @@ Runs where bundles are built (``bundle --quantize int8``), never on a device: ON
 Runtime's quantisation tools need the ``onnx`` package, which the device image does not
 ship (``pip install '.[quantize]'`` or ``requirements-operator.txt``).
 
-Calibration pictures go through the device's own preprocessing (``DetectionModel.feeds``:
+Calibration pictures go through the device's own preprocessing (``VisionModel.feeds``:
 the same decode, resize, colour order and normalisation a request gets), so the ranges the
 calibrator sees are the ranges the device will feed. The defaults are ONNX Runtime's advice
 for CNNs on CPUs: QDQ format, per-channel int8 weights, uint8 activations, min-max
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 if TYPE_CHECKING:  # bundle's --help and option defaults need none of these
     import numpy as np
 
-    from twinfer.pipeline import DetectionModel
+    from twinfer.pipeline import VisionModel
 
 FORMATS = ("qdq", "qoperator")
 TYPES = ("uint8", "int8")
@@ -85,7 +85,7 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
-def quantize_onnx(reference: "DetectionModel", model_path: Path, out: Path, pictures: Sequence[bytes],
+def quantize_onnx(reference: "VisionModel", model_path: Path, out: Path, pictures: Sequence[bytes],
                   options: QuantizeOptions = QuantizeOptions()) -> None:
     """Write the int8 model of ``model_path`` (loaded as ``reference``) to ``out``,
     calibrated on ``pictures`` (encoded images)."""

@@ -24,7 +24,7 @@ from service.verification import MAX_PICTURE_PIXELS, Agreement, Gate, agreement,
 from twinfer.engines import EngineOptions, format_of, runtime
 from twinfer.engines.artifacts import file_sha256
 from twinfer.loader import find_model_file, load_model
-from twinfer.pipeline import DetectionModel
+from twinfer.pipeline import VisionModel
 
 PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 TIMING_RUNS = 15  # per model, interleaved, after one warm-up each
@@ -80,7 +80,7 @@ def calibration_pictures(directory: Path, limit: int) -> list[bytes]:
     return [p.read_bytes() for p in paths[:limit]]
 
 
-def _median_inference_ms(models: tuple[DetectionModel, DetectionModel], picture: bytes) -> tuple[float, float]:
+def _median_inference_ms(models: tuple[VisionModel, VisionModel], picture: bytes) -> tuple[float, float]:
     """Both models on one picture, interleaved (the machine may be shared), medians in ms."""
     times: tuple[list[float], list[float]] = ([], [])
     for model in models:

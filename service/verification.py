@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 if TYPE_CHECKING:  # the operator's --help and the twin parser need none of the runtimes
-    from twinfer.pipeline import DetectionModel
+    from twinfer.pipeline import VisionModel
 
 SET_FILE = "twinfer-verification.json"  # in a bundle and a version directory, beside the model
 PICTURE_PREFIX = "twinfer-verification-"  # the set's pictures: <prefix><n>.jpg
@@ -163,7 +163,7 @@ def agreement(
     )
 
 
-def detections(model: "DetectionModel", picture: bytes, threshold: float, gate: Gate) -> tuple[Found, ...]:
+def detections(model: "VisionModel", picture: bytes, threshold: float, gate: Gate) -> tuple[Found, ...]:
     """What ``model`` finds on ``picture`` down to the bottom of the tolerance band."""
     result = model.detect(picture, MAX_PICTURE_PIXELS, threshold=max(0.0, threshold - gate.score_tolerance))
     found = result.detections
@@ -214,7 +214,7 @@ def read_set(directory: Path) -> VerificationSet | None:
     return VerificationSet(tuple(pictures), threshold, gate, raw.get("reference") or {}, raw.get("operator") or {})
 
 
-def verify(model: "DetectionModel", directory: Path) -> Agreement | None:
+def verify(model: "VisionModel", directory: Path) -> Agreement | None:
     """Run ``model`` on the directory's verification set; None without a set. Below the
     gate: ``VerificationError`` carrying the agreement."""
     verification = read_set(directory)
@@ -260,7 +260,7 @@ def downscaled_jpeg(picture: bytes, width: int, height: int) -> bytes:
 
 
 def build_set(
-    reference_model: "DetectionModel", pictures: Iterable[bytes], count: int, gate: Gate, reference: dict
+    reference_model: "VisionModel", pictures: Iterable[bytes], count: int, gate: Gate, reference: dict
 ) -> tuple[VerificationSet, dict[str, bytes]]:
     """The ``count`` pictures on which the reference finds the most (ties: the order given),
     downscaled, with the reference's detections on exactly those bytes; returns the set and

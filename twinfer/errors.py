@@ -83,3 +83,18 @@ class ModelNotFound(RequestError):
 
     status = 404
     reason = "model_not_found"
+
+
+class WrongTask(RequestError):
+    """``/detect`` asked of a model that is not a detector (``/predict`` answers every task)."""
+
+    status = 409
+    reason = "wrong_task"
+
+
+class ChainUnavailable(RequestError):
+    """A chained model's detector is not loaded here, or cannot feed it."""
+
+    status = 503
+    reason = "chain_unavailable"
+    retry_after = 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import cv2
 import numpy as np
@@ -57,6 +57,20 @@ class Decoded(NamedTuple):
     color: str
 
 
+class Placement(Protocol):
+    """Where a model input came from in the picture: maps what a decoder finds there back."""
+
+    def points_to_image(self, points: np.ndarray) -> np.ndarray:
+        """Any ``x, y, x, y, ...`` array normalised to the model input -> normalised to the
+        picture, unclipped (keypoints may lie outside it)."""
+        ...
+
+    @property
+    def depth_scale(self) -> float:
+        """Picture widths per input width: a landmark's depth scales as its x does."""
+        ...
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Where the picture sits inside the model input, to map boxes back to it.
@@ -79,10 +93,24 @@ class Geometry:
     def to_image(self, boxes: np.ndarray) -> np.ndarray:
         """Boxes ``[xmin, ymin, xmax, ymax]`` normalised to the model input ->
         normalised to the picture, clipped to it."""
-        out = np.empty_like(boxes, dtype=np.float32)
-        out[:, 0::2] = (boxes[:, 0::2] * self.input_width - self.pad_x) / (self.scale_x * self.decoded_width)
-        out[:, 1::2] = (boxes[:, 1::2] * self.input_height - self.pad_y) / (self.scale_y * self.decoded_height)
-        return np.clip(out, 0.0, 1.0, out=out)
+        return np.clip(self.points_to_image(boxes), 0.0, 1.0)
+
+    def points_to_image(self, points: np.ndarray) -> np.ndarray:
+        out = np.empty_like(points, dtype=np.float32)
+        out[..., 0::2] = (points[..., 0::2] * self.input_width - self.pad_x) / (self.scale_x * self.decoded_width)
+        out[..., 1::2] = (points[..., 1::2] * self.input_height - self.pad_y) / (self.scale_y * self.decoded_height)
+        return out
+
+    @property
+    def depth_scale(self) -> float:
+        return self.input_width / (self.scale_x * self.decoded_width)
+
+    def content_box(self) -> tuple[float, float, float, float]:
+        """The picture's part of the input (the letterbox border left out), as fractions
+        of the input: x0, y0, x1, y1."""
+        x0, y0 = self.pad_x / self.input_width, self.pad_y / self.input_height
+        return (x0, y0, x0 + self.scale_x * self.decoded_width / self.input_width,
+                y0 + self.scale_y * self.decoded_height / self.input_height)
 
 
 def read_header(data: bytes, max_pixels: int) -> ImageHeader:

@@ -1,11 +1,12 @@
-"""Open a model directory (as staged in the repository) into a ``DetectionModel``.
+"""Open a model directory (as staged in the repository) into a ``VisionModel``.
 
 A directory holds one ``.onnx`` or ``.tflite`` file, optionally a labels ``.txt`` and a
 ``twinfer.json`` metadata file. Missing metadata is detected from the signature.
 
 Precedence, most specific first: ``twinfer.json``, then a labels file, then what the
 model file says about itself (Ultralytics' metadata, a TFLite metadata label file), then
-the signature and ``class_N`` labels.
+the signature and ``class_N`` labels. The task is the decoder's: named in
+``twinfer.json`` (``task``, ``decoder``) or detected from the signature.
 """
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from twinfer import ultralytics
+from twinfer.chain_spec import parse_chain
 from twinfer.decoders import Decoder, decoder_by_name, detect_decoder
 from twinfer.decoders.base import layout_of
 from twinfer.engines import ENGINE_FORMATS, Engine, EngineOptions, open_engine
 from twinfer.labels import embedded_tflite_labels, label_offset, read_label_file
-from twinfer.pipeline import DetectionModel
+from twinfer.pipeline import VisionModel
 from twinfer.quantized_io import passes_through
 from twinfer.signature import TensorInfo
 from twinfer.spec import ModelSpec, SpecError, apply_overrides
+from twinfer.tasks import CLASSIFICATION, KEYPOINTS, TASKS
 
 METADATA_FILE = "twinfer.json"
 log = logging.getLogger("twinfer.loader")
@@ -42,7 +45,7 @@ def find_model_file(directory: Path) -> Path:
 
 
 def find_labels(
-    directory: Path, model_path: Path, embedded: ultralytics.UltralyticsMetadata | None, decoder_cls: type[Decoder]
+    directory: Path, model_path: Path, embedded: ultralytics.UltralyticsMetadata | None, decoder: Decoder
 ) -> tuple[list[str], int]:
     """Labels and the offset of class id 0 in them: a labels file beside the model, else
     the export's own class names (ids exact, so no background offset), else a .tflite's
@@ -56,8 +59,8 @@ def find_labels(
         return list(embedded.names), 0
     if not labels and embedded is None and model_path.suffix.lower() == ".tflite":
         labels = embedded_tflite_labels(model_path) or []
-    labels = labels or list(decoder_cls.default_labels)
-    return labels, label_offset(labels, decoder_cls.counts_background)
+    labels = labels or list(decoder.default_labels)
+    return labels, label_offset(labels, decoder.counts_background)
 
 
 def embedded_metadata(model_path: Path, engine: Engine) -> ultralytics.UltralyticsMetadata | None:
@@ -91,8 +94,8 @@ def read_metadata(directory: Path) -> dict:
 
 def load_model(
     directory: Path, name: str, version: str, options: EngineOptions, score_threshold: float | None = None
-) -> DetectionModel:
-    """Load, detect the decoder and preprocessing, and build the pipeline.
+) -> VisionModel:
+    """Load, detect the task, decoder and preprocessing, and build the pipeline.
 
     ``score_threshold`` (the twin's inference setting) overrides the bundle's."""
     model_path = find_model_file(directory)
@@ -111,18 +114,31 @@ def load_model(
                 )
             if embedded.imgsz is not None:
                 signature = ultralytics.fill_input_size(signature, embedded.imgsz, layout_of(signature), model_path.name)
-        decoder_cls = decoder_by_name(metadata["decoder"]) if "decoder" in metadata else detect_decoder(signature)
+        task = metadata.get("task")
+        if task is not None and task not in TASKS:
+            raise SpecError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+        decoder_cls = (decoder_by_name(metadata["decoder"], task) if "decoder" in metadata
+                       else detect_decoder(signature, task))
         defaults = ModelSpec(
             decoder=decoder_cls.name,
             input=decoder_cls.default_input(signature),
+            task=decoder_cls.task,
+            # A classifier lists its top_k whatever their scores unless a threshold is set.
+            score_threshold=0.0 if decoder_cls.task == CLASSIFICATION else ModelSpec.score_threshold,
             decoder_options=ultralytics.decoder_options(engine.format, decoder_cls.name) if embedded else {},
         )
         spec = apply_overrides(defaults, metadata)
+        if "chain" in metadata:
+            spec = replace(spec, chain=parse_chain(metadata["chain"]))
+            if spec.task not in (CLASSIFICATION, KEYPOINTS):
+                raise SpecError(f"chain: a {spec.task} model is not fed crops; chain a classifier or a landmark model")
         if score_threshold is not None:
             spec = replace(spec, score_threshold=score_threshold)
         decoder = decoder_cls(signature, spec.decoder_options)
     except (SpecError, ValueError) as exc:
         raise ModelLoadError(f"{model_path.name}: {exc}") from exc
     _warn_unless_pixels_pass_through(model_path, signature.image_input, spec)
-    labels, offset = find_labels(directory, model_path, embedded, decoder_cls)
-    return DetectionModel(name, version, engine, decoder, spec, labels, offset, signature)
+    labels, offset = find_labels(directory, model_path, embedded, decoder)
+    if getattr(decoder, "channels", None) == 1 and len(labels) == 1:
+        labels = ["background", *labels]  # a one-channel mask's single label names its foreground
+    return VisionModel(name, version, engine, decoder, spec, labels, offset, signature)

@@ -1,13 +1,16 @@
-"""One loaded model, ready to turn image bytes into labelled detections.
+"""One loaded model, ready to turn image bytes into its task's result.
 
 The same object serves HTTP requests, validates a model during staging in the
 supervisor and runs the in-process ceiling benchmark, so all three measure one path.
+``detect`` is the detection route's path; ``predict`` answers every task; a chained model
+(fed crops of a detector's boxes) is run by ``twinfer.chain``, through ``infer``.
 """
 from __future__ import annotations
 
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +21,7 @@ from twinfer.engines.base import Engine
 from twinfer.quantized_io import dequantize
 from twinfer.signature import ModelSignature
 from twinfer.spec import ModelSpec
+from twinfer.tasks import DETECTION
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,33 @@ class DetectionResult:
     timings: Timings
 
 
-class DetectionModel:
-    """Engine + preprocessing + decoder + labels for one model version.
+@dataclass(frozen=True)
+class Prediction:
+    """Any task's answer: ``result`` is the decoder's (``twinfer.tasks``), or a chain's
+    crops (``twinfer.chain.CropResult``); ``timings_ms`` by stage, ``total`` last."""
+
+    header: imaging.ImageHeader
+    result: Any
+    timings_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What a request may change; None keeps the model's own setting."""
+
+    threshold: float | None = None
+    max_detections: int | None = None
+    top_k: int | None = None
+
+
+def whole_input(width: int, height: int) -> imaging.Geometry:
+    """The geometry of a picture that is exactly the model's input."""
+    return imaging.Geometry(image_width=width, image_height=height, decoded_width=width, decoded_height=height,
+                            input_width=width, input_height=height, scale_x=1.0, scale_y=1.0, pad_x=0.0, pad_y=0.0)
+
+
+class VisionModel:
+    """Engine + preprocessing + decoder + labels for one model version, of any task.
 
     ``signature``: the engine's with a dynamic image size fixed (from an export's
     metadata); the engine's own by default."""
@@ -74,19 +103,24 @@ class DetectionModel:
         index = class_id + self.label_offset
         return self.labels[index] if 0 <= index < len(self.labels) else f"class_{class_id}"
 
-    def params(self, threshold: float | None, max_detections: int | None) -> DecodeParams:
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    def params(self, threshold: float | None, max_detections: int | None, top_k: int | None = None) -> DecodeParams:
         return DecodeParams(
             score_threshold=self.spec.score_threshold if threshold is None else threshold,
             iou_threshold=self.spec.iou_threshold,
             max_detections=self.spec.max_detections if max_detections is None else max_detections,
+            top_k=self.spec.top_k if top_k is None else top_k,
         )
 
-    def _feeds(self, pixels: np.ndarray, geometry: imaging.Geometry) -> dict[str, np.ndarray]:
+    def _feeds(self, pixels: np.ndarray, geometry: imaging.Geometry | None) -> dict[str, np.ndarray]:
         """Model-sized uint8 HWC pixels -> the model's input tensors."""
         tensor = imaging.to_tensor(pixels, self.spec.input, self._input_dtype, self._input_quantization)
         return {self._input_name: tensor, **self.decoder.extra_inputs(geometry)}
 
-    def _forward(self, pixels: np.ndarray, geometry: imaging.Geometry) -> list[np.ndarray]:
+    def _forward(self, pixels: np.ndarray, geometry: imaging.Geometry | None) -> list[np.ndarray]:
         """Model-sized uint8 HWC pixels -> model outputs as real values."""
         outputs = self.engine.run(self._feeds(pixels, geometry))
         for index, quantization in self._quantized_outputs:
@@ -139,19 +173,38 @@ class DetectionModel:
         )
         return DetectionResult(header, detections, timings)
 
-    def warm_up(self) -> Detections:
-        """One inference on a mid-grey picture: proves the model runs and primes its buffers."""
+    def predict(
+        self, data: bytes, max_pixels: int, options: PredictOptions = PredictOptions(),
+        budget: DecodeBudget | None = None,
+    ) -> Prediction:
+        """Image bytes -> the task's result on the whole picture, timed by stage (a chained
+        model's request goes through ``twinfer.chain.predict_chained`` instead)."""
+        started = time.perf_counter()
+        header, pixels, geometry = self._pixels(data, max_pixels, budget)
+        decoded = time.perf_counter()
+        outputs = self._forward(pixels, geometry)
+        inferred = time.perf_counter()
+        result = self.decoder.decode(outputs, geometry, self.params(options.threshold, options.max_detections,
+                                                                    options.top_k))
+        finished = time.perf_counter()
+        return Prediction(header, result, {
+            "decode": (decoded - started) * 1e3, "inference": (inferred - decoded) * 1e3,
+            "postprocess": (finished - inferred) * 1e3, "total": (finished - started) * 1e3,
+        })
+
+    def infer(self, pixels: np.ndarray, placement: imaging.Placement, params: DecodeParams) -> Any:
+        """Model-sized uint8 HWC pixels (in the model's colour order) -> the result, mapped
+        back through ``placement`` (a ``Geometry``, or a chain's crop)."""
+        geometry = placement if isinstance(placement, imaging.Geometry) else None
+        return self.decoder.decode(self._forward(pixels, geometry), placement, params)
+
+    def warm_up(self) -> Any:
+        """One inference on a mid-grey picture, decoded as a request's would be: proves the
+        model runs and its decoder reads its outputs, and primes its buffers."""
         pixels = np.full((self.input_height, self.input_width, 3), 128, dtype=np.uint8)
-        geometry = imaging.Geometry(
-            image_width=self.input_width,
-            image_height=self.input_height,
-            decoded_width=self.input_width,
-            decoded_height=self.input_height,
-            input_width=self.input_width,
-            input_height=self.input_height,
-            scale_x=1.0,
-            scale_y=1.0,
-            pad_x=0.0,
-            pad_y=0.0,
-        )
+        geometry = whole_input(self.input_width, self.input_height)
         return self.decoder.decode(self._forward(pixels, geometry), geometry, self.params(None, None))
+
+    @property
+    def is_detector(self) -> bool:
+        return self.task == DETECTION

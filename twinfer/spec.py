@@ -3,11 +3,16 @@
 A bundle may carry ``twinfer.json``; every key is optional and anything missing is
 detected from the model's signature (see ``twinfer.decoders.detect``). Example::
 
-    {"decoder": "ssd_anchors",
+    {"task": "detection", "decoder": "ssd_anchors",
      "input": {"layout": "NHWC", "color": "RGB", "resize": "stretch",
                "normalize": "minus_one_to_one"},
      "score_threshold": 0.5, "iou_threshold": 0.5, "max_detections": 100,
      "decoder_options": {"num_layers": 6}}
+
+``task`` (``detection``, ``classification``, ``keypoints``, ``segmentation``) is needed
+only where the signature does not tell; ``top_k`` is how many classes a classifier
+answers; ``chain`` feeds the model crops of another model's detections
+(``twinfer.chain_spec``).
 
 ``normalize`` is ``none`` (0..255), ``zero_to_one``, ``minus_one_to_one`` or
 ``{"mean": [r, g, b], "std": [r, g, b]}`` in 0..255 units; it applies to float inputs and
@@ -17,7 +22,10 @@ point: ``twinfer.quantized_io``); a uint8 input without a quantization takes raw
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from twinfer.chain_spec import ChainSpec
 
 NORMALIZE_PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
@@ -49,10 +57,13 @@ class InputSpec:
 class ModelSpec:
     decoder: str
     input: InputSpec
+    task: str = "detection"
     score_threshold: float = 0.5
     iou_threshold: float = 0.5
     max_detections: int = 100
+    top_k: int = 5
     decoder_options: Mapping[str, Any] = field(default_factory=dict)
+    chain: ChainSpec | None = None  # parsed by ``twinfer.chain_spec`` (the loader): it names another model
 
 
 def _choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
@@ -94,7 +105,8 @@ def apply_overrides(defaults: ModelSpec, metadata: Mapping[str, Any]) -> ModelSp
     """Lay a bundle's metadata over the detected defaults, validating every key."""
     if not isinstance(metadata, Mapping):
         raise SpecError("metadata must be a JSON object")
-    known = {"decoder", "input", "score_threshold", "iou_threshold", "max_detections", "decoder_options"}
+    known = {"task", "decoder", "input", "score_threshold", "iou_threshold", "max_detections", "top_k",
+             "decoder_options", "chain"}
     unknown = set(metadata) - known
     if unknown:
         raise SpecError(f"unknown metadata keys: {', '.join(sorted(unknown))}")
@@ -129,11 +141,12 @@ def apply_overrides(defaults: ModelSpec, metadata: Mapping[str, Any]) -> ModelSp
         spec = replace(spec, score_threshold=_unit_float(metadata["score_threshold"], "score_threshold"))
     if "iou_threshold" in metadata:
         spec = replace(spec, iou_threshold=_unit_float(metadata["iou_threshold"], "iou_threshold"))
-    if "max_detections" in metadata:
-        value = metadata["max_detections"]
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10000:
-            raise SpecError(f"max_detections must be an integer 1..10000, got {value!r}")
-        spec = replace(spec, max_detections=value)
+    for key, limit in (("max_detections", 10000), ("top_k", 1000)):
+        if key in metadata:
+            value = metadata[key]
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+                raise SpecError(f"{key} must be an integer 1..{limit}, got {value!r}")
+            spec = replace(spec, **{key: value})
     if "decoder_options" in metadata:
         if not isinstance(metadata["decoder_options"], Mapping):
             raise SpecError("decoder_options must be an object")

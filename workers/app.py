@@ -19,6 +19,7 @@ from workers.limits import create_body_deadline
 from workers.middleware import RequestMetrics, model_label
 from workers.resources.detect import DetectResource
 from workers.resources.openapi import OpenApiResource
+from workers.resources.predict import PredictResource
 from workers.resources.status import HealthResource, MetricsResource, ModelsResource, ReadyResource
 from workers.settings import WorkerSettings
 
@@ -65,8 +66,9 @@ def create_app(settings: WorkerSettings | None = None) -> falcon.App:
     json = falcon.media.JSONHandler(dumps=orjson.dumps, loads=orjson.loads)  # resp.media, in one place
     app.resp_options.media_handlers.update({falcon.MEDIA_JSON: json})
     app.req_options.media_handlers.update({falcon.MEDIA_JSON: json})
-    inference = InferenceHandler(holder, settings)  # what /detect and /v2 infer share
+    inference = InferenceHandler(holder, settings)  # what /detect, /predict and /v2 infer share
     app.add_route("/detect", _with_head(DetectResource(inference)))
+    app.add_route("/predict", _with_head(PredictResource(inference)))
     app.add_route("/healthz", _with_head(HealthResource()))
     app.add_route("/readyz", _with_head(ReadyResource(holder)))
     app.add_route("/models", _with_head(ModelsResource(holder)))

@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -28,7 +28,7 @@ from filelock import FileLock, Timeout
 from twinfer.engines.base import EngineOptions
 from twinfer.loader import load_model
 from twinfer.manifest import Manifest, ModelEntry, read_manifest
-from twinfer.pipeline import DetectionModel
+from twinfer.pipeline import VisionModel
 from twinfer.store_layout import StoreLayout
 from twinfer.worker_state import WorkerState
 from workers import metrics
@@ -46,7 +46,7 @@ RELOAD_NICENESS = 5
 class ServingModel:
     """A loaded model and the manifest entry it came from, with its in-flight count."""
 
-    def __init__(self, model: DetectionModel, manifest: ModelEntry, loaded_at: float) -> None:
+    def __init__(self, model: VisionModel, manifest: ModelEntry, loaded_at: float) -> None:
         self.model = model
         self.manifest = manifest
         self.loaded_at = loaded_at
@@ -107,13 +107,24 @@ class ModelHolder:
         """The named (else the default) model for one request, used in one of the worker's
         inference slots (``workers.inference_slots``); a swap meanwhile waits for the
         request to finish. None: no such model here."""
+        with self.serving_chain(name) as (current, _):
+            yield current
+
+    @contextmanager
+    def serving_chain(self, name: str | None = None) -> Iterator[tuple[ServingModel | None, ServingModel | None]]:
+        """Like ``serving``, with the detector a chained model names (None when it has no
+        chain or the detector is not loaded): both from one reading of the pool and both
+        held until the request ends, so a swap of either never splits a request."""
         with self.slots.hold():
-            current = self.serving_now(name)
+            models = self.models
+            current = models.get(name if name is not None else self.default or "")
             if current is None:
-                yield None
+                yield None, None
                 return
-            with current.in_use():
-                yield current
+            chain = current.model.spec.chain
+            detector = models.get(chain.detector) if chain is not None else None
+            with current.in_use(), detector.in_use() if detector is not None else nullcontext():
+                yield current, detector
 
     def start(self) -> threading.Thread:
         """Load every published model before returning, so a worker (re)spawned by gunicorn

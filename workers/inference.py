@@ -1,11 +1,12 @@
 """The inference every transport shares: options, the active model, running it, metrics.
 
-``POST /detect`` and KServe v2's ``.../infer`` differ only in how a request arrives and
-how its answer is written (``workers.resources.detect``, ``workers.kserve.resources``);
-what is asked of the model, and what is checked and counted on the way, is here, once:
-the detection options and their bounds, which model serves (by name, the default one
-without; a clear 404 naming the models there are, or 503 while one loads),
-the detection document, the raw tensor run, and the inference-time histogram.
+``POST /detect``, ``POST /predict`` and KServe v2's ``.../infer`` differ only in how a
+request arrives and how its answer is written (``workers.resources``,
+``workers.kserve.resources``); what is asked of the model, and what is checked and counted
+on the way, is here, once: the request options and their bounds, which model serves (by
+name, the default one without; a clear 404 naming the models there are, or 503 while one
+loads), a chained model's detector, the documents (``workers.predictions``), the raw
+tensor run, and the inference-time histogram.
 """
 from __future__ import annotations
 
@@ -18,17 +19,51 @@ from typing import Iterator, Mapping
 import falcon
 import numpy as np
 
+from twinfer.chain import ChainError, predict_chained
+from twinfer.chain_spec import MAX_CROPS_LIMIT
 from twinfer.decode_budget import DecodeBudget
-from twinfer.errors import ModelNotFound, NoModel, RequestError
-from twinfer.pipeline import DetectionResult
+from twinfer.errors import BadParameter, ChainUnavailable, ModelNotFound, NoModel, RequestError, WrongTask
+from twinfer.pipeline import DetectionResult, PredictOptions
 from workers import metrics
 from workers.client_numbers import client_float, client_int
 from workers.holder import ModelHolder, ServingModel
+from workers.predictions import (
+    MASK_FORMATS,
+    chained_instances,
+    detection_items,
+    envelope,
+    model_reference,
+    task_result,
+)
 from workers.settings import WorkerSettings
 
 log = logging.getLogger("twinfer.worker")
 
 MAX_DETECTIONS_LIMIT = 1000
+MAX_TOP_K = 1000
+
+
+@dataclass(frozen=True)
+class PredictQuery:
+    """What a /predict request may change: the task's options, the mask's encoding and,
+    for a chained model, fewer crops than its cap."""
+
+    predict: PredictOptions = PredictOptions()
+    mask_format: str = "png"
+    max_crops: int | None = None
+
+    @staticmethod
+    def parse(req: falcon.Request) -> "PredictQuery":
+        detect = DetectOptions.parse(req.get_param("threshold"), req.get_param("max_detections"))
+        top_k, max_crops, mask_format = req.get_param("top_k"), req.get_param("max_crops"), req.get_param("format")
+        if mask_format is not None and mask_format not in MASK_FORMATS:
+            raise BadParameter(f"format must be one of {', '.join(MASK_FORMATS)}, got {mask_format[:40]!r}")
+        return PredictQuery(
+            PredictOptions(detect.threshold, detect.max_detections,
+                           None if top_k is None else client_int(top_k, "top_k", 1, MAX_TOP_K)),
+            mask_format or "png",
+            None if max_crops is None else client_int(max_crops, "max_crops", 1, MAX_CROPS_LIMIT),
+        )
 
 
 @dataclass(frozen=True)
@@ -51,32 +86,11 @@ class DetectOptions:
 
 def render(result: DetectionResult, serving: ServingModel) -> dict:
     """The detection document; boxes both normalised and in pixels of the original picture."""
-    model, manifest = serving.model, serving.manifest
-    width, height = result.header.width, result.header.height
-    detections = []
-    for box, score, class_id in zip(
-        result.detections.boxes.tolist(), result.detections.scores.tolist(), result.detections.class_ids.tolist()
-    ):
-        xmin, ymin, xmax, ymax = box
-        detections.append(
-            {
-                "label": model.label(class_id),
-                "class_id": class_id,
-                "score": round(score, 5),
-                "box": {"xmin": round(xmin, 5), "ymin": round(ymin, 5), "xmax": round(xmax, 5), "ymax": round(ymax, 5)},
-                "box_px": {
-                    "xmin": round(xmin * width, 1),
-                    "ymin": round(ymin * height, 1),
-                    "xmax": round(xmax * width, 1),
-                    "ymax": round(ymax * height, 1),
-                },
-            }
-        )
-    t = result.timings
+    header, t = result.header, result.timings
     return {
-        "model": {"name": manifest.name, "version": manifest.version, "generation": manifest.generation},
-        "image": {"width": width, "height": height, "format": result.header.format},
-        "detections": detections,
+        "model": model_reference(serving.manifest),
+        "image": {"width": header.width, "height": header.height, "format": header.format},
+        "detections": detection_items(result.detections, serving.model, header.width, header.height),
         "timing_ms": {
             "decode": round(t.decode_ms, 3),
             "inference": round(t.inference_ms, 3),
@@ -102,6 +116,13 @@ class InferenceHandler:
         return self._checked(req, self._holder.serving_now(name), name, version)
 
     @contextmanager
+    def serving_chain(self, req: falcon.Request, name: str | None = None
+                      ) -> Iterator[tuple[ServingModel, ServingModel | None]]:
+        """Like ``serving``, with the detector a chained model names (``ModelHolder.serving_chain``)."""
+        with self._holder.serving_chain(name) as (serving, detector):
+            yield self._checked(req, serving, name, None), detector
+
+    @contextmanager
     def serving(self, req: falcon.Request, name: str | None = None, version: str | None = None) -> Iterator[ServingModel]:
         """The model for one request, in one of the worker's inference slots; a swap
         meanwhile waits for it. Read the request body before: a slow upload holds no slot."""
@@ -123,11 +144,42 @@ class InferenceHandler:
         return serving
 
     def detect(self, serving: ServingModel, image: bytes, options: DetectOptions) -> dict:
-        """Encoded picture -> the detection document."""
+        """Encoded picture -> the detection document (a detector's only: 409 otherwise)."""
+        model = serving.model
+        if not model.is_detector:
+            raise WrongTask(f"model {serving.manifest.name!r} is a {model.task} model, not a detector: "
+                            f"POST /predict?model={serving.manifest.name} answers it")
         result = serving.model.detect(image, self._settings.max_image_pixels, options.threshold, options.max_detections,
                                       self._decode_budget)
         _observe(serving, result.timings.inference_ms / 1e3)
         return render(result, serving)
+
+    def predict(self, serving: ServingModel, detector: ServingModel | None, image: bytes,
+                options: PredictQuery) -> dict:
+        """Encoded picture -> the /predict envelope, for any task, chained or not."""
+        model, manifest = serving.model, serving.manifest
+        chain = model.spec.chain
+        limit = self._settings.max_image_pixels
+        if chain is None:
+            prediction = model.predict(image, limit, options.predict, self._decode_budget)
+            result = task_result(prediction.result, model, prediction.header, options.mask_format)
+        else:
+            if detector is None:
+                raise ChainUnavailable(f"model {manifest.name!r} is fed by detector {chain.detector!r}, "
+                                       "which this server does not serve now")
+            try:
+                prediction = predict_chained(model, detector.model, image, limit, options.predict,
+                                             self._decode_budget, options.max_crops)
+            except ChainError as exc:
+                raise ChainUnavailable(f"model {manifest.name!r}: {exc}") from None
+            header = prediction.header
+            result = {"detector": model_reference(detector.manifest), "crops": len(prediction.result),
+                      "instances": chained_instances(prediction.result, model, detector.model, header.width,
+                                                     header.height)}
+        _observe(serving, prediction.timings_ms["inference"] / 1e3)
+        if detector is not None and chain is not None:
+            _observe(detector, prediction.timings_ms["detector"] / 1e3)
+        return envelope(model.task, manifest, prediction.header, result, prediction.timings_ms)
 
     def run(self, serving: ServingModel, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """The model's raw tensors in and out (inputs already checked against its signature)."""

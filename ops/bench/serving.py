@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How close does the HTTP service get to what the model can do on this machine?
 
-One run measures the in-process ceiling (``DetectionModel.detect``, the exact request-path
+One run measures the in-process ceiling (``VisionModel.detect``, the exact request-path
 core, with the service's thread settings) and then the real service (``python -m service``,
 gunicorn + Falcon) under wrk, and prints both side by side with their ratios, so a
 regression in the serving layer shows up as a falling ratio rather than a bare number.

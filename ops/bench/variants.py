@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The demo SSD's int8 variant against its fp32 model on this machine, in one run.
 
-* speed in-process (``DetectionModel.detect``, the request path's core: c=1 latency and one
+* speed in-process (``VisionModel.detect``, the request path's core: c=1 latency and one
   process per worker at saturation) and served (``python -m service``, gunicorn, wrk at
   saturation), fp32 and int8 interleaved round by round (the machine is shared: medians);
 * agreement on photos not used for calibration: leave-one-out over the repository's photos

@@ -59,7 +59,7 @@ def _version_dir(root: Path, case: str) -> Path:
 
 
 def _feeds(model, picture: Path) -> dict[str, np.ndarray]:
-    """What ``DetectionModel.detect`` feeds the engine for ``picture``."""
+    """What ``VisionModel.detect`` feeds the engine for ``picture``."""
     data = picture.read_bytes()
     header = imaging.read_header(data, 50_000_000)
     image = imaging.decode(data, header)

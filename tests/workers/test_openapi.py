@@ -122,7 +122,7 @@ def test_document_is_openapi_3_structure(doc):
 
 
 def test_detect_is_documented_as_implemented(doc):
-    from twinfer.errors import JsonTooComplex, RequestError
+    from twinfer.errors import ChainUnavailable, JsonTooComplex, RequestError, WrongTask
     from workers.inference import MAX_DETECTIONS_LIMIT
     from workers.protocol_errors import REASONS as PROTOCOL_REASONS
 
@@ -145,13 +145,31 @@ def test_detect_is_documented_as_implemented(doc):
             yield from subclasses(sub)
 
     assert PROTOCOL_REASONS <= reasons  # gunicorn's refusals, in the same document
+    predict = doc["paths"]["/predict"]["post"]
+    only = {JsonTooComplex: (), WrongTask: (detect,), ChainUnavailable: (predict,)}  # the v2 routes parse JSON
     for cls in [RequestError, *subclasses(RequestError)]:
         assert cls.reason in reasons, cls
-        if cls is JsonTooComplex:  # only the v2 routes parse JSON tensors
-            continue
-        response = detect["responses"][str(cls.status)]
-        assert resolve(doc, response["content"]["application/json"]["schema"]) is error
-        assert f"`{cls.reason}`" in response["description"], (cls.reason, cls.status)
+        for route in only.get(cls, (detect, predict)):
+            response = route["responses"][str(cls.status)]
+            assert resolve(doc, response["content"]["application/json"]["schema"]) is error
+            assert f"`{cls.reason}`" in response["description"], (route["operationId"], cls.reason, cls.status)
+
+
+def test_predict_documents_its_options_and_envelope(doc):
+    from twinfer.chain_spec import MAX_CROPS_LIMIT
+    from twinfer.tasks import TASKS
+    from workers.inference import MAX_TOP_K
+    from workers.predictions import MASK_FORMATS
+
+    predict = doc["paths"]["/predict"]["post"]
+    parameters = {p["name"]: p for p in predict["parameters"]}
+    assert set(parameters) == {"model", "threshold", "max_detections", "top_k", "format", "max_crops"}
+    assert parameters["top_k"]["schema"]["maximum"] == MAX_TOP_K
+    assert parameters["max_crops"]["schema"]["maximum"] == MAX_CROPS_LIMIT
+    assert tuple(parameters["format"]["schema"]["enum"]) == MASK_FORMATS
+    envelope = resolve(doc, predict["responses"]["200"]["content"]["application/json"]["schema"])
+    assert envelope["required"] == ["task", "model", "image", "timing_ms"]
+    assert tuple(envelope["properties"]["task"]["enum"]) == TASKS
 
 
 # --- the document against the app ------------------------------------------------------------

@@ -1,9 +1,13 @@
 """What every output decoder takes and returns.
 
-A decoder turns a model's raw outputs into ``Detections``: boxes ``[xmin, ymin, xmax,
-ymax]`` normalised to the *picture* (not the model input), scores, class ids. Each
-family lives in its own module and says, from the signature alone, whether it can read
-a model (``matches``) and how that model wants its pixels (``default_input``).
+A decoder turns a model's raw outputs into its task's result (``twinfer.tasks``): a
+detector's ``Detections`` are boxes ``[xmin, ymin, xmax, ymax]`` normalised to the
+*picture* (not the model input), scores, class ids and, for the families that regress
+them, keypoints. Each family lives in its own module and says, from the signature alone,
+whether it can read a model (``matches``) and how that model wants its pixels
+(``default_input``). Decoders map their results to the picture through a ``Placement``:
+the whole picture resized into the input (``twinfer.imaging.Geometry``) or a rotated crop
+of it (``twinfer.crops.CropPlacement``).
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence
 import cv2
 import numpy as np
 
-from twinfer.imaging import Geometry
+from twinfer.imaging import Geometry, Placement
 from twinfer.signature import ModelSignature
 from twinfer.spec import InputSpec
 
@@ -23,6 +27,9 @@ class Detections:
     boxes: np.ndarray  # (N, 4) float32, xmin ymin xmax ymax normalised to the picture
     scores: np.ndarray  # (N,) float32, descending
     class_ids: np.ndarray  # (N,) int64, index into the labels file
+    # (N, K, 2) float32 x, y normalised to the picture (not clipped), for the families that
+    # regress keypoints with each box (BlazeFace, MediaPipe's pose and palm detectors).
+    keypoints: np.ndarray | None = None
 
     @staticmethod
     def empty() -> "Detections":
@@ -37,10 +44,12 @@ class DecodeParams:
     score_threshold: float
     iou_threshold: float
     max_detections: int
+    top_k: int = 5  # classification: how many classes an answer lists
 
 
 class Decoder(Protocol):
     name: ClassVar[str]
+    task: ClassVar[str]  # one of ``twinfer.tasks.TASKS``
     # True when class id 0 is the background class and so lines up with a "???" first
     # label line; False when ids start at the first real class.
     counts_background: ClassVar[bool]
@@ -63,7 +72,9 @@ class Decoder(Protocol):
         """Inputs besides the picture (e.g. YOLOv3's ``image_shape``)."""
         ...
 
-    def decode(self, outputs: Sequence[np.ndarray], geometry: Geometry, params: DecodeParams) -> Detections: ...
+    def decode(self, outputs: Sequence[np.ndarray], placement: Placement, params: DecodeParams) -> Any:
+        """Real-valued outputs -> the task's result, in the picture's coordinates."""
+        ...
 
 
 def layout_of(signature: ModelSignature) -> str:
@@ -94,25 +105,30 @@ def per_anchor_output_dims(signature: ModelSignature) -> tuple[int | None, int |
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    """Logistic function; logits past +-80 (where it is 0 or 1 in float32) are clipped so
+    ``exp`` never overflows."""
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -80.0, 80.0)))
 
 
 NMS_CANDIDATES = 1000
 
 
 def nms(
-    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, params: DecodeParams, class_agnostic: bool = False
+    boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, params: DecodeParams, class_agnostic: bool = False,
+    keypoints: np.ndarray | None = None,
 ) -> Detections:
     """Per-class non-maximum suppression (OpenCV's), keeping the best ``max_detections``.
 
     ``boxes`` are xyxy in any consistent unit; scores below the threshold are dropped
-    first, and only the best ``NMS_CANDIDATES`` go into NMS.
+    first, and only the best ``NMS_CANDIDATES`` go into NMS. ``keypoints`` (N, K, 2), when
+    given, follow their boxes.
     """
     keep = np.flatnonzero(scores >= params.score_threshold)
     if len(keep) > NMS_CANDIDATES:
         # NMS is quadratic: a client asking threshold=0 must not buy 300 ms of CPU.
         keep = keep[np.argpartition(-scores[keep], NMS_CANDIDATES)[:NMS_CANDIDATES]]
     boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
+    keypoints = None if keypoints is None else keypoints[keep]
     if len(scores) == 0:
         return Detections.empty()
     xywh = np.stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
@@ -124,4 +140,5 @@ def nms(
         )
     picked = np.asarray(picked, dtype=np.int64).reshape(-1)
     picked = picked[np.argsort(-scores[picked], kind="stable")][: params.max_detections]
-    return Detections(boxes[picked].astype(np.float32), scores[picked].astype(np.float32), class_ids[picked].astype(np.int64))
+    return Detections(boxes[picked].astype(np.float32), scores[picked].astype(np.float32),
+                      class_ids[picked].astype(np.int64), None if keypoints is None else keypoints[picked])

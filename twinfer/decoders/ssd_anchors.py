@@ -24,6 +24,7 @@ from twinfer.decoders.base import (
 from twinfer.imaging import Geometry
 from twinfer.signature import ModelSignature
 from twinfer.spec import NORMALIZE_PRESETS, InputSpec
+from twinfer.tasks import DETECTION
 
 
 def _output_indices(signature: ModelSignature) -> tuple[int, int]:
@@ -44,6 +45,7 @@ class SsdAnchorsDecoder:
     """Box encodings ``[1, A, 4]`` (ty, tx, th, tw) and logits ``[1, A, C]``, class 0 background."""
 
     name: ClassVar[str] = "ssd_anchors"
+    task: ClassVar[str] = DETECTION
     counts_background: ClassVar[bool] = True
     default_labels: ClassVar[tuple[str, ...]] = ()
 

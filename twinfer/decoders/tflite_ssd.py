@@ -15,6 +15,7 @@ from twinfer.decoders.base import DecodeParams, Detections, layout_of
 from twinfer.imaging import Geometry
 from twinfer.signature import ModelSignature, TensorInfo
 from twinfer.spec import NORMALIZE_PRESETS, InputSpec
+from twinfer.tasks import DETECTION
 
 _OP_NAME = "TFLite_Detection_PostProcess"
 _YXYX_TO_XYXY = [1, 0, 3, 2]
@@ -45,6 +46,7 @@ def _integral(values: np.ndarray) -> bool:
 
 class TfliteSsdPostprocessDecoder:
     name: ClassVar[str] = "tflite_ssd_postprocess"
+    task: ClassVar[str] = DETECTION
     # The op's class ids start at the first real class; a leading "???" label is skipped.
     counts_background: ClassVar[bool] = False
     default_labels: ClassVar[tuple[str, ...]] = ()

@@ -18,6 +18,7 @@ from twinfer.decoders.base import DecodeParams, Detections, input_size, layout_o
 from twinfer.imaging import Geometry
 from twinfer.signature import ModelSignature
 from twinfer.spec import NORMALIZE_PRESETS, InputSpec
+from twinfer.tasks import DETECTION
 
 VARIANTS = ("v5", "v8")
 BOX_UNITS = ("pixels", "normalized")
@@ -31,6 +32,7 @@ def _attribute_dim(shape: tuple[int | None, ...]) -> int | None:
 
 class YoloDecoder:
     name: ClassVar[str] = "yolo"
+    task: ClassVar[str] = DETECTION
     counts_background: ClassVar[bool] = False
     default_labels: ClassVar[tuple[str, ...]] = ()
 

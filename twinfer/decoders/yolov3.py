@@ -15,6 +15,7 @@ from twinfer.decoders.base import DecodeParams, Detections
 from twinfer.imaging import Geometry
 from twinfer.signature import ModelSignature, TensorInfo
 from twinfer.spec import NORMALIZE_PRESETS, InputSpec
+from twinfer.tasks import DETECTION
 
 _YXYX_TO_XYXY = [1, 0, 3, 2]
 
@@ -30,6 +31,7 @@ def _is_integer(tensor: TensorInfo) -> bool:
 
 class YoloV3NmsDecoder:
     name: ClassVar[str] = "yolov3_nms"
+    task: ClassVar[str] = DETECTION
     counts_background: ClassVar[bool] = False
     default_labels: ClassVar[tuple[str, ...]] = ()
 

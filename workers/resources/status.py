@@ -5,6 +5,7 @@ from dataclasses import asdict
 
 import falcon
 
+from twinfer.pipeline import VisionModel
 from workers import metrics
 from workers.holder import ModelHolder, ServingModel
 
@@ -32,8 +33,24 @@ class ReadyResource:
                           "models": {name: s.manifest.version for name, s in sorted(self._holder.models.items())}}
 
 
+def _task_details(model: VisionModel) -> dict:
+    """What a client needs to read the task's answers: a landmark model's point names and
+    skeleton edges (given once here, not in every answer), a chain's detector and crop."""
+    details: dict = {}
+    topology = getattr(model.decoder, "topology", None)
+    if topology is not None:
+        details["keypoints"] = {"topology": topology.name, "names": list(topology.names),
+                                "edges": [list(edge) for edge in topology.edges]}
+    chain = model.spec.chain
+    if chain is not None:
+        details["chain"] = {"detector": chain.detector, "max_crops": chain.max_crops,
+                            "labels": None if chain.labels is None else list(chain.labels),
+                            "min_score": chain.min_score, "crop": asdict(chain.crop)}
+    return details
+
+
 def model_document(serving: ServingModel, default: bool) -> dict:
-    """One served model: manifest entry, preprocessing, decoder, labels count."""
+    """One served model: manifest entry, task, preprocessing, decoder, labels count."""
     model, manifest = serving.model, serving.manifest
     spec = model.spec
     return {
@@ -43,6 +60,7 @@ def model_document(serving: ServingModel, default: bool) -> dict:
         "default": default,
         "format": manifest.format,
         "variant": manifest.variant,
+        "task": spec.task,
         "decoder": spec.decoder,
         "input": {
             "width": model.input_width,
@@ -56,8 +74,10 @@ def model_document(serving: ServingModel, default: bool) -> dict:
         "score_threshold": spec.score_threshold,
         "iou_threshold": spec.iou_threshold,
         "max_detections": spec.max_detections,
+        "top_k": spec.top_k,
         "labels": len(model.labels),
         "shared_weights": getattr(model.engine, "shared_weights", False),
+        **_task_details(model),
     }
 
 

@@ -790,7 +790,7 @@ def project_version() -> str:
 
 
 def run_ceiling(pictures: dict[str, Path], args: argparse.Namespace) -> dict[str, serving.InProcess] | str:
-    print(f"\n[{CEILING}] in-process DetectionModel.detect loops (1 process, then {args.workers})", flush=True)
+    print(f"\n[{CEILING}] in-process VisionModel.detect loops (1 process, then {args.workers})", flush=True)
     options = EngineOptions(intra_op_threads=1, inter_op_threads=1)
     try:
         result = {

@@ -1,6 +1,6 @@
 """The per-request work every peer does: the reference design's, or twinfer's own (``PEER_PIPELINE``).
 
-twinfer (``twinfer.pipeline.DetectionModel.detect`` with ``models/default``) does, per request:
+twinfer (``twinfer.pipeline.VisionModel.detect`` with ``models/default``) does, per request:
 read the image header, decode the JPEG with OpenCV (at 1/2, 1/4 or 1/8 scale when the 300x300
 input is that much smaller: 1920x1080 is decoded at 1/2), stretch-resize to 300x300, BGR->RGB,
 normalise to [-1, 1], ``InferenceSession.run``, decode the SSD box encodings against the
