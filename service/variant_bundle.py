@@ -104,6 +104,9 @@ def make_variant(
     tests' broken quantisation, which devices must refuse on their own)."""
     reference_path = find_model_file(reference_dir)
     reference = load_model(reference_dir, "reference", "0", _OPTIONS)
+    if not reference.is_detector:
+        raise VariantError(f"variants are measured by their detections; this is a {reference.task} model "
+                           "(quantise it elsewhere and bundle it as a model of its own)")
     for item in reference_dir.iterdir():
         if item.is_file() and item != reference_path:
             shutil.copyfile(item, into / item.name)

@@ -220,6 +220,9 @@ def verify(model: "VisionModel", directory: Path) -> Agreement | None:
     verification = read_set(directory)
     if verification is None:
         return None
+    if not model.is_detector:
+        raise VerificationError(f"the bundle's verification set compares detections, but this is a {model.task} "
+                                "model: bundle it without a variant's verification set")
     threshold, gate = verification.score_threshold, verification.gate
     candidate = [detections(model, (directory / name).read_bytes(), threshold, gate) for name, _ in verification.pictures]
     measured = agreement([found for _, found in verification.pictures], candidate, threshold, gate)

@@ -72,6 +72,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(needs --name and --version)")
     parser.add_argument("--compressed", action="store_true",
                         help="also write OUT.zip.zst, the bundle compressed for the wire (twin-patch --compressed)")
+    parser.add_argument("--sample", type=Path, metavar="PICTURE",
+                        help="run the model on this picture as the device would and print its answer in brief")
+    parser.add_argument("--detector", type=Path, metavar="DETECTOR.zip",
+                        help="a chained model (twinfer.json chain): the bundle of the detector it names; checks "
+                             "that it can feed this model (and, with --sample, runs the chain)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     variant_options.configure_bundle(parser)
 
@@ -119,6 +124,9 @@ def _entries(args: argparse.Namespace) -> list[tuple[str, Path]]:
             raise BundleInputError(str(exc)) from None
     if not args.output.parent.resolve().is_dir():
         raise BundleInputError(f"output directory {args.output.parent} does not exist")
+    for option, path in (("--sample", args.sample), ("--detector", args.detector)):
+        if path is not None and not path.is_file():
+            raise BundleInputError(f"{option} {path} does not exist")
     if getattr(args, "sign", None) is not None and args.name is None:
         raise BundleInputError("--sign needs --name and --version: the signature covers them with the SHA-256")
     try:
@@ -190,6 +198,7 @@ def build_and_validate(args: argparse.Namespace, work: Path) -> dict:
         validated = validate_model_dir(unpacked, name, version, prepare=False)
     except Exception as exc:  # the runtime's own errors too: any failure is a refusal on the device
         raise BundleInputError(f"the model does not validate: {exc}") from None
+    task = _check_task(args, unpacked, work)
     sha256, md5 = file_digests(zip_path)
     signed: dict = {}
     if private_key is not None:
@@ -203,6 +212,7 @@ def build_and_validate(args: argparse.Namespace, work: Path) -> dict:
         "sha256": sha256,
         "md5": md5,
         "md5_base64": base64.b64encode(bytes.fromhex(md5)).decode(),
+        **task,
         "decoder": validated.decoder,
         "format": validated.format,
         "input": {"width": validated.input_width, "height": validated.input_height},
@@ -213,6 +223,28 @@ def build_and_validate(args: argparse.Namespace, work: Path) -> dict:
         **signed,
         **({"variant": variant.figures()} if variant is not None else {}),
     }
+
+
+def _check_task(args: argparse.Namespace, unpacked: Path, work: Path) -> dict:
+    """The task, the chain's detector and the sample's answer (``service.task_check``)."""
+    from service.task_check import TaskCheckError, check_task
+    from service.update.bundle import BundleError, unpack_bundle
+
+    detector_dir = None
+    if args.detector is not None:
+        detector_dir = work / "detector"
+        detector_dir.mkdir()
+        try:
+            unpack_bundle(args.detector, detector_dir)
+        except BundleError as exc:
+            raise BundleInputError(f"--detector {args.detector}: the device would refuse it ({exc.reason}): {exc}") from None
+    sample = args.sample.read_bytes() if args.sample is not None else None
+    try:
+        return check_task(unpacked, detector_dir, sample)
+    except TaskCheckError as exc:
+        raise BundleInputError(str(exc)) from None
+    except Exception as exc:  # the detector's load, the runtime's own errors
+        raise BundleInputError(f"{f'--detector {args.detector}: ' if args.detector else ''}{exc}") from None
 
 
 def _place(source: Path, target: Path) -> None:
@@ -244,6 +276,7 @@ def _print_human(result: dict) -> None:
         ("sha256", result["sha256"]),
         ("md5", result["md5"]),
         ("md5_base64", f"{result['md5_base64']}  (the form of Blob Storage's Content-MD5)"),
+        ("task", result["task"]),
         ("decoder", result["decoder"]),
         ("format", result["format"]),
         ("input", f"{result['input']['width']}x{result['input']['height']}"),
@@ -251,6 +284,12 @@ def _print_human(result: dict) -> None:
     ]
     if result["name"]:
         rows.insert(1, ("model", f"{result['name']} {result['version']}"))
+    if result.get("chain"):
+        chain = result["chain"]
+        rows.append(("chain", f"fed by detector {chain['detector']!r}"
+                              + ("" if chain["checked"] else " (not checked: give --detector ITS_BUNDLE.zip)")))
+    if result.get("sample"):
+        rows.append(("sample", f"{result['sample']['summary']} ({result['sample']['timing_ms']['total']} ms)"))
     if result.get("signature"):
         rows += [("signature", result["signature"]), ("key_id", result["key_id"])]
     if result.get("compressed"):
