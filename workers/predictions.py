@@ -20,7 +20,9 @@ from twinfer.pipeline import VisionModel
 from twinfer.tasks import CLASSIFICATION, DETECTION, KEYPOINTS, SEGMENTATION, Classes, Landmarks, SegmentationMask
 
 MASK_FORMATS = ("png", "rle")
-PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # 1080p class map: ~4 ms here, and a class map compresses well anyway
+# A class map compresses well without PNG's row filters, which cost most of the encoding:
+# a 1080p mask takes 3.6 ms here without them, 16 ms with OpenCV's default (12 KB either way).
+PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
 
 
 def _box(xmin: float, ymin: float, xmax: float, ymax: float, width: int, height: int) -> dict:
@@ -74,8 +76,8 @@ def landmark_instance(instance: Landmarks, names: tuple[str, ...], width: int, h
 
 def _rle(class_map: np.ndarray, class_id: int) -> list[int]:
     """COCO's uncompressed RLE of one class: run lengths in column-major order, zeros first."""
-    flat = (class_map == class_id).ravel(order="F").view(np.uint8)
-    changes = np.flatnonzero(np.diff(flat)) + 1
+    flat = cv2.transpose((class_map == class_id).view(np.uint8)).ravel()  # column-major, 10x numpy's F-order copy
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     counts = np.diff(np.concatenate(([0], changes, [flat.size])))
     return ([0] if flat.size and flat[0] else []) + counts.tolist()
 

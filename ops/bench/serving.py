@@ -308,8 +308,8 @@ def parse_wrk(output: str) -> WrkResult:
     )
 
 
-def run_wrk(url: str, script: Path, concurrency: int, duration: int) -> WrkResult:
-    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script), url + "/detect"]
+def run_wrk(url: str, script: Path, concurrency: int, duration: int, path: str = "/detect") -> WrkResult:
+    command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s", str(script), url + path]
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=True)
     return parse_wrk(done.stdout)
 

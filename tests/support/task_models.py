@@ -20,6 +20,18 @@ FACE_MESH_CHAIN = {"detector": "face", "max_crops": 4,
                    "crop": {"keypoints": [0, 1], "rotation": 0, "scale": 1.5, "square": True}}
 
 
+def mediapipe_tasks() -> dict[str, dict[str, bytes]]:
+    """The MediaPipe fixtures as a pool: segmentation, and pose and face landmarks each fed
+    by its detector (named as the chains name them)."""
+    return {
+        "selfie": model_files("mp_selfie_segmentation.tflite", labels=["background", "person"]),
+        "pose-detector": model_files("mp_pose_detection.tflite"),
+        "pose": model_files("mp_pose_landmark_full.tflite", {"chain": POSE_CHAIN}),
+        "face": model_files("blazeface_short_range.tflite"),
+        "mesh": model_files("mp_face_landmark.tflite", {"chain": FACE_MESH_CHAIN}),
+    }
+
+
 def model_files(model: str, metadata: dict | None = None, labels: list[str] | None = None,
                 model_bytes: bytes | None = None) -> dict[str, bytes]:
     """A bundle's files: the model (a fixture by name, or given bytes), labels, twinfer.json."""

@@ -119,15 +119,24 @@ class RepositoryIndexResource:
 
 
 def model_metadata(serving: ServingModel) -> dict:
-    """The model's raw tensors as ``inputs``/``outputs`` (what generic v2 clients feed), and
-    the image way in (``image`` BYTES [1] -> ``detections`` BYTES [1]) in ``parameters``
-    (scalar values, as the protocol's parameters are)."""
+    """The model's raw tensors as ``inputs``/``outputs`` (what generic v2 clients feed), its
+    task and, for a detector, the image way in (``image`` BYTES [1] -> ``detections`` BYTES
+    [1]) in ``parameters`` (scalar values, as the protocol's parameters are)."""
     model, manifest = serving.model, serving.manifest
     signature = model.engine.signature
 
     def tensors(infos) -> list[dict]:
         return [{"name": t.name, "datatype": datatype_of(t.dtype), "shape": dims(t.shape)} for t in infos]
 
+    image_way = {
+        "image_input": IMAGE_INPUT,
+        "image_input_datatype": BYTES,
+        "image_input_shape": "[1]",
+        "detections_output": DETECTIONS_OUTPUT,
+        "detections_output_datatype": BYTES,
+        "detections_output_shape": "[1]",
+        "detections_content_type": "application/json",
+    } if model.is_detector else {}  # other tasks: raw tensors here, their answer on /predict
     return {
         "name": manifest.name,
         "versions": [manifest.version],
@@ -135,14 +144,9 @@ def model_metadata(serving: ServingModel) -> dict:
         "inputs": tensors(signature.inputs),
         "outputs": tensors(signature.outputs),
         "parameters": {
-            "image_input": IMAGE_INPUT,
-            "image_input_datatype": BYTES,
-            "image_input_shape": "[1]",
-            "detections_output": DETECTIONS_OUTPUT,
-            "detections_output_datatype": BYTES,
-            "detections_output_shape": "[1]",
-            "detections_content_type": "application/json",
+            **image_way,
             "generation": manifest.generation,
+            "task": model.task,
             "decoder": model.spec.decoder,
         },
     }
