@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from service.commands.status_text import render
+from twinfer.decoders import task_of
 from twinfer.store_layout import StoreLayout, store_from_env
 
 NAME = "status"
@@ -65,6 +66,7 @@ def _entry_record(store: Path, entry, default: str | None) -> dict:
         "version": entry.version,
         "generation": entry.generation,
         "format": entry.format,
+        "task": task_of(entry.decoder),
         "decoder": entry.decoder,
         "score_threshold": entry.score_threshold,
         "variant": entry.variant,

@@ -107,7 +107,7 @@ def render(status: dict) -> str:
         threshold = active["score_threshold"] if active["score_threshold"] is not None else "bundle default"
         variant = f"  variant {active['variant']}" if active["variant"] else ""
         lines.append(f"default    {active['name']} {active['version']}  generation {active['generation']}  "
-                     f"{active['format']}{variant}  decoder {active['decoder']}  threshold {threshold}")
+                     f"{active['format']}{variant}  {active['task']} ({active['decoder']})  threshold {threshold}")
         lines.append(f"published  {active['published_at']}" + ("" if active["present"] else
                                                               f"  (missing: {active['directory']})"))
     if status["models"]:
@@ -115,9 +115,9 @@ def render(status: dict) -> str:
         lines.append(f"models ({len(status['models'])} in the manifest, generation {status['manifest_generation']};"
                      f" * the default model)")
         lines += _table(
-            ["", "NAME", "VERSION", "GENERATION", "FORMAT", "DECODER", "THRESHOLD", "PUBLISHED AT", "PRESENT",
-             "STAGED"],
-            [["*" if m["default"] else "", m["name"], m["version"], m["generation"], m["format"], m["decoder"],
+            ["", "NAME", "VERSION", "GENERATION", "FORMAT", "TASK", "DECODER", "THRESHOLD", "PUBLISHED AT",
+             "PRESENT", "STAGED"],
+            [["*" if m["default"] else "", m["name"], m["version"], m["generation"], m["format"], m["task"], m["decoder"],
               _or(m["score_threshold"], "bundle"), m["published_at"],
               "yes" if m["present"] else f"MISSING {m['directory']}", ", ".join(m["staged_versions"]) or "-"]
              for m in status["models"]],

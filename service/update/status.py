@@ -19,6 +19,7 @@ from typing import Any
 from service.report import Reporter
 from service.update.desired import DesiredModel
 from service.update.fetch import DownloadProgress
+from twinfer.decoders import task_of
 from twinfer.manifest import ModelEntry
 
 # Reported properties merge: a report that is not "scheduled" clears a past wait.
@@ -43,7 +44,8 @@ def active_record(manifest: ModelEntry | None) -> dict | None:
         return None
     return {
         "name": manifest.name, "version": manifest.version, "generation": manifest.generation,
-        "format": manifest.format, "decoder": manifest.decoder, "score_threshold": manifest.score_threshold,
+        "format": manifest.format, "task": task_of(manifest.decoder), "decoder": manifest.decoder,
+        "score_threshold": manifest.score_threshold,
         "variant": manifest.variant,
         "since": datetime.fromtimestamp(manifest.published_at, timezone.utc).isoformat(timespec="seconds"),
     }

@@ -313,7 +313,7 @@ def test_status_shows_the_bootstrapped_model_downloads_and_twin_state(bootstrapp
     assert done.returncode == 0, done.stderr
     assert "variant    fp32  (x86_64 CPU with AVX-512 VNNI)" in done.stdout
     assert "  rejected int8: variant_rejected: at F1 0.000" in done.stdout
-    assert "ssd-mobilenetv2-oidv4 1.0.0  generation 1  onnx  decoder ssd_anchors" in done.stdout
+    assert "ssd-mobilenetv2-oidv4 1.0.0  generation 1  onnx  detection (ssd_anchors)" in done.stdout
     assert "face-2.0.part  1000   4000  25.0" in done.stdout
     assert "state failed" in done.stdout and "checksum_mismatch: SHA-256 mismatch" in done.stdout
     status = json.loads(cli("status", "--json", store=store).stdout)
@@ -376,7 +376,7 @@ def test_status_lists_every_model_of_the_pool_its_downloads_workers_and_twin_sta
     assert twin["models"][1]["progress"]["percent"] == 25.0  # a removed model (null) is not listed
 
     text = cli("status", store=store).stdout
-    assert "default    face 1.0  generation 1  tflite  decoder blazeface" in text
+    assert "default    face 1.0  generation 1  tflite  detection (blazeface)" in text
     assert "models (2 in the manifest, generation 2; * the default model)" in text
     rows = {line.split()[1 if line.lstrip().startswith("*") else 0]: line for line in text.splitlines()
             if line.startswith("  ") and "tflite" in line}

@@ -87,6 +87,9 @@ def test_options_formats_and_listing(pool):
         "pose": "keypoints", "face": "detection", "mesh": "keypoints", "kind": "classification"}
     assert listing["pose"]["keypoints"]["names"][0] == "nose" and [11, 12] in listing["pose"]["keypoints"]["edges"]
     assert listing["pose"]["chain"]["detector"] == "pose-detector"
+    reported = pool.twin.reported()["models"]
+    assert {name: reported[name]["active"]["task"] for name in ("selfie", "pose", "kind", "face")} == {
+        "selfie": "segmentation", "pose": "keypoints", "kind": "classification", "face": "detection"}
 
 
 def test_detect_refuses_other_tasks_and_predict_refuses_bad_input(pool):

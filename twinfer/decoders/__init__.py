@@ -34,6 +34,12 @@ def detect_decoder(signature: ModelSignature, task: str | None = None) -> type[D
                      "name them in twinfer.json (task, decoder)")
 
 
+def task_of(decoder: str) -> str | None:
+    """The task a decoder family serves (None for a name this version does not know)."""
+    cls = DECODERS.get(decoder)
+    return cls.task if cls is not None else None
+
+
 def decoder_by_name(name: str, task: str | None = None) -> type[Decoder]:
     try:
         cls = DECODERS[name]
@@ -44,4 +50,4 @@ def decoder_by_name(name: str, task: str | None = None) -> type[Decoder]:
     return cls
 
 
-__all__ = ["DECODERS", "DecodeParams", "Decoder", "Detections", "decoder_by_name", "detect_decoder"]
+__all__ = ["DECODERS", "DecodeParams", "Decoder", "Detections", "decoder_by_name", "detect_decoder", "task_of"]
