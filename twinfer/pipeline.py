@@ -156,29 +156,22 @@ class VisionModel:
         max_detections: int | None = None,
         budget: DecodeBudget | None = None,
     ) -> DetectionResult:
-        """Image bytes -> detections, with decode/inference/postprocess timings. With a
-        ``budget`` the decode waits for its memory in it (the HTTP workers' concurrent requests)."""
-        started = time.perf_counter()
-        header, pixels, geometry = self._pixels(data, max_pixels, budget)
-        decoded = time.perf_counter()
-        outputs = self._forward(pixels, geometry)
-        inferred = time.perf_counter()
-        detections = self.decoder.decode(outputs, geometry, self.params(threshold, max_detections))
-        finished = time.perf_counter()
-        timings = Timings(
-            decode_ms=(decoded - started) * 1e3,
-            inference_ms=(inferred - decoded) * 1e3,
-            postprocess_ms=(finished - inferred) * 1e3,
-            total_ms=(finished - started) * 1e3,
-        )
-        return DetectionResult(header, detections, timings)
+        """Image bytes -> a detector's detections, with decode/inference/postprocess timings.
+        With a ``budget`` the decode waits for its memory in it (the HTTP workers' concurrent
+        requests)."""
+        assert self.is_detector, f"detect() is a detector's; this is a {self.task} model: predict()"
+        found = self.predict(data, max_pixels, PredictOptions(threshold, max_detections), budget)
+        t = found.timings_ms
+        return DetectionResult(found.header, found.result,
+                               Timings(t["decode"], t["inference"], t["postprocess"], t["total"]))
 
     def predict(
         self, data: bytes, max_pixels: int, options: PredictOptions = PredictOptions(),
         budget: DecodeBudget | None = None,
     ) -> Prediction:
         """Image bytes -> the task's result on the whole picture, timed by stage (a chained
-        model's request goes through ``twinfer.chain.predict_chained`` instead)."""
+        model's request goes through ``twinfer.chain.predict_chained`` instead). With a
+        ``budget`` the decode waits for its memory in it."""
         started = time.perf_counter()
         header, pixels, geometry = self._pixels(data, max_pixels, budget)
         decoded = time.perf_counter()

@@ -27,14 +27,7 @@ from twinfer.pipeline import DetectionResult, PredictOptions
 from workers import metrics
 from workers.client_numbers import client_float, client_int
 from workers.holder import ModelHolder, ServingModel
-from workers.predictions import (
-    MASK_FORMATS,
-    chained_instances,
-    detection_items,
-    envelope,
-    model_reference,
-    task_result,
-)
+from workers.predictions import MASK_FORMATS, chain_result, detection_items, envelope, model_reference, task_result
 from workers.settings import WorkerSettings
 
 log = logging.getLogger("twinfer.worker")
@@ -172,13 +165,10 @@ class InferenceHandler:
                                              self._decode_budget, options.max_crops)
             except ChainError as exc:
                 raise ChainUnavailable(f"model {manifest.name!r}: {exc}") from None
-            header = prediction.header
-            result = {"detector": model_reference(detector.manifest), "crops": len(prediction.result),
-                      "instances": chained_instances(prediction.result, model, detector.model, header.width,
-                                                     header.height)}
-        _observe(serving, prediction.timings_ms["inference"] / 1e3)
-        if detector is not None and chain is not None:
+            result = chain_result(prediction, model, detector.model, detector.manifest)
             _observe(detector, prediction.timings_ms["detector"] / 1e3)
+        if chain is None or prediction.result:  # no crop: the model did not run
+            _observe(serving, prediction.timings_ms["inference"] / 1e3)
         return envelope(model.task, manifest, prediction.header, result, prediction.timings_ms)
 
     def run(self, serving: ServingModel, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -16,7 +16,7 @@ from twinfer.chain import CropResult
 from twinfer.decoders.base import Detections
 from twinfer.imaging import ImageHeader
 from twinfer.manifest import ModelEntry
-from twinfer.pipeline import VisionModel
+from twinfer.pipeline import Prediction, VisionModel
 from twinfer.tasks import CLASSIFICATION, DETECTION, KEYPOINTS, SEGMENTATION, Classes, Landmarks, SegmentationMask
 
 MASK_FORMATS = ("png", "rle")
@@ -120,6 +120,14 @@ def chained_instances(crops: list[CropResult], model: VisionModel, detector: Vis
             names = model.decoder.topology.names
             instances.extend({**landmark_instance(found, names, width, height), **base} for found in crop.result)
     return instances
+
+
+def chain_result(prediction: Prediction, model: VisionModel, detector: VisionModel, detector_entry: ModelEntry) -> dict:
+    """A chained model's part of the envelope: the detector version, the crops' count and
+    their instances."""
+    header = prediction.header
+    return {"detector": model_reference(detector_entry), "crops": len(prediction.result),
+            "instances": chained_instances(prediction.result, model, detector, header.width, header.height)}
 
 
 def task_result(result: Any, model: VisionModel, header: ImageHeader, mask_encoding: str) -> dict:
