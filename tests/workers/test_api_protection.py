@@ -40,6 +40,7 @@ PROBES = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
 WRITE_METHODS = ("post", "put", "delete", "patch")
 INFERENCE_WRITES = {
     "/detect": {"post"},
+    "/predict": {"post"},
     "/v2/models/{name}/infer": {"post"},
     "/v2/models/{name}/versions/{version}/infer": {"post"},
     "/v2/repository/index": {"post"},  # a read, but Triton's protocol makes it a POST
