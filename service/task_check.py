@@ -27,6 +27,7 @@ class TaskCheckError(Exception):
 
 
 def _classes(model: VisionModel, result: Any) -> str:
+    """The first labels and scores of a result with class ids and scores (classes, detections)."""
     return ", ".join(f"{model.label(c)} {s:.2f}" for c, s in zip(result.class_ids.tolist()[:SHOWN],
                                                                  result.scores.tolist()))
 
@@ -34,8 +35,7 @@ def _classes(model: VisionModel, result: Any) -> str:
 def summarize(model: VisionModel, result: Any) -> str:
     """One line for a whole-picture result of any task."""
     if model.task == DETECTION:
-        shown = ", ".join(f"{model.label(c)} {s:.2f}" for c, s in zip(result.class_ids.tolist()[:SHOWN],
-                                                                      result.scores.tolist()))
+        shown = _classes(model, result)
         return f"{len(result)} detections" + (f": {shown}" if shown else "")
     if model.task == CLASSIFICATION:
         return f"top classes: {_classes(model, result) or 'none above the threshold'}"

@@ -1,8 +1,9 @@
 """A detector feeding a second model: crops of its boxes, one inference per crop.
 
 Why here and not in the HTTP layer: the supervisor's validation, the benchmark and the
-workers run the same chain. The picture is decoded once, at full size (the crops need its
-detail, the detector gets its own downscaled copy); the detector's boxes, best first and
+workers run the same chain. The picture is decoded once, as large as the crops need (at full
+size unless a JPEG is over ``CROP_DETAIL`` times the second model's input; the detector
+gets its own downscaled copy); the detector's boxes, best first and
 filtered by the chain's labels and score, become rotated crops (``twinfer.crops``), each
 run through the second model and mapped back to the picture. Both models are the ones the
 caller holds for this one request, so a swap of either between requests never mixes a
@@ -57,6 +58,17 @@ def check_detector(chain: ChainSpec, detector: VisionModel) -> None:
             raise ChainError(f"chain.labels {unknown} are not labels of detector {chain.detector!r}")
 
 
+# A crop as small as 1/CROP_DETAIL of the picture's side still gets its model's full
+# resolution: a larger JPEG is decoded that much smaller (libjpeg's 1/2, 1/4, 1/8 scales).
+CROP_DETAIL = 4
+
+
+def _detail_needed(model: VisionModel, detector: VisionModel) -> tuple[int, int]:
+    """(width, height) of the smallest decode that serves both stages."""
+    return (max(detector.input_width, CROP_DETAIL * model.input_width),
+            max(detector.input_height, CROP_DETAIL * model.input_height))
+
+
 def _chosen(detections: Detections, detector: VisionModel, chain: ChainSpec, limit: int) -> list[int]:
     """Indices of the detections to crop, best first, at most ``limit``."""
     picked = []
@@ -80,10 +92,11 @@ def predict_chained(
     check_detector(chain, detector)
     started = time.perf_counter()
     header = imaging.read_header(data, max_pixels)
-    cost = decode_bytes(header.format, header.width, header.height, 1)
+    reduction = imaging.jpeg_reduction(header, *_detail_needed(model, detector))
+    cost = decode_bytes(header.format, header.width, header.height, reduction)
     what = f"this {header.width}x{header.height} {header.format}"
     with budget.reserve(cost, what) if budget is not None else contextlib.nullcontext():
-        picture = imaging.decode(data, header, 1, detector.spec.input.color)
+        picture = imaging.decode(data, header, reduction, detector.spec.input.color)
         decoded = time.perf_counter()
         pixels, geometry = imaging.to_input(picture, header, detector.spec.input, detector.input_width,
                                             detector.input_height)
@@ -96,7 +109,8 @@ def predict_chained(
         for index in chosen:
             t0 = time.perf_counter()
             keypoints = None if detections.keypoints is None else detections.keypoints[index]
-            roi = roi_for(detections.boxes[index], keypoints, chain.crop, header.width, header.height)
+            box = (detections.unclipped_boxes if detections.unclipped_boxes is not None else detections.boxes)[index]
+            roi = roi_for(box, keypoints, chain.crop, header.width, header.height)
             crop = cut(picture.pixels, roi, header.width, model.input_width, model.input_height)
             if picture.color != model.spec.input.color:
                 cv2.cvtColor(crop, cv2.COLOR_BGR2RGB, dst=crop)

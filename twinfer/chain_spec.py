@@ -87,6 +87,15 @@ def parse_crop(raw: Any) -> CropSpec:
                     (_number(shift[0], "crop.shift", -2, 2), _number(shift[1], "crop.shift", -2, 2)), square)
 
 
+def chain_json(chain: ChainSpec) -> dict:
+    """The chain as ``twinfer.json`` writes it (``parse_chain`` reads this back)."""
+    crop = chain.crop
+    return {"detector": chain.detector, "max_crops": chain.max_crops,
+            "labels": None if chain.labels is None else list(chain.labels), "min_score": chain.min_score,
+            "crop": {"from": crop.origin, "keypoints": None if crop.keypoints is None else list(crop.keypoints),
+                     "rotation": crop.rotation, "scale": crop.scale, "shift": list(crop.shift), "square": crop.square}}
+
+
 def parse_chain(raw: Any) -> ChainSpec:
     if not isinstance(raw, Mapping):
         raise SpecError("chain must be an object")

@@ -93,8 +93,16 @@ class WrongTask(RequestError):
 
 
 class ChainUnavailable(RequestError):
-    """A chained model's detector is not loaded here, or cannot feed it."""
+    """A chained model's detector is not loaded here (yet: it may be on its way)."""
 
     status = 503
     reason = "chain_unavailable"
     retry_after = 1
+
+
+class ChainMisconfigured(RequestError):
+    """A chained model's detector cannot feed it (not a detector, too few keypoints, other
+    labels): no retry helps until the operator changes the pool, so no ``Retry-After``."""
+
+    status = 503
+    reason = "chain_misconfigured"

@@ -37,8 +37,12 @@ def embedded_tflite_labels(model_path: Path) -> list[str] | None:
         return None
 
 
-def label_offset(labels: list[str], model_counts_background: bool) -> int:
-    """1 when the file starts with a background line that the model's class ids skip."""
-    if model_counts_background or not labels:
+def label_offset(labels: list[str], model_counts_background: bool, class_count: int | None = None) -> int:
+    """1 when the file starts with a background line that the model's class ids skip. A
+    model that says how many classes it has (a classifier) skips it only when the file has
+    exactly one line more: TF-slim's 1001-class models count "background" as class 0."""
+    if not labels or labels[0].lower() not in BACKGROUND_PLACEHOLDERS:
         return 0
-    return 1 if labels[0].lower() in BACKGROUND_PLACEHOLDERS else 0
+    if class_count is not None:
+        return 1 if len(labels) == class_count + 1 else 0
+    return 0 if model_counts_background else 1

@@ -60,7 +60,7 @@ def find_labels(
     if not labels and embedded is None and model_path.suffix.lower() == ".tflite":
         labels = embedded_tflite_labels(model_path) or []
     labels = labels or list(decoder.default_labels)
-    return labels, label_offset(labels, decoder.counts_background)
+    return labels, label_offset(labels, decoder.counts_background, getattr(decoder, "class_count", None))
 
 
 def embedded_metadata(model_path: Path, engine: Engine) -> ultralytics.UltralyticsMetadata | None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Mapping
 
+from twinfer.tasks import DETECTION
+
 if TYPE_CHECKING:
     from twinfer.chain_spec import ChainSpec
 
@@ -33,6 +35,7 @@ NORMALIZE_PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, floa
     "minus_one_to_one": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
 }
 LAYOUTS = ("NHWC", "NCHW")
+TOP_K_LIMIT = 1000  # classes a classifier may be asked to list
 COLORS = ("RGB", "BGR")
 RESIZES = ("stretch", "letterbox")
 
@@ -57,7 +60,7 @@ class InputSpec:
 class ModelSpec:
     decoder: str
     input: InputSpec
-    task: str = "detection"
+    task: str = DETECTION
     score_threshold: float = 0.5
     iou_threshold: float = 0.5
     max_detections: int = 100
@@ -141,7 +144,7 @@ def apply_overrides(defaults: ModelSpec, metadata: Mapping[str, Any]) -> ModelSp
         spec = replace(spec, score_threshold=_unit_float(metadata["score_threshold"], "score_threshold"))
     if "iou_threshold" in metadata:
         spec = replace(spec, iou_threshold=_unit_float(metadata["iou_threshold"], "iou_threshold"))
-    for key, limit in (("max_detections", 10000), ("top_k", 1000)):
+    for key, limit in (("max_detections", 10000), ("top_k", TOP_K_LIMIT)):
         if key in metadata:
             value = metadata[key]
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:

@@ -22,8 +22,17 @@ import numpy as np
 from twinfer.chain import ChainError, predict_chained
 from twinfer.chain_spec import MAX_CROPS_LIMIT
 from twinfer.decode_budget import DecodeBudget
-from twinfer.errors import BadParameter, ChainUnavailable, ModelNotFound, NoModel, RequestError, WrongTask
+from twinfer.errors import (
+    BadParameter,
+    ChainMisconfigured,
+    ChainUnavailable,
+    ModelNotFound,
+    NoModel,
+    RequestError,
+    WrongTask,
+)
 from twinfer.pipeline import DetectionResult, PredictOptions
+from twinfer.spec import TOP_K_LIMIT
 from workers import metrics
 from workers.client_numbers import client_float, client_int
 from workers.holder import ModelHolder, ServingModel
@@ -33,7 +42,6 @@ from workers.settings import WorkerSettings
 log = logging.getLogger("twinfer.worker")
 
 MAX_DETECTIONS_LIMIT = 1000
-MAX_TOP_K = 1000
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,7 @@ class PredictQuery:
             raise BadParameter(f"format must be one of {', '.join(MASK_FORMATS)}, got {mask_format[:40]!r}")
         return PredictQuery(
             PredictOptions(detect.threshold, detect.max_detections,
-                           None if top_k is None else client_int(top_k, "top_k", 1, MAX_TOP_K)),
+                           None if top_k is None else client_int(top_k, "top_k", 1, TOP_K_LIMIT)),
             mask_format or "png",
             None if max_crops is None else client_int(max_crops, "max_crops", 1, MAX_CROPS_LIMIT),
         )
@@ -164,7 +172,7 @@ class InferenceHandler:
                 prediction = predict_chained(model, detector.model, image, limit, options.predict,
                                              self._decode_budget, options.max_crops)
             except ChainError as exc:
-                raise ChainUnavailable(f"model {manifest.name!r}: {exc}") from None
+                raise ChainMisconfigured(f"model {manifest.name!r}: {exc}") from None
             result = chain_result(prediction, model, detector.model, detector.manifest)
             _observe(detector, prediction.timings_ms["detector"] / 1e3)
         if chain is None or prediction.result:  # no crop: the model did not run

@@ -93,7 +93,7 @@ def mask_document(mask: SegmentationMask, model: VisionModel, encoding: str) -> 
         runs = [{"class_id": c, "counts": _rle(mask.class_map, c)} for c in range(1, mask.num_classes) if coverage[c] > 0]
         encoded: dict[str, Any] = {"encoding": "rle", "order": "column-major", "runs": runs}
     else:
-        ok, png = cv2.imencode(".png", mask.class_map, PNG_FAST)
+        _, png = cv2.imencode(".png", mask.class_map, PNG_FAST)
         encoded = {"encoding": "png", "data": base64.b64encode(png.tobytes()).decode("ascii")}
     return {"mask": {"width": width, "height": height, **encoded}, "classes": classes}
 

@@ -64,7 +64,8 @@ def test_hand_landmarks_come_back_in_picture_coordinates_with_handedness():
     (hand,) = decoder.decode([points.reshape(1, 63), np.array([[0.9]]), np.array([[0.2]]), np.zeros((1, 63))],
                              geometry, PARAMS)
     assert hand.score == pytest.approx(0.9) and (hand.label, hand.label_score) == ("left", pytest.approx(0.8))
-    assert hand.points[20] == pytest.approx((200 / 224, 0.5)) and hand.depth[0] == pytest.approx(0.1)
+    assert hand.points[20] == pytest.approx((200 / 224, 0.5))
+    assert hand.depth[0] == pytest.approx(22.4 / 224 / 0.4)  # MediaPipe divides a hand's z by 0.4
     assert hand.visibility is None and len(HAND_NAMES) == 21
     absent = decoder.decode([points.reshape(1, 63), np.array([[0.4]]), np.array([[0.2]]), np.zeros((1, 63))],
                             geometry, PARAMS)
@@ -89,3 +90,35 @@ def test_a_multi_class_map_takes_the_best_class_per_pixel_nchw():
     mask = decoder.decode([scores], whole_input(8, 8), PARAMS)
     assert mask.num_classes == 3 and mask.class_map[:, 4:].min() == 2 and mask.class_map[:, :4].max() == 0
     assert mask.coverage().tolist() == [0.5, 0.0, 0.5]
+
+
+def test_a_quantised_softmax_is_taken_as_the_probabilities_it_is():
+    from twinfer.decoders import activation
+
+    scale = 1 / 256  # a uint8 softmax output, dequantised: 1001 classes summing to 0.996
+    probabilities = np.zeros(1001, np.float32)
+    probabilities[7] = 255 * scale
+    assert activation.apply(probabilities, "auto", "softmax", step=scale)[7] == pytest.approx(0.996, abs=1e-3)
+    assert activation.apply(probabilities, "auto", "softmax")[7] < 0.01  # without the step: softmax again
+
+
+@pytest.mark.parametrize("labels, classes, offset", [
+    (["background", "cat", "dog"], 3, 0),  # TF-slim: class 0 is background, the file says so
+    (["background", "cat", "dog"], 2, 1),  # a line more than classes: the background line is skipped
+    (["cat", "dog"], 2, 0),
+])
+def test_a_classifiers_labels_line_up_with_its_class_count(labels, classes, offset):
+    from twinfer.labels import label_offset
+
+    assert label_offset(labels, model_counts_background=False, class_count=classes) == offset
+
+
+@pytest.mark.parametrize("input_nchw, output, classes", [
+    (False, (1, 128, 128, 150), 150),  # SegFormer ADE20K in NHWC: more classes than rows
+    (True, (1, 150, 128, 128), 150),
+])
+def test_the_map_layout_follows_the_input_not_the_sizes(input_nchw, output, classes):
+    decoder = SegmentationDecoder(_signature(output, size=512, nchw=input_nchw), {})
+    assert decoder.channels == classes
+    override = SegmentationDecoder(_signature((1, 150, 128, 128), size=512), {"layout": "NCHW"})
+    assert override.channels == 150

@@ -122,7 +122,7 @@ def test_document_is_openapi_3_structure(doc):
 
 
 def test_detect_is_documented_as_implemented(doc):
-    from twinfer.errors import ChainUnavailable, JsonTooComplex, RequestError, WrongTask
+    from twinfer.errors import ChainMisconfigured, ChainUnavailable, JsonTooComplex, RequestError, WrongTask
     from workers.inference import MAX_DETECTIONS_LIMIT
     from workers.protocol_errors import REASONS as PROTOCOL_REASONS
 
@@ -146,7 +146,8 @@ def test_detect_is_documented_as_implemented(doc):
 
     assert PROTOCOL_REASONS <= reasons  # gunicorn's refusals, in the same document
     predict = doc["paths"]["/predict"]["post"]
-    only = {JsonTooComplex: (), WrongTask: (detect,), ChainUnavailable: (predict,)}  # the v2 routes parse JSON
+    only = {JsonTooComplex: (), WrongTask: (detect,), ChainUnavailable: (predict,),  # the v2 routes parse JSON
+            ChainMisconfigured: (predict,)}
     for cls in [RequestError, *subclasses(RequestError)]:
         assert cls.reason in reasons, cls
         for route in only.get(cls, (detect, predict)):
@@ -157,14 +158,14 @@ def test_detect_is_documented_as_implemented(doc):
 
 def test_predict_documents_its_options_and_envelope(doc):
     from twinfer.chain_spec import MAX_CROPS_LIMIT
+    from twinfer.spec import TOP_K_LIMIT
     from twinfer.tasks import TASKS
-    from workers.inference import MAX_TOP_K
     from workers.predictions import MASK_FORMATS
 
     predict = doc["paths"]["/predict"]["post"]
     parameters = {p["name"]: p for p in predict["parameters"]}
     assert set(parameters) == {"model", "threshold", "max_detections", "top_k", "format", "max_crops"}
-    assert parameters["top_k"]["schema"]["maximum"] == MAX_TOP_K
+    assert parameters["top_k"]["schema"]["maximum"] == TOP_K_LIMIT
     assert parameters["max_crops"]["schema"]["maximum"] == MAX_CROPS_LIMIT
     assert tuple(parameters["format"]["schema"]["enum"]) == MASK_FORMATS
     envelope = resolve(doc, predict["responses"]["200"]["content"]["application/json"]["schema"])
@@ -488,3 +489,54 @@ def test_every_request_example_is_a_request_the_service_answers(client, doc):
         _check(doc, route, method, result)
         tried += 1
     assert tried >= 2
+
+
+@pytest.fixture(scope="module")
+def tasks_client(tmp_path_factory):
+    """The app serving a model of every task beside the default detector, two of them chained."""
+    from falcon import testing
+
+    from service.bootstrap import ensure_active_model
+    from service.repository import ModelRepository
+    from tests.support.paths import DEFAULT_MODEL
+    from tests.support.task_models import mediapipe_tasks, model_dir, model_files, planted_classifier
+    from twinfer.manifest import publish
+
+    store = tmp_path_factory.mktemp("tasks-store")
+    ModelRepository(store).prepare()
+    ensure_active_model(ModelRepository(store), DEFAULT_MODEL, "ssd-mobilenetv2-oidv4", "1.0.0")
+    models = {**mediapipe_tasks(), "kind": model_files("c.onnx", labels=["a", "b", "c"],
+                                                       model_bytes=planted_classifier([1.0, 3.0, 2.0]))}
+    for name, files in models.items():
+        directory = model_dir(store / "models" / name, "1", files)
+        fmt = "onnx" if any(f.endswith(".onnx") for f in files) else "tflite"
+        publish(store, name, "1", str(directory.relative_to(store)), fmt, "unused")
+    client = testing.TestClient(_app(store))
+    wait_until(lambda: client.simulate_get("/readyz").status_code == 200, "every model loaded", 60, 0.05)
+    return client
+
+
+@pytest.mark.processes
+def test_live_predict_answers_of_every_task_and_the_models_listing_match_the_schemas(tasks_client, doc):
+    astronaut = (IMAGES / "astronaut.png").read_bytes()
+    tasks = {}
+    for model, params in (("selfie", {}), ("selfie", {"format": "rle"}), ("pose", {}), ("mesh", {}), ("kind", {}),
+                          ("face", {}), (None, {})):
+        result = tasks_client.simulate_post("/predict", body=astronaut, headers={"Content-Type": "image/png"},
+                                            params={**({"model": model} if model else {}), **params})
+        assert result.status_code == 200, (model, result.text)
+        _check(doc, "/predict", "post", result)
+        tasks[model] = result.json["task"]
+    assert tasks == {"selfie": "segmentation", "pose": "keypoints", "mesh": "keypoints", "kind": "classification",
+                     "face": "detection", None: "detection"}
+    wrong = tasks_client.simulate_post("/detect", body=astronaut, params={"model": "selfie"},
+                                       headers={"Content-Type": "image/png"})
+    assert wrong.status_code == 409
+    _check(doc, "/detect", "post", wrong)
+    listing = tasks_client.simulate_get("/models")
+    _check(doc, "/models", "get", listing)
+    chain = next(m for m in listing.json["models"] if m["name"] == "pose")["chain"]
+    from tests.support.task_models import POSE_CHAIN
+    from twinfer.chain_spec import parse_chain
+
+    assert parse_chain(chain) == parse_chain(POSE_CHAIN)  # /models gives the chain as twinfer.json writes it

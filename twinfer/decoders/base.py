@@ -30,6 +30,9 @@ class Detections:
     # (N, K, 2) float32 x, y normalised to the picture (not clipped), for the families that
     # regress keypoints with each box (BlazeFace, MediaPipe's pose and palm detectors).
     keypoints: np.ndarray | None = None
+    # (N, 4) the boxes before clipping to the picture, where a family keeps them: a chain's
+    # crop around a face at the edge is centred on the face, as MediaPipe's is.
+    unclipped_boxes: np.ndarray | None = None
 
     @staticmethod
     def empty() -> "Detections":
@@ -68,8 +71,9 @@ class Decoder(Protocol):
 
     def __init__(self, signature: ModelSignature, options: Mapping[str, Any]) -> None: ...
 
-    def extra_inputs(self, geometry: Geometry) -> dict[str, np.ndarray]:
-        """Inputs besides the picture (e.g. YOLOv3's ``image_shape``)."""
+    def extra_inputs(self, geometry: Geometry | None) -> dict[str, np.ndarray]:
+        """Inputs besides the picture (e.g. YOLOv3's ``image_shape``); ``geometry`` is None
+        for a chain's crop (only classifiers and landmark models are chained: they have none)."""
         ...
 
     def decode(self, outputs: Sequence[np.ndarray], placement: Placement, params: DecodeParams) -> Any:

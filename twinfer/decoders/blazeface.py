@@ -161,5 +161,6 @@ class BlazeFaceDecoder:
         keypoints = keypoints * gain[:, np.newaxis] + anchor_center[:, np.newaxis]
         found = nms(boxes, scores[keep], np.zeros(keep.size, dtype=np.int64), params, class_agnostic=True,
                     keypoints=keypoints)
-        return Detections(geometry.to_image(found.boxes), found.scores, found.class_ids,
-                          geometry.points_to_image(found.keypoints))
+        unclipped = geometry.points_to_image(found.boxes)
+        return Detections(np.clip(unclipped, 0.0, 1.0), found.scores, found.class_ids,
+                          geometry.points_to_image(found.keypoints), unclipped)

@@ -53,13 +53,16 @@ class ClassificationDecoder:
             raise ValueError("classification needs one output of C > 1 class scores ([1, C]) and a rank-4 image input")
         self.class_count = count
         self._activation = activation.activation_option(options)
+        quantization = signature.outputs[0].quantization  # a full-integer model's dequantised scores
+        self._step = quantization.scale if quantization is not None else 0.0
 
     def extra_inputs(self, geometry: Any) -> dict[str, np.ndarray]:
         return {}
 
     def decode(self, outputs: Sequence[np.ndarray], placement: Placement, params: DecodeParams) -> Classes:
         """The ``top_k`` classes scoring at least the threshold, best first."""
-        scores = activation.apply(outputs[0].reshape(-1).astype(np.float32), self._activation, "softmax")
+        scores = activation.apply(outputs[0].reshape(-1).astype(np.float32), self._activation, "softmax",
+                                  step=self._step)
         k = min(params.top_k, scores.size)
         best = np.argpartition(-scores, k - 1)[:k]
         best = best[np.argsort(-scores[best], kind="stable")]

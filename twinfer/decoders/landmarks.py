@@ -4,8 +4,9 @@ presence]) in input pixels, and a presence score for the instance.
 Matched when a model has several outputs, one of them holding exactly a known
 topology's values (``twinfer.decoders.topologies``: pose 39x5, hand 21x3, face mesh
 468x3) and one a single value. The first single-value output is the instance presence;
-a second one is the topology's instance label (a hand's handedness, as MediaPipe reads
-it: for a mirrored, front-camera picture). Other outputs (world landmarks, heatmaps, the
+a second one is the topology's instance label (a hand's handedness, as MediaPipe Tasks
+reads it: for a picture as the camera saw it, not mirrored; MediaPipe's older solution
+graphs assumed a mirrored selfie picture and name the other hand). Other outputs (world landmarks, heatmaps, the
 pose model's segmentation) are left to KServe's raw tensors.
 
 On a whole picture the landmarks come back for one instance; fed crops by a detector
@@ -25,7 +26,7 @@ from twinfer.signature import ModelSignature
 from twinfer.spec import NORMALIZE_PRESETS, InputSpec
 from twinfer.tasks import KEYPOINTS, Landmarks
 
-HANDEDNESS = ("left", "right")  # MediaPipe's handedness.txt, by the output's value >= 0.5
+HANDEDNESS = ("left", "right")  # by the output's value >= 0.5, as MediaPipe Tasks' hand landmarker
 
 
 def _size(shape: tuple[int | None, ...]) -> int | None:
@@ -94,7 +95,7 @@ class LandmarksDecoder:
         values = outputs[self._landmark_index].reshape(topology.points, topology.values_per_point)
         values = values[: len(topology.names)].astype(np.float32)
         points = placement.points_to_image(values[:, :2] / self._input_size)
-        depth = values[:, 2] / self._input_size[0] * placement.depth_scale
+        depth = values[:, 2] / (self._input_size[0] * topology.depth_divisor) * placement.depth_scale
         extra = {}
         if topology.values_per_point >= 5:
             extra = {"visibility": sigmoid(values[:, 3]), "presence": sigmoid(values[:, 4])}

@@ -19,6 +19,7 @@ class Topology:
     edges: tuple[tuple[int, int], ...]
     presence_is_logit: bool  # the instance presence output needs a sigmoid
     instance_label: str | None = None  # what a second scalar output means (a hand's handedness)
+    depth_divisor: float = 1.0  # MediaPipe's normalize_z: the hand graphs divide z by 0.4
 
     @property
     def tensor_size(self) -> int:
@@ -51,7 +52,8 @@ TOPOLOGIES: dict[str, Topology] = {
     # BlazePose: 33 body landmarks and 6 auxiliary ones (MediaPipe's ROI alignment points),
     # which are not answered.
     "pose": Topology("pose", 39, 5, POSE_NAMES, POSE_EDGES, presence_is_logit=False),
-    "hand": Topology("hand", 21, 3, HAND_NAMES, HAND_EDGES, presence_is_logit=False, instance_label="handedness"),
+    "hand": Topology("hand", 21, 3, HAND_NAMES, HAND_EDGES, presence_is_logit=False, instance_label="handedness",
+                     depth_divisor=0.4),
     # The 468-point face mesh has no names; its tesselation (2,556 edges) is left to clients.
     "face_mesh": Topology("face_mesh", 468, 3, tuple(f"p{i}" for i in range(468)), (), presence_is_logit=True),
 }

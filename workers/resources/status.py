@@ -5,6 +5,7 @@ from dataclasses import asdict
 
 import falcon
 
+from twinfer.chain_spec import chain_json
 from twinfer.pipeline import VisionModel
 from workers import metrics
 from workers.holder import ModelHolder, ServingModel
@@ -43,9 +44,7 @@ def _task_details(model: VisionModel) -> dict:
                                 "edges": [list(edge) for edge in topology.edges]}
     chain = model.spec.chain
     if chain is not None:
-        details["chain"] = {"detector": chain.detector, "max_crops": chain.max_crops,
-                            "labels": None if chain.labels is None else list(chain.labels),
-                            "min_score": chain.min_score, "crop": asdict(chain.crop)}
+        details["chain"] = chain_json(chain)
     return details
 
 
