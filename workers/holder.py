@@ -81,6 +81,7 @@ class ModelHolder:
         self.manifest: Manifest | None = None  # the last one followed: what this worker should serve
         self.state = WorkerState(pid=os.getpid())
         self._failed: dict[str, int] = {}  # model -> the generation that failed to load here
+        self._chains: dict[str, str] = {}  # chained model -> the detector its twinfer_chain_unfed series names
         self._stop = threading.Event()
         self._lock = FileLock(str(StoreLayout(store).reload_lock))
 
@@ -183,6 +184,19 @@ class ModelHolder:
             self.default = latest.default
         for name in [n for n in self.models if n not in latest.models and n != self.default]:
             self._unload(name)
+        self._note_chains()
+
+    def _note_chains(self) -> None:
+        """``twinfer_chain_unfed`` for every chained model served here: 1 while its detector
+        is not (the pool lacks it, or it failed to load); a series a model (or its new
+        version's chain) no longer names goes back to 0, so no alert outlives its cause."""
+        chains = {name: s.model.spec.chain.detector for name, s in self.models.items() if s.model.spec.chain}
+        for name, detector in self._chains.items():
+            if chains.get(name) != detector:
+                metrics.CHAIN_UNFED.labels(name, detector).set(0)
+        for name, detector in chains.items():
+            metrics.CHAIN_UNFED.labels(name, detector).set(0 if detector in self.models else 1)
+        self._chains = chains
 
     def _load_one_at_a_time(self, name: str) -> None:
         while not self._stop.is_set():

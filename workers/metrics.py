@@ -54,6 +54,12 @@ MODEL_RELOAD_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
 )
 WORKERS = Gauge("twinfer_workers", "Live gunicorn workers.", multiprocess_mode="livesum")
+CHAIN_UNFED = Gauge(
+    "twinfer_chain_unfed",
+    "1 while a chained model (twinfer.json chain) is served without the detector it names, in any live worker: "
+    "its /predict answers 503 chain_unavailable; 0 once its detector is served, and after it leaves.",
+    ["model", "detector"], multiprocess_mode="livemax",
+)
 
 
 def exposition() -> bytes:

@@ -5,6 +5,7 @@ a local twin: POST /predict's envelope per task, chained models fed by their det
 from __future__ import annotations
 
 import base64
+import re
 import threading
 import time
 
@@ -182,8 +183,20 @@ def test_a_chain_without_its_detector_answers_503_and_recovers(pool):
                        "both workers without face", 60)
     missing = _predict(service, "mesh")
     assert missing.json()["reason"] == "chain_unavailable" and "'face'" in missing.json()["error"]
+    assert _chain_unfed(service) == {("mesh", "face"): 1.0, ("pose", "pose-detector"): 0.0}
     assert _predict(service, "pose").status_code == 200
     pool.desire({**kept, "face": str(next(pool.counter))})
     pool.wait_serving()
     service.wait_until(lambda: all(_predict(service, "mesh").status_code == 200 for _ in range(6)),
                        "the chain fed again on both workers", 60)
+    assert _chain_unfed(service) == {("mesh", "face"): 0.0, ("pose", "pose-detector"): 0.0}
+
+
+def _chain_unfed(service: ServiceProcess) -> dict[tuple[str, str], float]:
+    """``twinfer_chain_unfed`` as scraped: (model, detector) -> value (max over the workers)."""
+    samples = {}
+    for line in requests.get(service.url + "/metrics", timeout=10).text.splitlines():
+        found = re.match(r'twinfer_chain_unfed\{detector="([^"]+)",model="([^"]+)"\} (\S+)', line)
+        if found:
+            samples[(found.group(2), found.group(1))] = float(found.group(3))
+    return samples
