@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.support.bundles import Bundle, make_bundle
 from tests.support.paths import MODELS
 
 # The chains of MediaPipe's graphs (README "Model bundles": chained models).
@@ -51,10 +50,6 @@ def model_dir(root: Path, name: str, files: dict[str, bytes]) -> Path:
     for file_name, data in files.items():
         (directory / file_name).write_bytes(data)
     return directory
-
-
-def bundle_of(files: dict[str, bytes]) -> Bundle:
-    return make_bundle(files)
 
 
 def planted_classifier(logits: list[float], size: int = 32) -> bytes:

@@ -10,11 +10,10 @@ from typing import Iterator
 
 import requests
 
-from tests.support.bundles import Bundle
+from tests.support.bundles import Bundle, make_bundle
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles
 from tests.support.service_process import QUICK_REPORTS, ServiceProcess
-from tests.support.task_models import bundle_of
 
 
 @dataclass
@@ -55,7 +54,7 @@ def serving_task_pool(store: Path, contents: dict[str, dict[str, bytes]], worker
     """The service with every model of ``contents`` (name -> bundle files) at version 1,
     beside its bundled default model, rolled out to every worker."""
     with FileServer() as files, ServiceProcess.start(store, workers=workers, extra_env=dict(QUICK_REPORTS)) as service:
-        bundles = {name: bundle_of(content) for name, content in contents.items()}
+        bundles = {name: make_bundle(content) for name, content in contents.items()}
         for name, bundle in bundles.items():
             files.put(f"/{name}.zip", bundle.data)
         pool = TaskPool(service, LocalTwinFiles(store), files, bundles)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from itertools import count
@@ -15,6 +14,7 @@ import pytest
 import requests
 
 from tests.support.bundles import Bundle, face_bundle, ssd_tflite_bundle
+from tests.support.client_load import ClientLoad
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles
 from tests.support.paths import IMAGES
@@ -127,40 +127,21 @@ def test_ssd_and_blazeface_serve_side_by_side_on_every_route(both):
     assert reported["model"]["active"]["name"] == "ssd-mobilenetv2-oidv4"
 
 
-class Load:
-    """Clients posting to both models back to back, recording every answer."""
-
-    def __init__(self, service: ServiceProcess) -> None:
-        self.service = service
-        self.samples: dict[str, list[tuple[int, str | None]]] = {"ssd": [], "face": []}
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, args=(which,), daemon=True)
-                         for which in ("ssd", "ssd", "face", "face")]
-
-    def _loop(self, which: str) -> None:
-        image, model = (CHELSEA, None) if which == "ssd" else (ASTRONAUT, "face")
-        while not self._stop.is_set():
-            try:
-                r = _detect(self.service, image, model)
-                self.samples[which].append((r.status_code, r.headers.get("X-Model-Version")))
-            except requests.RequestException as exc:
-                self.samples[which].append((0, repr(exc)))
-
-    def __enter__(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
+def _version_answered(service: ServiceProcess, which: str) -> tuple[int, str | None]:
+    """(status, X-Model-Version) of one /detect to ``which`` model ("ssd": the default one,
+    "face"), (0, the error) when the connection failed."""
+    image, model = (CHELSEA, None) if which == "ssd" else (ASTRONAUT, "face")
+    try:
+        r = _detect(service, image, model)
+        return r.status_code, r.headers.get("X-Model-Version")
+    except requests.RequestException as exc:
+        return 0, repr(exc)
 
 
 def test_ten_swaps_of_one_model_under_load_fail_no_request_and_leave_the_other_alone(both):
     service = both.service
     ssd_before = read_manifest(service.store).models["ssd-mobilenetv2-oidv4"]
-    with Load(service) as load:
+    with ClientLoad(["ssd", "ssd", "face", "face"], lambda which: _version_answered(service, which)) as load:
         time.sleep(0.5)
         for i in range(10):
             version = str(next(both.versions))

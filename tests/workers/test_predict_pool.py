@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import re
-import threading
 import time
 
 import cv2
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import requests
 
+from tests.support.client_load import ClientLoad
 from tests.support.paths import IMAGES
 from tests.support.service_process import ServiceProcess
 from tests.support.task_models import mediapipe_tasks, model_files, planted_classifier
@@ -127,37 +127,18 @@ def test_kserve_serves_the_raw_tensors_of_every_task(pool):
     assert image_way.status_code == 409 and "/predict?model=selfie" in image_way.json()["error"]
 
 
-class PredictLoad:
-    """Clients posting to every task model back to back, recording every answer."""
-
-    def __init__(self, service: ServiceProcess, models: list[str]) -> None:
-        self.service = service
-        self.samples: dict[str, list[tuple[int, dict]]] = {name: [] for name in models}
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._loop, args=(name,), daemon=True) for name in models]
-
-    def _loop(self, name: str) -> None:
-        while not self._stop.is_set():
-            try:
-                answer = _predict(self.service, name)
-                self.samples[name].append((answer.status_code, answer.json()))
-            except (requests.RequestException, ValueError) as exc:
-                self.samples[name].append((0, {"error": repr(exc)}))
-
-    def __enter__(self) -> "PredictLoad":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
+def _answer(service: ServiceProcess, name: str) -> tuple[int, dict]:
+    """(status, body) of one /predict, (0, the error) when the connection failed."""
+    try:
+        answer = _predict(service, name)
+        return answer.status_code, answer.json()
+    except (requests.RequestException, ValueError) as exc:
+        return 0, {"error": repr(exc)}
 
 
 def test_every_task_and_detector_swaps_under_load_without_a_failed_request(pool):
     service = pool.service
-    with PredictLoad(service, list(TASK_BUNDLES)) as load:
+    with ClientLoad(list(TASK_BUNDLES), lambda name: _answer(service, name)) as load:
         time.sleep(0.5)
         for name in ("selfie", "kind", "pose-detector", "pose", "face", "mesh"):
             pool.desire({**pool.versions, name: str(next(pool.counter))})

@@ -41,10 +41,14 @@ def _layout(signature: ModelSignature, topology: Topology | None) -> tuple[Topol
         return None
     sizes = [_size(o.shape) for o in signature.outputs]
     scalars = [i for i, size in enumerate(sizes) if size == 1]
+    if not scalars:
+        return None
     for index, size in enumerate(sizes):
-        found = topology if topology is not None and size == topology.tensor_size else (
-            topology_for_size(size) if topology is None and size else None)
-        if found is not None and scalars:
+        if topology is not None:
+            found = topology if size == topology.tensor_size else None
+        else:
+            found = topology_for_size(size) if size else None
+        if found is not None:
             return found, index, scalars
     return None
 
