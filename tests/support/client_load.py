@@ -22,6 +22,10 @@ class ClientLoad(Generic[Answer]):
         while not self._stop.is_set():
             self.samples[key].append(self._ask(key))
 
+    def every(self) -> list[Answer]:
+        """Every answer of every thread."""
+        return [answer for answers in self.samples.values() for answer in answers]
+
     def __enter__(self) -> "ClientLoad[Answer]":
         for thread in self._threads:
             thread.start()

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import threading
 import time
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ import pytest
 import requests
 
 from tests.support.bundles import model_desired, ssd_tflite_bundle
+from tests.support.client_load import ClientLoad
 from tests.support.http_server import FileServer
 from tests.support.local_twin import LocalTwinFiles, model_status
 from tests.support.paths import IMAGES
@@ -37,37 +37,23 @@ class Sample:
     error: str | None = None
 
 
-class Load:
-    """Client threads posting a photo back to back, recording every answer."""
+PHOTO = (IMAGES / "chelsea.png").read_bytes()
 
-    def __init__(self, url: str, threads: int = 4) -> None:
-        self.url = url + "/detect"
-        self.samples: list[Sample] = []
-        self._stop = threading.Event()
-        self._data = (IMAGES / "chelsea.png").read_bytes()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            started = time.time()
-            try:
-                r = requests.post(self.url, data=self._data, headers={"Content-Type": "image/png"}, timeout=30)
-                sample = Sample(
-                    started, time.time(), r.status_code, r.headers.get("X-Twinfer-Worker"), r.headers.get("X-Model-Version")
-                )
-            except requests.RequestException as exc:
-                sample = Sample(started, time.time(), 0, None, None, repr(exc))
-            self.samples.append(sample)
+def _post_photo(url: str) -> Sample:
+    """One /detect of a photo, recorded (a failed connection as status 0)."""
+    started = time.time()
+    try:
+        r = requests.post(url + "/detect", data=PHOTO, headers={"Content-Type": "image/png"}, timeout=30)
+        return Sample(started, time.time(), r.status_code, r.headers.get("X-Twinfer-Worker"),
+                      r.headers.get("X-Model-Version"))
+    except requests.RequestException as exc:
+        return Sample(started, time.time(), 0, None, None, repr(exc))
 
-    def __enter__(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
+def detect_load(url: str, threads: int = 4) -> ClientLoad[Sample]:
+    """Client threads posting the photo back to back, recording every answer."""
+    return ClientLoad([f"client {i}" for i in range(threads)], lambda _: _post_photo(url))
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +91,14 @@ def _swap_to(twin: LocalTwinFiles, target: tuple[str, str], url: str, bundle) ->
 def test_ten_swaps_between_onnx_and_litert_under_load_fail_no_request(pool):
     service, twin, url, bundle = pool
     published = [TFLITE[1]]
-    with Load(service.url, threads=4) as load:
+    with detect_load(service.url, threads=4) as load:
         time.sleep(1.0)
         for i in range(10):
             target = ONNX if i % 2 == 0 else TFLITE
             _swap_to(twin, target, url, bundle)
             published.append(target[1])
             time.sleep(0.3)
-    samples = load.samples
+    samples = load.every()
     failures = [s for s in samples if s.status != 200]
     assert not failures, failures[:5]
     assert len(samples) > 100
@@ -142,7 +128,7 @@ def test_two_workers_never_reload_at_the_same_time(pool):
     service, twin, url, bundle = pool
     since = time.time()  # the reload records' clock
     swaps = [ONNX, TFLITE, ONNX, TFLITE] if read_default(service.store).version == TFLITE[1] else [TFLITE, ONNX] * 2
-    with Load(service.url, threads=2):
+    with detect_load(service.url, threads=2):
         for target in swaps:
             _swap_to(twin, target, url, bundle)
     states = read_states(service.store)
@@ -182,7 +168,7 @@ def test_kill_9_of_a_worker_under_load_fails_only_its_in_flight_request(pool):
     service, *_ = pool
     current = read_default(service.store)
     victim = read_states(service.store)[0].pid
-    with Load(service.url, threads=4) as load:
+    with detect_load(service.url, threads=4) as load:
         time.sleep(1.0)
         killed_at = time.time()
         os.kill(victim, signal.SIGKILL)
@@ -192,15 +178,16 @@ def test_kill_9_of_a_worker_under_load_fails_only_its_in_flight_request(pool):
 
         wait_until(respawned, "gunicorn respawned the killed worker", 30)
         time.sleep(2.0)
-    failures = [s for s in load.samples if s.status != 200]
+    samples = load.every()
+    failures = [s for s in samples if s.status != 200]
     # only the victim's in-flight requests may fail: with gthread workers that is at most
     # one per client thread, and every one of them was sent before the kill
     assert len(failures) <= 4, failures
     assert all(s.started <= killed_at for s in failures), failures
     states = read_states(service.store)
     assert victim not in [s.pid for s in states] and len(states) == 2
-    respawned = [s for s in states if s.pid != victim
-                 and s.models[current.name]["loaded_at"] > load.samples[0].started]
+    first = min(sample.started for sample in samples)
+    respawned = [s for s in states if s.pid != victim and s.models[current.name]["loaded_at"] > first]
     assert respawned and all(s.generation_of(current.name) == current.generation for s in respawned)
-    late = [s for s in load.samples if s.worker == str(respawned[0].pid)]
+    late = [s for s in samples if s.worker == str(respawned[0].pid)]
     assert late and all(s.version == current.version for s in late)
